@@ -1,0 +1,70 @@
+"""Adversaries: ``attack(messages[n, d], byzantine_mask[n], ctx) -> messages'[n, d]``.
+
+An attack replaces the rows of its workers (``byzantine_mask``) and leaves every other row
+untouched; it never mutates its input. What it may read is part of its definition
+(``knowledge``): a *blind* attack reads only its own rows, an *omniscient* one also reads the
+other workers' messages of this step.
+
+    >>> import torch, signvote.attacks as attacks
+    >>> ctx = attacks.AttackContext(step=0, generator=torch.Generator(), sign_messages=True)
+    >>> m = torch.tensor([[1., 1.], [1., -1.], [-1., -1.]])
+    >>> attacks.get("blind-inversion")(m, torch.tensor([False, False, True]), ctx)
+    tensor([[ 1.,  1.],
+            [ 1., -1.],
+            [ 1.,  1.]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from signvote.registry import Registry
+
+REGISTRY = Registry("attack")
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """What an attack is told at one step.
+
+    Attributes:
+        step: the global step (0-based).
+        generator: the adversaries' own random generator (seeded by the run's seed).
+        sign_messages: True when the worker rule sends signs (the wire carries ternary
+            values), False for real-valued (fp32) messages.
+        aggregator: the server's aggregator, for attacks that tune against it (may be None).
+    """
+
+    step: int
+    generator: torch.Generator
+    sign_messages: bool
+    aggregator: Callable[[Tensor], Tensor] | None = None
+
+
+def get(name: str, **params: Any) -> Any:
+    """The attack registered as ``name``, built with ``params``."""
+    return REGISTRY.get(name, **params)
+
+
+def names() -> list[str]:
+    """The names of all registered attacks."""
+    return REGISTRY.names()
+
+
+def apply_all(
+    plan: Sequence[tuple[Callable[..., Tensor], Tensor]], messages: Tensor, ctx: AttackContext
+) -> Tensor:
+    """Apply each ``(attack, mask)`` of ``plan`` in turn (blind adversaries first, then the
+    Byzantine coalition, which then sees the blind workers' inverted messages as the
+    seed's "Byzantine server" did)."""
+    for attack, mask in plan:
+        messages = attack(messages, mask, ctx)
+    return messages
+
+
+from signvote.attacks import basic  # noqa: E402,F401  (registers the built-in attacks)

@@ -1,0 +1,1 @@
+"""The engines that run the one data path: the simulator (``sim``)."""

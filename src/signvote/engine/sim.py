@@ -1,0 +1,215 @@
+"""The simulator: all n workers in one process, one batched gradient call per step.
+
+Each step runs the one data path of docs/design.md::
+
+    G = worker_gradients(x, batches)      # [n, d], one forward + one backward for all workers
+    M, state = rule.step(G, state)        # sgd / signsgd / signum
+    M = attack(M, masks, ctx)             # blind workers, then the Byzantine coalition
+    v = aggregator(M)                     # mean / majority vote / ...
+    x = x - lr * (v + weight_decay * x)
+
+The training set is shuffled once by the seed and cut into equal shards (the seed's
+layout); worker i walks its shard in order, ``batch_size`` samples a step, the last batch
+of an epoch being shorter when the shard does not divide. The learning rate is
+``lr * lr_decay_rate ** (epoch // lr_decay_step)`` (0-based epoch). The test set is
+evaluated after every epoch. The same config and seed give a bit-identical metrics.csv on
+the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import signvote
+from signvote import aggregators, attacks, models, rules
+from signvote.data import load as load_dataset
+from signvote.data import partition
+from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate, worker_gradients
+from signvote.experiment import runs
+from signvote.experiment.config import TrainConfig, resolve
+
+# Offsets that give every random stream of a run its own generator from the one seed.
+PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM = 1, 2, 3
+
+
+@dataclass
+class RunResult:
+    """What a run returns (and wrote to its folder)."""
+
+    config: TrainConfig
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    params: Tensor | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+def choose_adversaries(workers: int, blind: int, byzantine: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Boolean masks ``(blind, byzantine)`` over the workers, disjoint, drawn from ``seed``."""
+    order = torch.randperm(workers, generator=torch.Generator().manual_seed(seed + ADVERSARY_STREAM))
+    blind_mask = torch.zeros(workers, dtype=torch.bool)
+    byzantine_mask = torch.zeros(workers, dtype=torch.bool)
+    blind_mask[order[:blind]] = True
+    byzantine_mask[order[blind:blind + byzantine]] = True
+    return blind_mask, byzantine_mask
+
+
+def message_bytes(dim: int, sends_signs: bool) -> int:
+    """Upload size of one worker's message: 1 bit per coordinate for signs, 4 bytes for fp32."""
+    return math.ceil(dim / 8) if sends_signs else 4 * dim
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The step-decayed learning rate of 0-based ``epoch``."""
+    return config.lr * config.lr_decay_rate ** (epoch // config.lr_decay_step)
+
+
+def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> RunResult:
+    """Train with the simulator; writes the run folder ``config.out`` when ``write``."""
+    c = resolve(config)
+    out = Path(c.out)
+    torch.manual_seed(c.seed)
+    data = load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
+    module = models.build(c.model, data.input_shape, data.n_classes)
+    module.train()
+    layout = ParamLayout.of(module)
+    x = layout.flatten(module)
+    batched = BatchedModel(module, layout)
+
+    shards = partition.get(c.partition, data.train_x.shape[0], c.workers,
+                           torch.Generator().manual_seed(c.seed + PARTITION_STREAM))
+    inputs, targets = data.train_x[shards], data.train_y[shards]  # [n, shard, ...]
+    shard = shards.shape[1]
+    if c.batch_size > shard:
+        raise ValueError(f"--batch-size {c.batch_size} exceeds the {shard} samples per worker")
+    starts = range(0, shard, c.batch_size)
+
+    rule = rules.get(c.rule, c.momentum)
+    aggregator = aggregators.get(c.aggregator)
+    blind_mask, byzantine_mask = choose_adversaries(c.workers, c.blind, c.byzantine, c.seed)
+    plan = []
+    if c.blind:
+        plan.append((attacks.get("blind-inversion"), blind_mask))
+    if c.byzantine:
+        plan.append((attacks.get(c.attack), byzantine_mask))
+    attack_generator = torch.Generator().manual_seed(c.seed + ATTACK_STREAM)
+
+    summary: dict[str, Any] = {
+        "status": "running",
+        "engine": "sim",
+        "params": layout.dim,
+        "workers": c.workers,
+        "blind_workers": torch.nonzero(blind_mask).flatten().tolist(),
+        "byzantine_workers": torch.nonzero(byzantine_mask).flatten().tolist(),
+        "bytes_sent_per_worker_per_step": message_bytes(layout.dim, rule.sends_signs),
+        "signvote_version": signvote.__version__,
+        "torch_version": torch.__version__,
+    }
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "metrics.csv"):
+            (out / stale).unlink(missing_ok=True)
+        runs.write_json(out / "config.json", c.to_dict())
+
+    metrics: list[dict[str, Any]] = []
+    state = None
+    step = 0
+    t0 = time.perf_counter()
+    bar = _progress_bar(c.epochs, progress)
+    for epoch in range(c.epochs):
+        lr = learning_rate(c, epoch)
+        batch_losses, batch_correct, seen = [], [], 0
+        for start in starts:
+            xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
+            honest = worker_gradients(batched, x, xb, yb, data.task)
+            messages, state = rule.step(honest.grads, state)
+            if plan:
+                ctx = attacks.AttackContext(step, attack_generator, rule.sends_signs, aggregator)
+                messages = attacks.apply_all(plan, messages, ctx)
+            update = aggregator(messages)
+            if c.weight_decay:
+                update = update + c.weight_decay * x
+            x = x - lr * update
+            batch_losses.append(honest.losses)
+            if honest.correct is not None:
+                batch_correct.append(honest.correct)
+            seen += yb.numel()
+            step += 1
+        train_loss = float(torch.stack(batch_losses).mean())
+        train_acc = float(torch.stack(batch_correct).sum()) / seen if batch_correct else None
+        finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
+        test_loss, test_acc = (
+            evaluate(module, layout, x, data.test_x, data.test_y, data.task)
+            if finite else (float("nan"), None)
+        )
+        row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+               "test_loss": test_loss, "train_acc": train_acc, "test_acc": test_acc,
+               "lr": lr, "wall_s": round(time.perf_counter() - t0, 6)}
+        metrics.append(row)
+        if write:
+            runs.write_metrics(out / "metrics.csv", metrics)
+        if bar is not None:
+            bar.set_postfix_str(_postfix(row), refresh=False)
+            bar.update(1)
+        if not finite:
+            summary["status"] = "diverged"
+            summary["diverged_at_epoch"] = epoch + 1
+            break
+    if bar is not None:
+        bar.close()
+    summary.update(_final_metrics(metrics))
+    summary["status"] = "diverged" if summary["status"] == "diverged" else "completed"
+    summary["epochs_completed"] = len(metrics)
+    summary["steps"] = step
+    summary["wall_s"] = round(time.perf_counter() - t0, 6)
+    if write:
+        runs.write_json(out / "summary.json", summary)
+    return RunResult(c, summary, metrics, x)
+
+
+def _final_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best test metrics (best by test accuracy, or by test loss for regression)."""
+    finite = [r for r in metrics if math.isfinite(r["test_loss"])]
+    result: dict[str, Any] = {
+        "final_test_loss": metrics[-1]["test_loss"] if metrics else None,
+        "final_test_acc": metrics[-1]["test_acc"] if metrics else None,
+        "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
+    }
+    if finite:
+        best_loss = min(finite, key=lambda r: r["test_loss"])
+        result["best_test_loss"], result["best_test_loss_epoch"] = (
+            best_loss["test_loss"], best_loss["epoch"])
+        if finite[0]["test_acc"] is not None:
+            best_acc = max(finite, key=lambda r: r["test_acc"])
+            result["best_test_acc"], result["best_test_acc_epoch"] = (
+                best_acc["test_acc"], best_acc["epoch"])
+    for key, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            result[key] = None  # JSON has no NaN
+    return result
+
+
+def _postfix(row: dict[str, Any]) -> str:
+    text = f"loss {row['train_loss']:.4f} test {row['test_loss']:.4f}"
+    if row["test_acc"] is not None:
+        text += f" acc {100 * row['test_acc']:.2f}%"
+    return text
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="epochs", unit="ep", file=sys.stderr, leave=True,
+                dynamic_ncols=True)

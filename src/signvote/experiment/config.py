@@ -1,0 +1,177 @@
+"""The training config: one typed field per option, its default, its help, its check.
+
+The command line (``signvote train --weight-decay 1e-4``), a TOML file
+(``weight_decay = 1e-4``) and Python (``TrainConfig(weight_decay=1e-4)``) all fill the same
+:class:`TrainConfig`; :func:`resolve` fills the defaults that depend on other fields and
+checks every value, raising :class:`ConfigError` with one line that names the bad value and
+the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from signvote import aggregators, attacks, models, rules
+from signvote.data import DATASETS
+from signvote.data.partition import PARTITIONS
+
+ENGINES = ("sim",)
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names it and the valid values."""
+
+
+def _opt(default: Any, help: str, choices: Any = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (the defaults are the paper's logistic setting)."""
+
+    dataset: str = _opt("logreg", "dataset", DATASETS)
+    model: str | None = _opt(None, "model (default: the paper's model for the dataset)",
+                             tuple(models.MODELS))
+    workers: int = _opt(10, "number of workers n, adversaries included")
+    rule: str = _opt("signum", "worker rule", rules.RULES)
+    momentum: float | None = _opt(None, "momentum beta in [0, 1) (default: 0.9 for signum, "
+                                  "0 for sgd; signsgd takes none)")
+    weight_decay: float = _opt(0.0, "weight decay lambda: x <- x - lr * (v + lambda * x)")
+    lr: float | None = _opt(None, "learning rate (default: 1e-3 for sgd, 1e-4 for sign rules)")
+    lr_decay_step: int = _opt(30, "multiply the learning rate by --lr-decay-rate every this "
+                              "many epochs")
+    lr_decay_rate: float = _opt(0.1, "learning-rate decay factor, in (0, 1]")
+    epochs: int = _opt(80, "training epochs")
+    batch_size: int | None = _opt(None, "batch size per worker (default: 128 // workers)")
+    aggregator: str | None = _opt(None, "server rule (default: majority-vote for sign rules, "
+                                  "mean for sgd)", "aggregators")
+    attack: str = _opt("vote-cancel", "what the --byzantine workers do", "attacks")
+    byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)")
+    blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)")
+    partition: str = _opt("iid", "how the training set is cut among workers", PARTITIONS)
+    data_dir: str | None = _opt(None, "directory with dataset files (unused by synthetic sets)")
+    seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise")
+    engine: str = _opt("sim", "engine: sim (all workers in one process)", ENGINES)
+    out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The valid values of field ``name``, or None if it is not a choice."""
+    choices = FIELDS[name].metadata["choices"]
+    if choices == "aggregators":
+        return tuple(aggregators.names())
+    if choices == "attacks":
+        return tuple(attacks.names())
+    return choices
+
+
+def base_type(name: str) -> type:
+    """The field's type without ``None``: int, float or str."""
+    annotation = str(FIELDS[name].type)
+    for t in (int, float, str):
+        if annotation.startswith(t.__name__):
+            return t
+    raise TypeError(annotation)
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """``value`` checked against field ``name``'s type (ints accepted for floats)."""
+    t = base_type(name)
+    ok = (
+        (t is int and isinstance(value, int) and not isinstance(value, bool))
+        or (t is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (t is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: expected {'a whole number' if t is int else t.__name__}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return float(value) if t is float else value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The fields set by a TOML config file (the option names with underscores)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    values = {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            valid = ", ".join(FIELDS)
+            raise ConfigError(f"{path}: unknown key {key!r}; valid keys: {valid}")
+        values[key] = coerce(key, value, f"{path}: key {key!r}")
+    return values
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """``config`` with every default filled in, after checking every value."""
+    c = config
+    for name in FIELDS:
+        value = getattr(c, name)
+        if value is not None:
+            coerce(name, value, f"--{name.replace('_', '-')}")
+        choices = choices_of(name)
+        if choices is not None and value is not None and value not in choices:
+            raise ConfigError(
+                f"--{name.replace('_', '-')}: unknown value {value!r}; valid: {', '.join(choices)}"
+            )
+    _need(c.workers >= 1, f"--workers must be at least 1, got {c.workers}")
+    for name in ("byzantine", "blind"):
+        count = getattr(c, name)
+        _need(count >= 0, f"--{name} must be 0 or more, got {count}")
+    _need(
+        c.byzantine + c.blind <= c.workers,
+        f"--byzantine {c.byzantine} + --blind {c.blind} = {c.byzantine + c.blind} adversaries "
+        f"exceed --workers {c.workers}; valid: byzantine + blind <= workers",
+    )
+    _need(c.byzantine < c.workers,
+          f"--byzantine {c.byzantine}: at least one of the {c.workers} workers must not be "
+          f"Byzantine; valid: 0 <= byzantine < workers")
+    momentum = rules.DEFAULT_MOMENTUM[c.rule] if c.momentum is None else c.momentum
+    _need(math.isfinite(momentum) and 0.0 <= momentum < 1.0,
+          f"--momentum must be in [0, 1), got {momentum}")
+    _need(not (c.rule == "signsgd" and momentum != 0.0),
+          f"--momentum {momentum}: rule signsgd takes no momentum; use --rule signum")
+    lr = rules.DEFAULT_LR[c.rule] if c.lr is None else c.lr
+    _need(math.isfinite(lr) and lr >= 0.0, f"--lr must be a finite number >= 0, got {lr}")
+    _need(math.isfinite(c.weight_decay) and c.weight_decay >= 0.0,
+          f"--weight-decay must be a finite number >= 0, got {c.weight_decay}")
+    _need(c.lr_decay_step >= 1, f"--lr-decay-step must be at least 1, got {c.lr_decay_step}")
+    _need(math.isfinite(c.lr_decay_rate) and 0.0 < c.lr_decay_rate <= 1.0,
+          f"--lr-decay-rate must be in (0, 1], got {c.lr_decay_rate}")
+    _need(c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}")
+    batch_size = max(1, 128 // c.workers) if c.batch_size is None else c.batch_size
+    _need(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")
+    model = models.DEFAULT_MODEL[c.dataset] if c.model is None else c.model
+    _need(c.dataset in models.MODELS[model],
+          f"--model {model} does not fit --dataset {c.dataset}; valid: "
+          + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
+    sign = rules.get(c.rule, momentum).sends_signs
+    aggregator = c.aggregator or ("majority-vote" if sign else "mean")
+    out = c.out or f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_blind{c.blind}_seed{c.seed}"
+    return dataclasses.replace(
+        c, model=model, momentum=momentum, lr=lr, batch_size=batch_size,
+        aggregator=aggregator, out=out,
+    )

@@ -1,0 +1,66 @@
+"""The run folder: ``config.json``, ``metrics.csv``, ``summary.json``, each written atomically.
+
+A file is written to a temporary name in the same folder, flushed to disk, then renamed
+over its final name (``os.replace`` is atomic on POSIX): a run killed at any moment leaves
+either the previous complete file or the new complete one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "test_loss", "train_acc", "test_acc", "lr",
+                  "wall_s")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def format_cell(value: Any) -> str:
+    """A CSV cell: empty for None, ``repr`` precision for floats."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write all metric rows (columns :data:`METRIC_COLUMNS`) as CSV, atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for row in rows:
+        writer.writerow([format_cell(row.get(c)) for c in METRIC_COLUMNS])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` as dictionaries of strings."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

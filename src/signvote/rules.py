@@ -1,0 +1,106 @@
+"""Worker rules: what each worker sends, as a function of its stochastic gradient.
+
+A rule maps the honest gradients ``G[n, d]`` (one row per worker) and its explicit
+state to the messages ``M[n, d]`` and the new state. Rules never mutate their inputs.
+
+    sgd      M = m_t                 (m_t = g_t when momentum = 0)
+    signsgd  M = sign(g_t)
+    signum   M = sign(m_t)
+
+with the momentum ``m_t = beta * m_{t-1} + (1 - beta) * g_t``, ``m_0 = 0`` (the
+exponential moving average of Bernstein et al. 2018, Algorithm 3, also used by the
+paper's seed code for distributed SGD). ``sign(0) = 0``: messages of sign rules are
+ternary {-1, 0, +1}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+RULES = ("sgd", "signsgd", "signum")
+"""The names of the worker rules, in the order --help lists them."""
+
+DEFAULT_MOMENTUM = {"sgd": 0.0, "signsgd": 0.0, "signum": 0.9}
+DEFAULT_LR = {"sgd": 1e-3, "signsgd": 1e-4, "signum": 1e-4}
+
+
+def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
+    """The exponential moving average ``beta * momentum + (1 - beta) * grads`` (a new tensor)."""
+    return momentum.mul(beta).add(grads, alpha=1.0 - beta)
+
+
+@dataclass(frozen=True)
+class WorkerRule:
+    """A worker rule: ``step(G, state) -> (M, state)``, with ``init(G)`` the initial state.
+
+    Attributes:
+        name: the rule's registered name (``sgd``, ``signsgd``, ``signum``).
+        beta: the momentum coefficient in [0, 1); 0 keeps no state.
+        sends_signs: True when messages are ternary signs (1 bit on the wire).
+    """
+
+    name: str
+    beta: float
+    sends_signs: bool
+
+    def init(self, grads: Tensor) -> Tensor | None:
+        """The initial state for gradients shaped like ``grads``: zero momentum, or None."""
+        return torch.zeros_like(grads) if self.beta > 0 else None
+
+    def step(self, grads: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Messages ``M[n, d]`` from gradients ``G[n, d]``; returns ``(M, new_state)``."""
+        if self.beta > 0:
+            if state is None:
+                state = torch.zeros_like(grads)
+            state = momentum_update(state, grads, self.beta)
+            direction = state
+        else:
+            direction = grads
+        messages = torch.sign(direction) if self.sends_signs else direction
+        return messages, state
+
+
+def sgd(momentum: float = 0.0) -> WorkerRule:
+    """Distributed SGD: each worker sends its (momentum) gradient in fp32.
+
+    ``M_i = m_i``, ``m_i <- beta m_i + (1 - beta) g_i`` (``m_i = g_i`` when beta = 0).
+    The server averages (``mean``) in the textbook algorithm; the paper's baseline "DistSGD".
+    """
+    return WorkerRule("sgd", float(momentum), sends_signs=False)
+
+
+def signsgd() -> WorkerRule:
+    """SignSGD: each worker sends ``sign(g_i)``, one bit per coordinate.
+
+    Bernstein, Wang, Azizzadenesheli & Anandkumar, "signSGD: Compressed Optimisation for
+    Non-Convex Problems", ICML 2018 (Algorithm 1); with the majority vote of Bernstein, Zhao,
+    Azizzadenesheli & Anandkumar, "signSGD with Majority Vote is Communication Efficient and
+    Fault Tolerant", ICLR 2019.
+    """
+    return WorkerRule("signsgd", 0.0, sends_signs=True)
+
+
+def signum(momentum: float = 0.9) -> WorkerRule:
+    """Signum: each worker sends the sign of its momentum, ``sign(m_i)``.
+
+    ``m_i <- beta m_i + (1 - beta) g_i``, ``M_i = sign(m_i)`` (Bernstein et al. 2018,
+    Algorithm 3; Bernstein et al. 2019, Algorithm 1 with majority vote).
+    """
+    return WorkerRule("signum", float(momentum), sends_signs=True)
+
+
+def get(name: str, momentum: float | None = None) -> WorkerRule:
+    """The worker rule ``name`` with ``momentum`` (None: the rule's default)."""
+    if name not in RULES:
+        raise ValueError(f"unknown rule {name!r}; known: {', '.join(RULES)}")
+    beta = DEFAULT_MOMENTUM[name] if momentum is None else momentum
+    if name == "signsgd":
+        if beta != 0.0:
+            raise ValueError("rule 'signsgd' takes no momentum; use rule 'signum' for momentum")
+        return signsgd()
+    if name == "signum":
+        return signum(beta)
+    return sgd(beta)
