@@ -34,7 +34,7 @@ from signvote.data import load as load_dataset
 from signvote.data import partition
 from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate, worker_gradients
 from signvote.experiment import runs
-from signvote.experiment.config import TrainConfig, resolve
+from signvote.experiment.config import ConfigError, TrainConfig, resolve
 
 # Offsets that give every random stream of a run its own generator from the one seed.
 PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM = 1, 2, 3
@@ -54,9 +54,12 @@ class RunResult:
         return self.summary["status"]
 
 
-def choose_adversaries(workers: int, blind: int, byzantine: int, seed: int) -> tuple[Tensor, Tensor]:
+def choose_adversaries(
+    workers: int, blind: int, byzantine: int, seed: int
+) -> tuple[Tensor, Tensor]:
     """Boolean masks ``(blind, byzantine)`` over the workers, disjoint, drawn from ``seed``."""
-    order = torch.randperm(workers, generator=torch.Generator().manual_seed(seed + ADVERSARY_STREAM))
+    generator = torch.Generator().manual_seed(seed + ADVERSARY_STREAM)
+    order = torch.randperm(workers, generator=generator)
     blind_mask = torch.zeros(workers, dtype=torch.bool)
     byzantine_mask = torch.zeros(workers, dtype=torch.bool)
     blind_mask[order[:blind]] = True
@@ -67,6 +70,13 @@ def choose_adversaries(workers: int, blind: int, byzantine: int, seed: int) -> t
 def message_bytes(dim: int, sends_signs: bool) -> int:
     """Upload size of one worker's message: 1 bit per coordinate for signs, 4 bytes for fp32."""
     return math.ceil(dim / 8) if sends_signs else 4 * dim
+
+
+def apply_update(x: Tensor, direction: Tensor, lr: float, weight_decay: float) -> Tensor:
+    """The server's step ``x - lr * (direction + weight_decay * x)`` (a new tensor)."""
+    if weight_decay:
+        direction = direction + weight_decay * x
+    return x - lr * direction
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -91,7 +101,10 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
     inputs, targets = data.train_x[shards], data.train_y[shards]  # [n, shard, ...]
     shard = shards.shape[1]
     if c.batch_size > shard:
-        raise ValueError(f"--batch-size {c.batch_size} exceeds the {shard} samples per worker")
+        raise ConfigError(
+            f"--batch-size {c.batch_size} exceeds the {shard} samples per worker; "
+            f"valid: 1 to {shard}"
+        )
     starts = range(0, shard, c.batch_size)
 
     rule = rules.get(c.rule, c.momentum)
@@ -136,10 +149,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             if plan:
                 ctx = attacks.AttackContext(step, attack_generator, rule.sends_signs, aggregator)
                 messages = attacks.apply_all(plan, messages, ctx)
-            update = aggregator(messages)
-            if c.weight_decay:
-                update = update + c.weight_decay * x
-            x = x - lr * update
+            x = apply_update(x, aggregator(messages), lr, c.weight_decay)
             batch_losses.append(honest.losses)
             if honest.correct is not None:
                 batch_correct.append(honest.correct)

@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from signvote.cli import main
+
+
+def run_cli(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--byzantine", "6", "--blind", "5"], "exceed --workers 10"),
+    (["--lr", "-1"], "--lr must be a finite number >= 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number >= 0"),
+    (["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
+    (["--momentum", "-0.5"], "--momentum must be in [0, 1)"),
+    (["--dataset", "imagenet"], "unknown value 'imagenet'; valid: linreg, logreg"),
+    (["--rule", "adam"], "valid: sgd, signsgd, signum"),
+    (["--attack", "meteor"], "valid: blind-inversion"),
+    (["--aggregator", "best"], "valid: majority-vote, mean"),
+    (["--workers", "2.5"], "--workers: expected a whole number, got '2.5'"),
+    (["--byzantine", "x"], "expected a whole number, got 'x'"),
+    (["--byzantine", "10"], "at least one of the 10 workers must not be Byzantine"),
+    (["--blind", "-1"], "--blind must be 0 or more"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "5000"], "exceeds the 800 samples per worker"),
+    (["--rule", "signsgd", "--momentum", "0.9"], "signsgd takes no momentum"),
+    (["--model", "linregnet"], "does not fit --dataset logreg"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _stdout, stderr = run_cli(["train", "--quiet", "--out", str(out), *args], capsys)
+    assert code == 2
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_train_writes_the_run_folder_and_prints_a_summary(tmp_path, capsys):
+    code, stdout, _ = run_cli(["train", "--quiet", "-b", "2", "-e", "2", "--out",
+                               str(tmp_path)], capsys)
+    assert code == 0
+    assert "final test accuracy" in stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and len(summary["byzantine_workers"]) == 2
+
+
+def test_diverged_run_exits_0_with_a_message(tmp_path, capsys):
+    code, _, stderr = run_cli(["train", "--quiet", "--rule", "sgd", "--attack", "nan", "-b", "1",
+                               "-e", "2", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    assert "diverged at epoch 1" in stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_config_file_with_command_line_override(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('rule = "signsgd"\nweight_decay = 1e-4\nepochs = 5\nbyzantine = 1\n')
+    out = tmp_path / "run"
+    code, _, _ = run_cli(["train", "--quiet", "--config", str(cfg), "--epochs", "1",
+                          "--out", str(out)], capsys)
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["rule"] == "signsgd" and config["weight_decay"] == 1e-4
+    assert config["epochs"] == 1 and config["byzantine"] == 1
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("epochz = 3\n", "unknown key 'epochz'"),
+    ('epochs = "3"\n', "key 'epochs': expected a whole number, got '3'"),
+    ("lr = true\n", "key 'lr': expected float"),
+    ("epochs = [\n", "cannot be read"),
+])
+def test_bad_config_files(text, message, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    code, _, stderr = run_cli(["train", "--quiet", "--config", str(cfg), "--out",
+                               str(tmp_path / "run")], capsys)
+    assert code == 2 and message in stderr and not (tmp_path / "run").exists()
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    code, stdout, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    for option in ("--dataset", "--model", "--workers", "--rule", "--momentum",
+                   "--weight-decay", "--lr", "--lr-decay-step", "--lr-decay-rate", "--epochs",
+                   "--batch-size", "--aggregator", "--attack", "--byzantine", "--blind",
+                   "--partition", "--data-dir", "--seed", "--out", "--engine", "--config"):
+        assert option in stdout
+    assert "(default: 8005)" in stdout
+
+
+def test_the_installed_entry_point_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "signvote", "train", "--workers", "ten"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("signvote train: error: argument --workers: expected a whole "
+                                   "number, got 'ten' (see signvote train --help)")
