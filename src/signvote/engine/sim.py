@@ -32,12 +32,56 @@ import signvote
 from signvote import aggregators, attacks, models, rules
 from signvote.data import load as load_dataset
 from signvote.data import partition
-from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate, worker_gradients
+from signvote.engine.gradients import (
+    BatchedModel,
+    ParamLayout,
+    WorkerStep,
+    evaluate,
+    worker_gradients,
+)
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
 
 # Offsets that give every random stream of a run its own generator from the one seed.
 PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """One training step of every engine: gradients -> rule -> attacks -> aggregator -> update.
+
+    Attributes:
+        model: the model compiled for per-worker gradients.
+        rule: the worker rule.
+        plan: ``(attack, mask)`` pairs applied in order (blind first, then Byzantine).
+        aggregator: the server rule.
+        task: ``classification`` or ``regression``.
+        weight_decay: lambda of the update.
+        generator: the adversaries' random generator (advanced by random attacks).
+    """
+
+    model: BatchedModel
+    rule: rules.WorkerRule
+    plan: list
+    aggregator: Any
+    task: str
+    weight_decay: float
+    generator: torch.Generator
+
+    def step(
+        self, x: Tensor, state: Tensor | None, inputs: Tensor, targets: Tensor, lr: float,
+        step: int,
+    ) -> tuple[Tensor, Tensor | None, WorkerStep]:
+        """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
+        returns the new parameters, the new rule state and the honest step statistics."""
+        honest = worker_gradients(self.model, x, inputs, targets, self.task)
+        messages, state = self.rule.step(honest.grads, state)
+        if self.plan:
+            ctx = attacks.AttackContext(step, self.generator, self.rule.sends_signs,
+                                        self.aggregator)
+            messages = attacks.apply_all(self.plan, messages, ctx)
+        x = apply_update(x, self.aggregator(messages), lr, self.weight_decay)
+        return x, state, honest
 
 
 @dataclass
@@ -115,7 +159,8 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         plan.append((attacks.get("blind-inversion"), blind_mask))
     if c.byzantine:
         plan.append((attacks.get(c.attack), byzantine_mask))
-    attack_generator = torch.Generator().manual_seed(c.seed + ATTACK_STREAM)
+    path = DataPath(batched, rule, plan, aggregator, data.task, c.weight_decay,
+                    torch.Generator().manual_seed(c.seed + ATTACK_STREAM))
 
     summary: dict[str, Any] = {
         "status": "running",
@@ -144,12 +189,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         batch_losses, batch_correct, seen = [], [], 0
         for start in starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
-            honest = worker_gradients(batched, x, xb, yb, data.task)
-            messages, state = rule.step(honest.grads, state)
-            if plan:
-                ctx = attacks.AttackContext(step, attack_generator, rule.sends_signs, aggregator)
-                messages = attacks.apply_all(plan, messages, ctx)
-            x = apply_update(x, aggregator(messages), lr, c.weight_decay)
+            x, state, honest = path.step(x, state, xb, yb, lr, step)
             batch_losses.append(honest.losses)
             if honest.correct is not None:
                 batch_correct.append(honest.correct)

@@ -1,0 +1,35 @@
+# The README's whole set-up: `make demo` and `make test`, each from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The paper's logistic-regression setting (10 workers, 80 epochs, seed 8005) under its
+# Byzantine vote-cancelling attack: Signum and SignSGD with 4 Byzantine workers, and
+# distributed SGD (the seed's summed all-reduce) with a single one.
+demo: $(STAMP)
+	$(BIN)/signvote train --rule signum --byzantine 4 --out runs/demo/signum_byz4
+	$(BIN)/signvote train --rule signsgd --byzantine 4 --out runs/demo/signsgd_byz4
+	$(BIN)/signvote train --rule sgd --aggregator sum --byzantine 1 --out runs/demo/sgd_byz1
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sim.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .ruff_cache
