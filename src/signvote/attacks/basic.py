@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -59,11 +61,20 @@ def cancelling_votes(honest_sum: Tensor, f: int) -> Tensor:
     :math:`-1, +1, -1, \dots` (mirror image for :math:`-f \le S < 0`). The coalition's total
     is :math:`-S - ((f - S) \bmod 2)` for :math:`0 \le S \le f`, as in the seed code.
     """
-    k = torch.arange(f, device=honest_sum.device).unsqueeze(1)
-    magnitude = honest_sum.abs().unsqueeze(0)
-    against = torch.where(honest_sum >= 0, -1.0, 1.0).unsqueeze(0)
-    keep = (k < magnitude) | ((k - magnitude) % 2 == 0)
-    return torch.where(keep, against, -against)
+    table = _cancelling_table(f)  # [f + 1, f]: the votes, in units of sigma, for |S| = 0..f
+    magnitude = honest_sum.abs().clamp(max=f).long()
+    against = torch.where(honest_sum >= 0, -1.0, 1.0)
+    return (table[magnitude] * against.unsqueeze(1)).T
+
+
+@functools.cache
+def _cancelling_table(f: int) -> Tensor:
+    """``T[a, k] = +1 if k < a or (k - a) is even, else -1`` for ``a = 0..f``, ``k < f``.
+
+    (Cached and read-only; for ``|S| > f`` the row ``a = f`` is all +1, as it must be.)"""
+    a = torch.arange(f + 1).unsqueeze(1)
+    k = torch.arange(f).unsqueeze(0)
+    return torch.where((k < a) | ((k - a) % 2 == 0), 1.0, -1.0)
 
 
 @REGISTRY.register("vote-cancel")
