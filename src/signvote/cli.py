@@ -115,6 +115,10 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(config, progress=not args.quiet)
     except ConfigError as exc:
         fail(f"signvote train: error: {exc}")
+    except KeyboardInterrupt:
+        print("\nsignvote train: interrupted; the run folder has no summary.json",
+              file=sys.stderr)
+        return 130
     s = result.summary
     if result.status == "diverged":
         print(f"training diverged at epoch {s['diverged_at_epoch']} (non-finite loss or "

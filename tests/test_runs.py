@@ -1,0 +1,59 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from signvote.experiment import runs
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    runs.write_json(target, {"status": "completed"})
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        runs.write_json(target, {"status": "new"})
+    assert json.loads(target.read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left
+
+
+def test_metrics_round_trip(tmp_path):
+    rows = [{"epoch": 1, "step": 5, "train_loss": 0.5, "test_loss": 0.25, "train_acc": None,
+             "test_acc": 0.75, "lr": 1e-4, "wall_s": 0.1}]
+    runs.write_metrics(tmp_path / "m.csv", rows)
+    (got,) = runs.read_metrics(tmp_path / "m.csv")
+    assert got["train_acc"] == "" and float(got["test_loss"]) == 0.25 and got["lr"] == "0.0001"
+
+
+def test_a_run_killed_mid_way_leaves_only_complete_files(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "signvote", "train", "--quiet", "--epochs", "400", "--out",
+         str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            metrics = out / "metrics.csv"
+            if metrics.exists() and len(metrics.read_text().splitlines()) > 3:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run wrote no metrics within 60 s")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not (out / "summary.json").exists()
+    assert json.loads((out / "config.json").read_text())["epochs"] == 400
+    rows = runs.read_metrics(out / "metrics.csv")
+    assert len(rows) >= 3
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r["wall_s"] != "" for r in rows)
