@@ -34,7 +34,7 @@ def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
 
 @dataclass(frozen=True)
 class WorkerRule:
-    """A worker rule: ``step(G, state) -> (M, state)``, with ``init(G)`` the initial state.
+    """A worker rule: ``step(G, state) -> (M, state)``; the initial state is None.
 
     Attributes:
         name: the rule's registered name (``sgd``, ``signsgd``, ``signum``).
@@ -46,14 +46,10 @@ class WorkerRule:
     beta: float
     sends_signs: bool
 
-    def init(self, grads: Tensor) -> Tensor | None:
-        """The initial state for gradients shaped like ``grads``: zero momentum, or None."""
-        return torch.zeros_like(grads) if self.beta > 0 else None
-
     def step(self, grads: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Messages ``M[n, d]`` from gradients ``G[n, d]``; returns ``(M, new_state)``."""
         if self.beta > 0:
-            if state is None:
+            if state is None:  # m_0 = 0
                 state = torch.zeros_like(grads)
             state = momentum_update(state, grads, self.beta)
             direction = state
