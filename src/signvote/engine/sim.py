@@ -261,5 +261,7 @@ def _progress_bar(total: int, enabled: bool):
         return None
     from tqdm import tqdm
 
+    # In a log file (not a terminal) every refresh is a new line: refresh rarely there.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
     return tqdm(total=total, desc="epochs", unit="ep", file=sys.stderr, leave=True,
-                dynamic_ncols=True)
+                dynamic_ncols=True, mininterval=interval)
