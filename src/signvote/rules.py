@@ -95,7 +95,7 @@ def get(name: str, momentum: float | None = None) -> WorkerRule:
     beta = DEFAULT_MOMENTUM[name] if momentum is None else momentum
     if name == "signsgd":
         if beta != 0.0:
-            raise ValueError("rule 'signsgd' takes no momentum; use rule 'signum' for momentum")
+            raise ValueError("rule signsgd takes no momentum; use rule signum for momentum")
         return signsgd()
     if name == "signum":
         return signum(beta)

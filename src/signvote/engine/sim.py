@@ -163,7 +163,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
                     torch.Generator().manual_seed(c.seed + ATTACK_STREAM))
 
     summary: dict[str, Any] = {
-        "status": "running",
+        "status": "completed",
         "engine": "sim",
         "params": layout.dim,
         "workers": c.workers,
@@ -218,7 +218,6 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
     if bar is not None:
         bar.close()
     summary.update(_final_metrics(metrics))
-    summary["status"] = "diverged" if summary["status"] == "diverged" else "completed"
     summary["epochs_completed"] = len(metrics)
     summary["steps"] = step
     summary["wall_s"] = round(time.perf_counter() - t0, 6)

@@ -152,8 +152,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
     momentum = rules.DEFAULT_MOMENTUM[c.rule] if c.momentum is None else c.momentum
     _need(math.isfinite(momentum) and 0.0 <= momentum < 1.0,
           f"--momentum must be in [0, 1), got {momentum}")
-    _need(not (c.rule == "signsgd" and momentum != 0.0),
-          f"--momentum {momentum}: rule signsgd takes no momentum; use --rule signum")
     lr = rules.DEFAULT_LR[c.rule] if c.lr is None else c.lr
     _need(math.isfinite(lr) and lr >= 0.0, f"--lr must be a finite number >= 0, got {lr}")
     _need(math.isfinite(c.weight_decay) and c.weight_decay >= 0.0,
@@ -168,7 +166,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(c.dataset in models.MODELS[model],
           f"--model {model} does not fit --dataset {c.dataset}; valid: "
           + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
-    sign = rules.get(c.rule, momentum).sends_signs
+    try:
+        sign = rules.get(c.rule, momentum).sends_signs
+    except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
+        raise ConfigError(f"--momentum {momentum}: {exc}") from None
     aggregator = c.aggregator or ("majority-vote" if sign else "mean")
     out = c.out or f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_blind{c.blind}_seed{c.seed}"
     return dataclasses.replace(
