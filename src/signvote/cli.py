@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import signvote
+from signvote.data import DatasetError
 from signvote.experiment.config import (
     FIELDS,
     ConfigError,
@@ -95,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: signvote train --rule signum --byzantine 4 --epochs 80 --out runs/demo",
     )
     _add_train_options(train)
+
+    from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
+
+    download = commands.add_parser(
+        "download", help="download MNIST or Fashion-MNIST (needs torchvision and the network)",
+        description="Download a dataset's IDX files with torchvision (pip install "
+                    "'signvote[download]'). `signvote train --dataset NAME` finds them in "
+                    "the same --data-dir, or in the default folder without one. Offline, "
+                    "Fashion-MNIST also comes from Debian's package dataset-fashion-mnist "
+                    "(found in /usr/share/datasets/fashion-mnist), and any IDX files can be "
+                    "put in a folder passed as --data-dir.",
+    )
+    download.add_argument("dataset", choices=tuple(TORCHVISION_FOLDER), metavar="DATASET",
+                          help="one of: " + ", ".join(TORCHVISION_FOLDER))
+    download.add_argument("--data-dir", metavar="DIR", default=None,
+                          help=f"where to put it (default: {default_data_dir()}, or "
+                               f"$SIGNVOTE_DATA)")
     return parser
 
 
@@ -113,7 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         result = train(config, progress=not args.quiet)
-    except ConfigError as exc:
+    except (ConfigError, DatasetError) as exc:
         fail(f"signvote train: error: {exc}")
     except KeyboardInterrupt:
         print("\nsignvote train: interrupted; the run folder has no summary.json",
@@ -134,11 +152,27 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_download(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from signvote.data.images import default_data_dir, download
+
+    target = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        folder = download(args.dataset, target)
+    except DatasetError as exc:
+        fail(f"signvote download: error: {exc}")
+    print(f"{args.dataset}: IDX files in {folder}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_train(args)
+    if args.command == "download":
+        return run_download(args)
     parser.print_help()
     return EXIT_USAGE
 

@@ -28,8 +28,9 @@ DEFAULT_LR = {"sgd": 1e-3, "signsgd": 1e-4, "signum": 1e-4}
 
 
 def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
-    """The exponential moving average ``beta * momentum + (1 - beta) * grads`` (a new tensor)."""
-    return momentum.mul(beta).add(grads, alpha=1.0 - beta)
+    """The exponential moving average ``beta * momentum + (1 - beta) * grads`` (a new tensor),
+    computed as ``momentum + (1 - beta) * (grads - momentum)`` in one pass (``torch.lerp``)."""
+    return torch.lerp(momentum, grads, 1.0 - beta)
 
 
 @dataclass(frozen=True)

@@ -65,4 +65,5 @@ class MajorityVote:
     """
 
     def __call__(self, messages: Tensor) -> Tensor:
-        return torch.sign(ternary_votes(messages).sum(dim=0))
+        # = sign(ternary_votes(messages).sum(0)) in one pass fewer: nansum skips sign(NaN).
+        return torch.sign(torch.sign(messages).nansum(dim=0))

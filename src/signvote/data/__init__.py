@@ -34,16 +34,31 @@ class Dataset:
         return tuple(self.train_x.shape[1:])
 
 
-DATASETS = ("linreg", "logreg")
-"""The registered dataset names."""
+class DatasetError(ValueError):
+    """A dataset cannot be loaded (files missing, corrupt, or inconsistent); the message
+    says which and what to do."""
+
+
+DATASETS = ("linreg", "logreg", "mnist", "fashion-mnist", "digits", "idx")
+"""The registered dataset names: synthetic ``linreg``/``logreg`` (drawn from the seed),
+``mnist``/``fashion-mnist``/``idx`` (IDX files, see :mod:`signvote.data.images`) and
+scikit-learn's ``digits``."""
+
+REGRESSION = ("linreg",)
+"""The datasets whose targets are real numbers (all others are classification)."""
 
 
 def load(name: str, seed: int, data_dir: Path | None = None) -> Dataset:
-    """The dataset ``name``; synthetic ones are drawn from ``seed``."""
-    from signvote.data import synthetic
+    """The dataset ``name``; synthetic ones are drawn from ``seed``, digits are split by it,
+    IDX datasets are read from ``data_dir`` or the standard places."""
+    from signvote.data import images, synthetic
 
     if name == "linreg":
         return synthetic.linear_regression(seed)
     if name == "logreg":
         return synthetic.logistic_regression(seed)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "digits":
+        return images.digits(seed)
+    if name in ("mnist", "fashion-mnist", "idx"):
+        return images.load_idx(name, data_dir)
+    raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -1,29 +1,34 @@
-"""Per-worker gradients of all n workers from one batched forward and one backward.
+"""Per-worker gradients of all n workers from one forward and one backward pass.
 
-The parameters live in one flat vector ``x[d]``. The workers' parameters are the
-broadcast view ``P = x.expand(n, d)`` (no copy); the model runs on the stacked batches
-``[n, b, ...]`` with ``P`` cut into per-layer ``[n, ...]`` views, and one call of
-``torch.autograd.grad(sum_i loss_i, P)`` returns ``G[n, d]``: since worker i's loss
-depends only on row i of P, the gradient of the sum is each worker's own gradient.
+All workers share the parameters ``x[d]`` (the simulator's invariant: every worker starts a
+step from the server's parameters), so the forward pass is the ordinary big-batch forward
+of the model on the workers' stacked samples ``[n * b, ...]``. Only the weight gradients
+must stay per worker. Autograd differentiates with respect to the broadcast view
+``P = x.expand(n, d)`` (no copy), cut into per-layer ``[n, ...]`` views; the layers that
+hold parameters are replaced by autograd functions whose forward uses the shared weights
+(row 0 of the view) and whose backward returns, besides the usual input gradient, each
+worker's weight gradient, summed over that worker's samples only:
 
-``nn.Sequential`` models run layer by layer with batched kernels (``Linear`` as one
-``baddbmm``, elementwise layers directly on ``[n, b, ...]``); any other layer or model
-runs under ``torch.func.vmap(functional_call(...), randomness="different")``, so dropout
-draws its own mask per worker. The layer-wise path avoids vmap's per-operator overhead,
-which dominates for the paper's small models.
+- ``Linear``: ``dW_i = sum_{s in worker i} dy_s x_s^T``, one ``bmm`` over the workers;
+- ``Conv2d``: ``convolution_backward`` on each worker's slice of the batch.
+
+So ``torch.autograd.grad(sum_i loss_i, P)`` returns ``G[n, d]``, row i being worker i's
+gradient of its mean batch loss, at the FLOP cost of one big-batch step plus the writing of
+``n * d`` numbers. Parameter-free layers (ReLU, pooling, Flatten, Dropout, ...) run
+unchanged on the big batch: dropout draws an independent mask for every sample, hence for
+every worker, as in training. Any other layer with parameters (and any model that is not an
+``nn.Sequential``) runs under ``torch.func.vmap(functional_call(...),
+randomness="different")`` over ``[n, b, ...]``: correct for every module, slower.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Identity,
-               nn.Dropout, nn.SiLU)
-
 
 @dataclass(frozen=True)
 class ParamLayout:
@@ -57,55 +62,191 @@ class ParamLayout:
         }
 
 
-def _linear(weight: Tensor, bias: Tensor | None, h: Tensor) -> Tensor:
-    """``h @ weight^T + bias`` per worker: ``h[n, b, i]``, ``weight[n, o, i]``, ``bias[n, o]``."""
-    if h.dim() != 3:  # extra batch dimensions: fold them into b
-        folded = _linear(weight, bias, h.reshape(h.shape[0], -1, h.shape[-1]))
-        return folded.view(*h.shape[:-1], weight.shape[1])
-    if bias is None:
-        return torch.bmm(h, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+class GradientSink:
+    """The ``[n, d]`` gradient matrix being filled by one backward pass, one slot per
+    parameter: ``slot(k)`` is the ``[n, *shape_k]`` view of parameter k's columns."""
+
+    def __init__(self, layout: ParamLayout, n: int, like: Tensor) -> None:
+        self.grads = torch.empty(n, layout.dim, dtype=like.dtype, device=like.device)
+        self._slots = [
+            chunk.view(n, *shape) for chunk, shape in zip(
+                self.grads.split(layout.sizes, dim=1), layout.shapes, strict=True)
+        ]
+
+    @property
+    def n(self) -> int:
+        return self.grads.shape[0]
+
+    def slot(self, index: int) -> Tensor:
+        return self._slots[index]
+
+
+class _WorkerLinear(torch.autograd.Function):
+    """``y = h W^T + b`` on the big batch ``h[n * b, ..., i]``; the backward writes each
+    worker's ``dW_i = sum_{s in worker i} dy_s h_s^T`` (one ``bmm``) and ``db_i`` into the
+    sink and returns the input gradient ``dy W``."""
+
+    @staticmethod
+    def forward(h, carrier, weight, bias, sink, slots):
+        return nn.functional.linear(h, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, _, weight, _, sink, slots = inputs
+        ctx.save_for_backward(h, weight)
+        ctx.sink, ctx.slots = sink, slots
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight = ctx.saved_tensors
+        sink, (w_slot, b_slot) = ctx.sink, ctx.slots
+        grad_h = grad_out @ weight if ctx.needs_input_grad[0] else None
+        per_worker = grad_out.reshape(sink.n, -1, weight.shape[0])
+        torch.bmm(per_worker.transpose(1, 2), h.reshape(sink.n, -1, weight.shape[1]),
+                  out=sink.slot(w_slot))
+        if b_slot is not None:
+            sink.slot(b_slot).copy_(per_worker.sum(dim=1))
+        return grad_h, None, None, None, None, None
+
+
+class _WorkerConv2d(torch.autograd.Function):
+    """``conv2d(h, W, b)`` on the big batch ``h[n * b, C, H, W]``; the backward writes each
+    worker's weight gradient (``convolution_backward`` on the worker's slice of the batch)
+    and bias gradient into the sink and returns the input gradient."""
+
+    @staticmethod
+    def forward(h, carrier, weight, bias, sink, slots, conv):
+        return nn.functional.conv2d(h, weight, bias, conv.stride, conv.padding, conv.dilation,
+                                    conv.groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, _, weight, _, sink, slots, conv = inputs
+        ctx.save_for_backward(h, weight)
+        ctx.sink, ctx.slots, ctx.conv = sink, slots, conv
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight = ctx.saved_tensors
+        sink, (w_slot, b_slot), conv = ctx.sink, ctx.slots, ctx.conv
+        args = (conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups)
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.convolution_backward(
+                grad_out, h, weight, None, *args, [True, False, False])[0]
+        w_grads = sink.slot(w_slot)
+        for i, (dy, hi) in enumerate(zip(grad_out.chunk(sink.n), h.chunk(sink.n), strict=True)):
+            w_grads[i].copy_(torch.ops.aten.convolution_backward(
+                dy, hi, weight, None, *args, [False, True, False])[1])
+        if b_slot is not None:
+            sink.slot(b_slot).copy_(grad_out.reshape(sink.n, -1, *grad_out.shape[1:])
+                                    .sum(dim=(1, 3, 4)))
+        return grad_h, None, None, None, None, None, None
+
+
+@dataclass
+class _Pass:
+    """What one layer call sees: the shared parameters, the number of workers, the sink,
+    the carrier that makes the fast layers' outputs require grad, and the per-worker
+    parameter leaves of the vmap layers (collected for the backward pass)."""
+
+    params: list[Tensor]
+    n: int
+    sink: GradientSink
+    carrier: Tensor
+    leaves: dict[int, Tensor]
+
+
+Layer = Callable[[_Pass, Tensor], Tensor]
+"""A compiled layer: ``(pass, activations [n * b, ...]) -> activations``."""
 
 
 class BatchedModel:
-    """``module`` compiled once into a list of batched layer calls.
+    """``module`` compiled once into layer calls that yield per-worker gradients.
 
-    ``forward(stacked, inputs)`` runs worker i with parameters ``stacked[i]`` (a row of the
-    flat ``[n, d]`` parameters) on ``inputs[i]`` and returns ``[n, b, ...]``.
+    ``gradients(x, inputs, targets, task)`` runs every worker with the shared parameters
+    ``x[d]`` on its own batch ``inputs[i]`` and returns each worker's gradient.
     """
 
     def __init__(self, module: nn.Module, layout: ParamLayout) -> None:
         self.layout = layout
         self._index = {name: i for i, name in enumerate(layout.names)}
-        self.layers = self._compile(module, "")
+        try:
+            self.layers = (self._compile(module, "") if isinstance(module, nn.Sequential)
+                           else [self._vmapped(module, "")])
+        except KeyError:  # a parameter shared between layers: one vmap over the whole model
+            self.layers = [self._vmapped(module, "", shared=True)]
 
-    def _compile(self, module: nn.Module, prefix: str) -> list:
+    def _own(self, module: nn.Module, prefix: str) -> dict[str, int]:
+        return {name: self._index[prefix + name] for name, _ in module.named_parameters()}
+
+    def _compile(self, module: nn.Module, prefix: str) -> list[Layer]:
         if isinstance(module, nn.Sequential):
             return [call for name, child in module.named_children()
                     for call in self._compile(child, f"{prefix}{name}.")]
-        own = {name: self._index[prefix + name] for name, _ in module.named_parameters()}
-        if isinstance(module, nn.Linear):
-            w, b = own["weight"], own.get("bias")
-            return [lambda p, h: _linear(p[w], None if b is None else p[b], h)]
-        if isinstance(module, ELEMENTWISE) and not own:
-            return [lambda p, h: module(h)]
-        if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
-            return [lambda p, h: h if h.dim() == 3 else h.flatten(2)]
+        own = self._own(module, prefix)
+        if not own:  # parameter-free: the module itself, on the big batch
+            return [lambda run, h: module(h)]
+        w, b = own["weight"] if "weight" in own else None, own.get("bias")
+        slots = (w, b)
+        if type(module) is nn.Linear:
+            return [lambda run, h: _WorkerLinear.apply(
+                h, run.carrier, run.params[w], None if b is None else run.params[b],
+                run.sink, slots)]
+        if (type(module) is nn.Conv2d and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
+            return [lambda run, h: _WorkerConv2d.apply(
+                h, run.carrier, run.params[w], None if b is None else run.params[b],
+                run.sink, slots, module)]
+        return [self._vmapped(module, prefix)]
+
+    def _vmapped(self, module: nn.Module, prefix: str, shared: bool = False) -> Layer:
+        own = ({name: self._index[name] for name in self.layout.names} if shared
+               else self._own(module, prefix))
 
         def one(params: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(module, params, (xb,))
 
         batched = vmap(one, randomness="different")
-        return [lambda p, h: batched({k: p[i] for k, i in own.items()}, h)]
 
-    def forward(self, stacked: Tensor, inputs: Tensor) -> Tensor:
-        n = stacked.shape[0]
-        params = [chunk.view(n, *shape) for chunk, shape in zip(
-            stacked.split(self.layout.sizes, dim=1), self.layout.shapes, strict=True)]
-        h = inputs
+        def call(run: _Pass, h: Tensor) -> Tensor:
+            leaves = {}
+            for name, i in own.items():
+                leaves[name] = run.params[i].expand(run.n, *run.params[i].shape)
+                leaves[name].requires_grad_(True)
+                run.leaves[i] = leaves[name]
+            out = batched(leaves, h.reshape(run.n, -1, *h.shape[1:]))
+            return out.reshape(-1, *out.shape[2:])
+
+        return call
+
+    def gradients(self, x: Tensor, inputs: Tensor, targets: Tensor, task: str) -> WorkerStep:
+        """Each worker's gradient of its mean batch loss at the shared parameters ``x[d]``.
+
+        Args:
+            inputs: ``[n, b, ...]`` (worker i's batch is ``inputs[i]``).
+            targets: ``[n, b]``.
+        """
+        n = inputs.shape[0]
+        run = _Pass(
+            params=list(self.layout.unflatten(x.detach()).values()), n=n,
+            sink=GradientSink(self.layout, n, x), carrier=x.new_zeros((), requires_grad=True),
+            leaves={},
+        )
+        h = inputs.reshape(-1, *inputs.shape[2:])
         for layer in self.layers:
-            h = layer(params, h)
-        return h
+            h = layer(run, h)
+        outputs = h.reshape(n, -1, *h.shape[1:])
+        losses = per_sample_loss(outputs, targets, task).mean(dim=1)
+        indices = list(run.leaves)
+        grads = torch.autograd.grad(losses.sum(), [run.carrier, *run.leaves.values()],
+                                    allow_unused=True)
+        for i, grad in zip(indices, grads[1:], strict=True):
+            run.sink.slot(i).copy_(grad)
+        correct = None
+        if task == "classification":
+            correct = (outputs.detach().argmax(dim=-1) == targets).sum(dim=1)
+        return WorkerStep(run.sink.grads, losses.detach(), correct)
 
 
 def per_sample_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
@@ -131,21 +272,9 @@ class WorkerStep:
 def worker_gradients(
     model: BatchedModel, x: Tensor, inputs: Tensor, targets: Tensor, task: str
 ) -> WorkerStep:
-    """Each worker's gradient of its mean batch loss at the shared parameters ``x[d]``.
-
-    Args:
-        inputs: ``[n, b, ...]`` (worker i's batch is ``inputs[i]``).
-        targets: ``[n, b]``.
-    """
-    leaf = x.detach().requires_grad_(True)
-    stacked = leaf.expand(inputs.shape[0], -1)
-    outputs = model.forward(stacked, inputs)
-    losses = per_sample_loss(outputs, targets, task).mean(dim=1)
-    (grads,) = torch.autograd.grad(losses.sum(), stacked)
-    correct = None
-    if task == "classification":
-        correct = (outputs.detach().argmax(dim=-1) == targets).sum(dim=1)
-    return WorkerStep(grads, losses.detach(), correct)
+    """Each worker's gradient of its mean batch loss at the shared parameters ``x[d]``
+    (``inputs[n, b, ...]``, ``targets[n, b]``); see :meth:`BatchedModel.gradients`."""
+    return model.gradients(x, inputs, targets, task)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from torch import Tensor
 
 import signvote
 from signvote import aggregators, attacks, models, rules
+from signvote.data import Dataset
 from signvote.data import load as load_dataset
 from signvote.data import partition
 from signvote.engine.gradients import (
@@ -39,6 +40,7 @@ from signvote.engine.gradients import (
     evaluate,
     worker_gradients,
 )
+from signvote.engine.memory import keep_freed_memory
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
 
@@ -132,24 +134,33 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
     """Train with the simulator; writes the run folder ``config.out`` when ``write``."""
     c = resolve(config)
     out = Path(c.out)
+    keep_freed_memory()
     torch.manual_seed(c.seed)
     data = load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
-    module = models.build(c.model, data.input_shape, data.n_classes)
+    try:
+        module = models.build(c.model, data.input_shape, data.n_classes)
+    except ValueError as exc:
+        raise ConfigError(f"--model {c.model}: {exc}") from None
     module.train()
     layout = ParamLayout.of(module)
     x = layout.flatten(module)
     batched = BatchedModel(module, layout)
 
-    shards = partition.get(c.partition, data.train_x.shape[0], c.workers,
-                           torch.Generator().manual_seed(c.seed + PARTITION_STREAM))
-    inputs, targets = data.train_x[shards], data.train_y[shards]  # [n, shard, ...]
-    shard = shards.shape[1]
-    if c.batch_size > shard:
+    try:
+        part = partition.get(
+            c.partition, data.train_y, c.workers,
+            torch.Generator().manual_seed(c.seed + PARTITION_STREAM),
+            alpha=c.partition_alpha, shards_per_worker=c.partition_shards,
+            gamma=c.partition_gamma)
+    except ValueError as exc:
+        raise ConfigError(f"--partition {c.partition}: {exc}") from None
+    per_epoch = data.train_x.shape[0] // c.workers  # samples each worker walks an epoch
+    if c.batch_size > per_epoch:
         raise ConfigError(
-            f"--batch-size {c.batch_size} exceeds the {shard} samples per worker; "
-            f"valid: 1 to {shard}"
+            f"--batch-size {c.batch_size} exceeds the {per_epoch} samples per worker and "
+            f"epoch; valid: 1 to {per_epoch}"
         )
-    starts = range(0, shard, c.batch_size)
+    starts = range(0, per_epoch, c.batch_size)
 
     rule = rules.get(c.rule, c.momentum)
     aggregator = aggregators.get(c.aggregator)
@@ -173,19 +184,31 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         "signvote_version": signvote.__version__,
         "torch_version": torch.__version__,
     }
+    workers_table = partition_table(part, data, blind_mask, byzantine_mask)
+    summary["partition"] = c.partition
+    if data.task == "classification":
+        summary["mean_worker_label_entropy_bits"] = round(
+            sum(r["label_entropy_bits"] for r in workers_table) / c.workers, 6)
+        summary["dataset_label_entropy_bits"] = round(float(partition.label_entropy(
+            torch.bincount(data.train_y, minlength=data.n_classes))), 6)
     if write:
         out.mkdir(parents=True, exist_ok=True)
         for stale in ("summary.json", "metrics.csv"):
             (out / stale).unlink(missing_ok=True)
         runs.write_json(out / "config.json", c.to_dict())
+        runs.write_csv(out / "partition.csv", workers_table[0].keys(), workers_table)
 
     metrics: list[dict[str, Any]] = []
     state = None
     step = 0
     t0 = time.perf_counter()
     bar = _progress_bar(c.epochs, progress)
+    fixed_order = all(idx.numel() == per_epoch for idx in part)  # the same walk every epoch
     for epoch in range(c.epochs):
         lr = learning_rate(c, epoch)
+        if epoch == 0 or not fixed_order:
+            walk = partition.epoch_indices(part, per_epoch, epoch)  # [n, per_epoch]
+            inputs, targets = data.train_x[walk], data.train_y[walk]
         batch_losses, batch_correct, seen = [], [], 0
         for start in starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
@@ -224,6 +247,23 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
     if write:
         runs.write_json(out / "summary.json", summary)
     return RunResult(c, summary, metrics, x)
+
+
+def partition_table(part: partition.Partition, data: Dataset, blind_mask: Tensor,
+                    byzantine_mask: Tensor) -> list[dict[str, Any]]:
+    """One row per worker: its role, sample count and, for classification, its label
+    entropy (bits) and label histogram (columns ``label_0`` ... ``label_{C-1}``)."""
+    rows = []
+    histogram = (partition.label_histogram(part, data.train_y, data.n_classes)
+                 if data.task == "classification" else None)
+    for i, idx in enumerate(part):
+        role = ("byzantine" if byzantine_mask[i] else "blind" if blind_mask[i] else "honest")
+        row: dict[str, Any] = {"worker": i, "role": role, "samples": idx.numel()}
+        if histogram is not None:
+            row["label_entropy_bits"] = round(float(partition.label_entropy(histogram[i])), 6)
+            row.update({f"label_{k}": int(v) for k, v in enumerate(histogram[i].tolist())})
+        rows.append(row)
+    return rows
 
 
 def _final_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from signvote import aggregators, attacks, models, rules
-from signvote.data import DATASETS
-from signvote.data.partition import PARTITIONS
+from signvote.data import DATASETS, REGRESSION
+from signvote.data.partition import NEEDS_LABELS, PARTITIONS
 
 ENGINES = ("sim",)
 
@@ -55,7 +55,13 @@ class TrainConfig:
     byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)")
     blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)")
     partition: str = _opt("iid", "how the training set is cut among workers", PARTITIONS)
-    data_dir: str | None = _opt(None, "directory with dataset files (unused by synthetic sets)")
+    partition_alpha: float = _opt(0.5, "Dirichlet concentration of --partition dirichlet "
+                                  "(smaller: more label skew)")
+    partition_shards: int = _opt(2, "label-sorted shards per worker of --partition shards")
+    partition_gamma: float = _opt(0.5, "iid fraction of --partition gamma (1: iid, 0: sorted "
+                                  "by label)")
+    data_dir: str | None = _opt(None, "folder with the dataset's files (IDX datasets; default: "
+                                "the standard places, see --help of signvote download)")
     seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise")
     engine: str = _opt("sim", "engine: sim (all workers in one process)", ENGINES)
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")
@@ -160,6 +166,15 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(math.isfinite(c.lr_decay_rate) and 0.0 < c.lr_decay_rate <= 1.0,
           f"--lr-decay-rate must be in (0, 1], got {c.lr_decay_rate}")
     _need(c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}")
+    _need(math.isfinite(c.partition_alpha) and c.partition_alpha > 0,
+          f"--partition-alpha must be a finite number > 0, got {c.partition_alpha}")
+    _need(c.partition_shards >= 1,
+          f"--partition-shards must be at least 1, got {c.partition_shards}")
+    _need(0.0 <= c.partition_gamma <= 1.0,
+          f"--partition-gamma must be in [0, 1], got {c.partition_gamma}")
+    _need(c.partition not in NEEDS_LABELS or c.dataset not in REGRESSION,
+          f"--partition {c.partition} needs class labels; --dataset {c.dataset} is a "
+          f"regression; valid: --partition iid")
     batch_size = max(1, 128 // c.workers) if c.batch_size is None else c.batch_size
     _need(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")
     model = models.DEFAULT_MODEL[c.dataset] if c.model is None else c.model

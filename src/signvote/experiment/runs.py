@@ -21,13 +21,18 @@ METRIC_COLUMNS = ("epoch", "step", "train_loss", "test_loss", "train_acc", "test
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + fsync + rename)."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + fsync + rename)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -50,14 +55,21 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write all metric rows (columns :data:`METRIC_COLUMNS`) as CSV, atomically."""
+def write_csv(path: str | Path, columns: Iterable[str], rows: Iterable[Mapping[str, Any]]
+              ) -> None:
+    """Write ``rows`` as CSV with a header of ``columns`` (missing cells empty), atomically."""
+    columns = list(columns)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METRIC_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([format_cell(row.get(c)) for c in METRIC_COLUMNS])
+        writer.writerow([format_cell(row.get(c)) for c in columns])
     atomic_write_text(path, buf.getvalue())
+
+
+def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write all metric rows (columns :data:`METRIC_COLUMNS`) as CSV, atomically."""
+    write_csv(path, METRIC_COLUMNS, rows)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
