@@ -1,21 +1,6 @@
 import torch
 
-from signvote.data import load, partition
-
-
-def test_iid_partition_gives_each_sample_to_one_worker_in_equal_shards():
-    shards = partition.iid(1003, 10, torch.Generator().manual_seed(3))
-    assert shards.shape == (10, 100)
-    flat = shards.flatten()
-    assert flat.unique().numel() == flat.numel() == 1000
-    assert int(flat.max()) < 1003
-
-
-def test_iid_partition_is_seeded():
-    a = partition.iid(500, 4, torch.Generator().manual_seed(5))
-    b = partition.iid(500, 4, torch.Generator().manual_seed(5))
-    c = partition.iid(500, 4, torch.Generator().manual_seed(6))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+from signvote.data import load
 
 
 def test_logistic_data_follows_the_paper_recipe():

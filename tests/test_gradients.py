@@ -18,7 +18,18 @@ class TwoBranch(nn.Module):
         return self.head(torch.tanh(self.a(x)) * self.b(x))
 
 
+def tied():
+    """One Linear used twice (its gradient sums both uses): runs through one whole-model vmap."""
+    shared = nn.Linear(6, 6)
+    return nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(6, 3))
+
+
 MODELS = {
+    "cnn": lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False), nn.Tanh(),
+        nn.Conv2d(6, 3, 1, dilation=2), nn.Flatten(), nn.Linear(3 * 2 * 2, 3)),
+    "tied-weights": tied,
     "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)),
     "layernorm-fallback": lambda: nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.GELU(),
                                                 nn.Linear(5, 3, bias=False)),
@@ -53,11 +64,14 @@ def test_batched_gradients_equal_a_loop_over_workers(name, gen):
     module = MODELS[name]()
     layout = ParamLayout.of(module)
     x = layout.flatten(module) + 0.1 * torch.randn(layout.dim, generator=gen)
-    shape = (5, 7, 2, 3) if name == "image-flatten" else (5, 7, 6)
+    shape = {"image-flatten": (5, 7, 2, 3), "cnn": (5, 7, 2, 8, 8)}.get(name, (5, 7, 6))
     inputs = torch.randn(*shape, generator=gen)
     targets = torch.randint(0, 3, (5, 7), generator=gen)
-    step = worker_gradients(BatchedModel(module, layout), x, inputs, targets, "classification")
+    model = BatchedModel(module, layout)
+    step = worker_gradients(model, x, inputs, targets, "classification")
     grads, losses = loop_gradients(module, x, inputs, targets, "classification")
+    again = worker_gradients(model, x, inputs, targets, "classification")  # reusable
+    assert torch.equal(again.grads, step.grads)
     assert step.grads.shape == (5, layout.dim)
     assert torch.allclose(step.grads, grads, atol=1e-6, rtol=1e-5)
     assert torch.allclose(step.losses, losses, atol=1e-6)
@@ -85,3 +99,23 @@ def test_evaluate_counts_correct_predictions():
     assert acc == 0.75
     expected = nn.functional.cross_entropy(inputs, targets).item()
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_dropout_draws_its_own_mask_for_every_worker(gen):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(6, 32), nn.Dropout(0.5), nn.Linear(32, 3))
+    layout = ParamLayout.of(module)
+    x = layout.flatten(module)
+    batch = torch.randn(1, 1, 6, generator=gen).expand(4, 1, 6)  # one sample, everywhere
+    targets = torch.randint(0, 3, (1, 1), generator=gen).expand(4, 1)
+    model = BatchedModel(module, layout)
+    grads = worker_gradients(model, x, batch, targets, "classification").grads
+    assert all(not torch.allclose(grads[0], grads[i]) for i in range(1, 4))
+    # about half of the hidden units are dropped for each worker: their fc2 columns get 0
+    fc2 = grads[:, -(32 * 3 + 3):-3].view(4, 3, 32)
+    dropped = (fc2 == 0).all(dim=1).float().mean(dim=1)
+    assert ((dropped > 0.2) & (dropped < 0.8)).all()
+    module.eval()  # no dropout: identical batches give identical gradients
+    grads = worker_gradients(BatchedModel(module, layout), x, batch, targets,
+                             "classification").grads
+    assert all(torch.allclose(grads[0], grads[i]) for i in range(1, 4))

@@ -23,6 +23,7 @@ randomness="different")`` over ``[n, b, ...]``: correct for every module, slower
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -170,19 +171,23 @@ class BatchedModel:
 
     def __init__(self, module: nn.Module, layout: ParamLayout) -> None:
         self.layout = layout
-        self._index = {name: i for i, name in enumerate(layout.names)}
-        try:
-            self.layers = (self._compile(module, "") if isinstance(module, nn.Sequential)
-                           else [self._vmapped(module, "")])
-        except KeyError:  # a parameter shared between layers: one vmap over the whole model
-            self.layers = [self._vmapped(module, "", shared=True)]
+        canonical = {id(p): i for i, (_, p) in enumerate(module.named_parameters())}
+        every_name = list(module.named_parameters(remove_duplicate=False))
+        self._index = {name: canonical[id(p)] for name, p in every_name}
+        tied = len(every_name) > len(canonical)  # a parameter used under several names
+        if tied:  # functional_call under vmap leaves a tied module's parameters batched:
+            module = copy.deepcopy(module)  # work on a copy, never on the caller's module
+        self.layers = (self._compile(module, "") if isinstance(module, nn.Sequential)
+                       and not tied else [self._vmapped(module, "")])
 
     def _own(self, module: nn.Module, prefix: str) -> dict[str, int]:
+        """``module``'s parameter names (the first name of a tied one) -> layout index."""
         return {name: self._index[prefix + name] for name, _ in module.named_parameters()}
 
     def _compile(self, module: nn.Module, prefix: str) -> list[Layer]:
         if isinstance(module, nn.Sequential):
-            return [call for name, child in module.named_children()
+            # _modules, not named_children(): a module used twice must run twice
+            return [call for name, child in module._modules.items() if child is not None
                     for call in self._compile(child, f"{prefix}{name}.")]
         own = self._own(module, prefix)
         if not own:  # parameter-free: the module itself, on the big batch
@@ -200,22 +205,21 @@ class BatchedModel:
                 run.sink, slots, module)]
         return [self._vmapped(module, prefix)]
 
-    def _vmapped(self, module: nn.Module, prefix: str, shared: bool = False) -> Layer:
-        own = ({name: self._index[name] for name in self.layout.names} if shared
-               else self._own(module, prefix))
+    def _vmapped(self, module: nn.Module, prefix: str) -> Layer:
+        own = self._own(module, prefix)
 
         def one(params: dict[str, Tensor], xb: Tensor) -> Tensor:
-            return functional_call(module, params, (xb,))
+            return functional_call(module, params, (xb,))  # ties follow the first name
 
         batched = vmap(one, randomness="different")
 
         def call(run: _Pass, h: Tensor) -> Tensor:
-            leaves = {}
-            for name, i in own.items():
-                leaves[name] = run.params[i].expand(run.n, *run.params[i].shape)
-                leaves[name].requires_grad_(True)
-                run.leaves[i] = leaves[name]
-            out = batched(leaves, h.reshape(run.n, -1, *h.shape[1:]))
+            for i in set(own.values()):
+                if i not in run.leaves:
+                    leaf = run.params[i].expand(run.n, *run.params[i].shape)
+                    run.leaves[i] = leaf.requires_grad_(True)
+            params = {name: run.leaves[i] for name, i in own.items()}
+            out = batched(params, h.reshape(run.n, -1, *h.shape[1:]))
             return out.reshape(-1, *out.shape[2:])
 
         return call
