@@ -99,7 +99,7 @@ def test_mnist_is_found_in_torchvisions_folder(tmp_path, no_standard_places):
 def test_images_and_labels_must_agree(tmp_path):
     write_dataset(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(39, dtype=np.uint8))
-    with pytest.raises(IDXError, match="40 images but .* has 39 labels"):
+    with pytest.raises(IDXError, match=r"40 images but .* has 39 labels"):
         load("idx", 0, tmp_path)
 
 

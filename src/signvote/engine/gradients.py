@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+
 @dataclass(frozen=True)
 class ParamLayout:
     """Where each named parameter of a module sits in the flat vector."""

@@ -30,9 +30,8 @@ from torch import Tensor
 
 import signvote
 from signvote import aggregators, attacks, models, rules
-from signvote.data import Dataset
+from signvote.data import Dataset, partition
 from signvote.data import load as load_dataset
-from signvote.data import partition
 from signvote.engine.gradients import (
     BatchedModel,
     ParamLayout,
