@@ -64,6 +64,13 @@ class ParamLayout:
         }
 
 
+NATIVE_LINEAR_MAX = 1 << 16
+"""``Linear`` layers with at most this many weights run as one ``baddbmm`` on the
+broadcast weights ``[n, o, i]`` (autograd's own per-worker gradient; the least Python per
+call, best for small layers); larger ones through :class:`_WorkerLinear` (one big-batch
+matmul forward, so the weights are never broadcast)."""
+
+
 class GradientSink:
     """The ``[n, d]`` gradient matrix being filled by one backward pass, one slot per
     parameter: ``slot(k)`` is the ``[n, *shape_k]`` view of parameter k's columns."""
@@ -150,17 +157,47 @@ class _WorkerConv2d(torch.autograd.Function):
 class _Pass:
     """What one layer call sees: the shared parameters, the number of workers, the sink,
     the carrier that makes the fast layers' outputs require grad, and the per-worker
-    parameter leaves of the vmap layers (collected for the backward pass)."""
+    parameter leaves of the autograd-native layers (their gradients are copied into the
+    sink after the backward pass)."""
 
     params: list[Tensor]
     n: int
-    sink: GradientSink
-    carrier: Tensor
+    sink: GradientSink | None
+    carrier: Tensor | None
     leaves: dict[int, Tensor]
+
+    def leaf(self, index: int) -> Tensor:
+        """Parameter ``index`` broadcast to ``[n, ...]`` (no copy), requiring grad."""
+        if index not in self.leaves:
+            shared = self.params[index]
+            self.leaves[index] = shared.expand(self.n, *shared.shape).requires_grad_(True)
+        return self.leaves[index]
+
+
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Identity,
+               nn.Dropout, nn.SiLU)
+"""Parameter-free layers that act on each number alone: they run on ``[n, b, ...]`` as is."""
+
+
+def _on_big_batch(layer: Callable[[Tensor], Tensor], h: Tensor) -> Tensor:
+    """``layer`` applied to the workers' samples as one batch: ``[n, b, ...]`` is folded to
+    ``[n * b, ...]`` for the call and unfolded after."""
+    out = layer(h.reshape(-1, *h.shape[2:]))
+    return out.reshape(*h.shape[:2], *out.shape[1:])
+
+
+def _batched_linear(weight: Tensor, bias: Tensor | None, h: Tensor) -> Tensor:
+    """``h @ weight^T + bias`` per worker: ``h[n, b, i]``, ``weight[n, o, i]``, ``bias[n, o]``."""
+    if h.dim() != 3:  # extra sample dimensions: fold them into b
+        folded = _batched_linear(weight, bias, h.reshape(h.shape[0], -1, h.shape[-1]))
+        return folded.view(*h.shape[:-1], weight.shape[1])
+    if bias is None:
+        return torch.bmm(h, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
 Layer = Callable[[_Pass, Tensor], Tensor]
-"""A compiled layer: ``(pass, activations [n * b, ...]) -> activations``."""
+"""A compiled layer: ``(pass, activations [n, b, ...]) -> activations [n, b, ...]``."""
 
 
 class BatchedModel:
@@ -176,6 +213,7 @@ class BatchedModel:
         every_name = list(module.named_parameters(remove_duplicate=False))
         self._index = {name: canonical[id(p)] for name, p in every_name}
         tied = len(every_name) > len(canonical)  # a parameter used under several names
+        self.uses_sink = False  # set by _compile when a layer writes into a GradientSink
         if tied:  # functional_call under vmap leaves a tied module's parameters batched:
             module = copy.deepcopy(module)  # work on a copy, never on the caller's module
         self.layers = (self._compile(module, "") if isinstance(module, nn.Sequential)
@@ -191,19 +229,29 @@ class BatchedModel:
             return [call for name, child in module._modules.items() if child is not None
                     for call in self._compile(child, f"{prefix}{name}.")]
         own = self._own(module, prefix)
-        if not own:  # parameter-free: the module itself, on the big batch
+        if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+            return [lambda run, h: h.flatten(2)]
+        if not own and isinstance(module, ELEMENTWISE):  # any shape: on [n, b, ...] as is
             return [lambda run, h: module(h)]
+        if not own:  # parameter-free (pooling, ...): the module on the big batch [n * b, ...]
+            return [lambda run, h: _on_big_batch(module, h)]
         w, b = own["weight"] if "weight" in own else None, own.get("bias")
         slots = (w, b)
+        if type(module) is nn.Linear and module.weight.numel() <= NATIVE_LINEAR_MAX:
+            return [lambda run, h: _batched_linear(
+                run.leaf(w), None if b is None else run.leaf(b), h)]
         if type(module) is nn.Linear:
+            self.uses_sink = True
             return [lambda run, h: _WorkerLinear.apply(
                 h, run.carrier, run.params[w], None if b is None else run.params[b],
                 run.sink, slots)]
         if (type(module) is nn.Conv2d and module.padding_mode == "zeros"
                 and not isinstance(module.padding, str)):
-            return [lambda run, h: _WorkerConv2d.apply(
-                h, run.carrier, run.params[w], None if b is None else run.params[b],
-                run.sink, slots, module)]
+            self.uses_sink = True
+            return [lambda run, h: _on_big_batch(
+                lambda big: _WorkerConv2d.apply(
+                    big, run.carrier, run.params[w], None if b is None else run.params[b],
+                    run.sink, slots, module), h)]
         return [self._vmapped(module, prefix)]
 
     def _vmapped(self, module: nn.Module, prefix: str) -> Layer:
@@ -215,13 +263,7 @@ class BatchedModel:
         batched = vmap(one, randomness="different")
 
         def call(run: _Pass, h: Tensor) -> Tensor:
-            for i in set(own.values()):
-                if i not in run.leaves:
-                    leaf = run.params[i].expand(run.n, *run.params[i].shape)
-                    run.leaves[i] = leaf.requires_grad_(True)
-            params = {name: run.leaves[i] for name, i in own.items()}
-            out = batched(params, h.reshape(run.n, -1, *h.shape[1:]))
-            return out.reshape(-1, *out.shape[2:])
+            return batched({name: run.leaf(i) for name, i in own.items()}, h)
 
         return call
 
@@ -233,25 +275,32 @@ class BatchedModel:
             targets: ``[n, b]``.
         """
         n = inputs.shape[0]
-        run = _Pass(
-            params=list(self.layout.unflatten(x.detach()).values()), n=n,
-            sink=GradientSink(self.layout, n, x), carrier=x.new_zeros((), requires_grad=True),
-            leaves={},
-        )
-        h = inputs.reshape(-1, *inputs.shape[2:])
+        if self.uses_sink:
+            run = _Pass(params=list(self.layout.unflatten(x.detach()).values()), n=n,
+                        sink=GradientSink(self.layout, n, x),
+                        carrier=x.new_zeros((), requires_grad=True), leaves={})
+        else:  # every layer autograd-native: differentiate the broadcast [n, d] directly
+            stacked = x.detach().requires_grad_(True).expand(n, -1)
+            views = [chunk.view(n, *shape) for chunk, shape in zip(
+                stacked.split(self.layout.sizes, dim=1), self.layout.shapes, strict=True)]
+            run = _Pass(params=[], n=n, sink=None, carrier=None, leaves=dict(enumerate(views)))
+        outputs = inputs
         for layer in self.layers:
-            h = layer(run, h)
-        outputs = h.reshape(n, -1, *h.shape[1:])
+            outputs = layer(run, outputs)
         losses = per_sample_loss(outputs, targets, task).mean(dim=1)
-        indices = list(run.leaves)
-        grads = torch.autograd.grad(losses.sum(), [run.carrier, *run.leaves.values()],
-                                    allow_unused=True)
-        for i, grad in zip(indices, grads[1:], strict=True):
-            run.sink.slot(i).copy_(grad)
+        if run.sink is None:
+            (grads,) = torch.autograd.grad(losses.sum(), stacked)
+        else:
+            indices = list(run.leaves)
+            leaf_grads = torch.autograd.grad(
+                losses.sum(), [run.carrier, *run.leaves.values()], allow_unused=True)[1:]
+            for i, grad in zip(indices, leaf_grads, strict=True):
+                run.sink.slot(i).copy_(grad)
+            grads = run.sink.grads
         correct = None
         if task == "classification":
             correct = (outputs.detach().argmax(dim=-1) == targets).sum(dim=1)
-        return WorkerStep(run.sink.grads, losses.detach(), correct)
+        return WorkerStep(grads, losses.detach(), correct)
 
 
 def per_sample_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
