@@ -35,6 +35,14 @@ def run_cli(args, capsys):
     (["--batch-size", "5000"], "exceeds the 800 samples per worker"),
     (["--rule", "signsgd", "--momentum", "0.9"], "signsgd takes no momentum"),
     (["--model", "linregnet"], "does not fit --dataset logreg"),
+    (["--dataset", "digits", "--model", "mnistnet"], "does not fit --dataset digits; valid: "
+                                                     "torchnet, smallcnn"),
+    (["--partition", "dirichlet", "--dataset", "linreg"], "needs class labels"),
+    (["--partition", "shards", "--partition-shards", "0"], "--partition-shards must be at"),
+    (["--partition", "gamma", "--partition-gamma", "2"], "--partition-gamma must be in [0, 1]"),
+    (["--partition-alpha", "0"], "--partition-alpha must be a finite number > 0"),
+    (["--partition", "shards", "--partition-shards", "900"], "cannot share 8000 samples"),
+    (["--partition", "zipf"], "valid: iid, dirichlet, shards, gamma"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "run"
