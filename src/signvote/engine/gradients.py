@@ -1,24 +1,27 @@
 """Per-worker gradients of all n workers from one forward and one backward pass.
 
 All workers share the parameters ``x[d]`` (the simulator's invariant: every worker starts a
-step from the server's parameters), so the forward pass is the ordinary big-batch forward
-of the model on the workers' stacked samples ``[n * b, ...]``. Only the weight gradients
-must stay per worker. Autograd differentiates with respect to the broadcast view
-``P = x.expand(n, d)`` (no copy), cut into per-layer ``[n, ...]`` views; the layers that
-hold parameters are replaced by autograd functions whose forward uses the shared weights
-(row 0 of the view) and whose backward returns, besides the usual input gradient, each
-worker's weight gradient, summed over that worker's samples only:
+step from the server's parameters) and differ only in their batches ``inputs[n, b, ...]``.
+So the forward pass is, layer by layer, the ordinary forward on the workers' samples, and
+only the weight gradients must stay per worker. An ``nn.Sequential`` is compiled once
+(:class:`BatchedModel`) into layer calls on activations ``[n, b, ...]``:
 
-- ``Linear``: ``dW_i = sum_{s in worker i} dy_s x_s^T``, one ``bmm`` over the workers;
-- ``Conv2d``: ``convolution_backward`` on each worker's slice of the batch.
+- large ``Linear`` layers and ``Conv2d``: autograd functions whose forward uses the shared
+  weights on the big batch (one matmul or convolution; the weights are never broadcast)
+  and whose backward returns the usual input gradient and writes each worker's weight
+  gradient, summed over that worker's samples only, into its columns of ``G[n, d]`` (a
+  :class:`GradientSink`): ``dW_i = sum_{s in worker i} dy_s h_s^T`` as one ``bmm`` over the
+  workers for ``Linear``, ``convolution_backward`` on each worker's slice for ``Conv2d``;
+- small ``Linear`` layers: one ``baddbmm`` on the broadcast weights ``x.expand(n, d)`` (a
+  view, no copy), autograd's own backward giving ``[n, o, i]``; the least Python per step;
+- parameter-free layers unchanged, elementwise ones on ``[n, b, ...]``, others (pooling)
+  on ``[n * b, ...]``: dropout draws an independent mask for every sample, hence for every
+  worker, as in training;
+- any other layer with parameters, any model that is not an ``nn.Sequential`` and any
+  model with tied parameters: ``torch.func.vmap(functional_call(...),
+  randomness="different")`` over ``[n, b, ...]``; correct for every module, slower.
 
-So ``torch.autograd.grad(sum_i loss_i, P)`` returns ``G[n, d]``, row i being worker i's
-gradient of its mean batch loss, at the FLOP cost of one big-batch step plus the writing of
-``n * d`` numbers. Parameter-free layers (ReLU, pooling, Flatten, Dropout, ...) run
-unchanged on the big batch: dropout draws an independent mask for every sample, hence for
-every worker, as in training. Any other layer with parameters (and any model that is not an
-``nn.Sequential``) runs under ``torch.func.vmap(functional_call(...),
-randomness="different")`` over ``[n, b, ...]``: correct for every module, slower.
+The cost is about one big-batch step plus the writing of ``n * d`` gradient numbers.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class GradientSink:
 
 
 class _WorkerLinear(torch.autograd.Function):
-    """``y = h W^T + b`` on the big batch ``h[n * b, ..., i]``; the backward writes each
+    """``y = h W^T + b`` with the shared weights on ``h[n, b, ..., i]``; the backward writes each
     worker's ``dW_i = sum_{s in worker i} dy_s h_s^T`` (one ``bmm``) and ``db_i`` into the
     sink and returns the input gradient ``dy W``."""
 

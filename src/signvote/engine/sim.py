@@ -8,9 +8,10 @@ Each step runs the one data path of docs/design.md::
     v = aggregator(M)                     # mean / majority vote / ...
     x = x - lr * (v + weight_decay * x)
 
-The training set is shuffled once by the seed and cut into equal shards (the seed's
-layout); worker i walks its shard in order, ``batch_size`` samples a step, the last batch
-of an epoch being shorter when the shard does not divide. The learning rate is
+The training set is partitioned among the workers (``--partition``; iid by default, the
+seed's layout); every epoch each worker walks ``N // n`` of its samples as an endless
+cycle (``data.partition.epoch_indices``), ``batch_size`` samples a step, the last batch of
+an epoch being shorter when that does not divide. The learning rate is
 ``lr * lr_decay_rate ** (epoch // lr_decay_step)`` (0-based epoch). The test set is
 evaluated after every epoch. The same config and seed give a bit-identical metrics.csv on
 the same machine.
