@@ -4,7 +4,8 @@
    simulator step (``DataPath.step``: per-worker gradients, Signum, majority vote, update)
    divided by one plain single-process training step on the same 120 samples
    (``nn.Module`` forward/backward + ``torch.optim.SGD``), for ``smallcnn`` and the paper's
-   ``torchnet``. Blocks of steps, interleaved sim/plain, median over repeats; the same
+   ``torchnet``; also our per-worker gradients alone. Blocks of steps, interleaved, median
+   over repeats; the same
    allocator setting for both (``keep_freed_memory``, as ``train()`` uses). Also the naive
    formulation, ``vmap(grad(loss))`` over the workers (``torch.func``), for reference.
 2. A full epoch of Fashion-MNIST (60,000 images) with ``smallcnn``, Signum, 10 workers,
@@ -28,7 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from signvote import aggregators, models, rules
 from signvote.data import DatasetError
-from signvote.engine.gradients import BatchedModel, ParamLayout
+from signvote.engine.gradients import BatchedModel, ParamLayout, worker_gradients
 from signvote.engine.memory import keep_freed_memory
 from signvote.engine.sim import DataPath, train
 from signvote.experiment.config import TrainConfig
@@ -56,6 +57,9 @@ def per_step(name: str, repeats: int, steps: int) -> dict[str, list[float]]:
         sim_state["x"], sim_state["rule"], _ = path.step(
             sim_state["x"], sim_state["rule"], inputs, targets, 1e-4, 0)
 
+    def grads_step() -> None:
+        worker_gradients(path.model, sim_state["x"], inputs, targets, "classification")
+
     plain = models.build(name, (1, 28, 28), 10)
     optimizer = torch.optim.SGD(plain.parameters(), lr=1e-4)
     flat_x, flat_y = inputs.reshape(n * b, 1, 28, 28), targets.reshape(-1)
@@ -77,13 +81,14 @@ def per_step(name: str, repeats: int, steps: int) -> dict[str, list[float]]:
         g = per_worker({k: v.detach() for k, v in params.items()}, inputs, targets)
         torch.cat([g[k].reshape(n, -1) for k in names], dim=1)
 
-    times: dict[str, list[float]] = {"sim": [], "plain": [], "vmap": []}
-    for fn in (sim_step, plain_step, vmap_step):  # warm-up
+    steps_by_name = {"sim": sim_step, "plain": plain_step, "grads": grads_step,
+                     "vmap": vmap_step}
+    times: dict[str, list[float]] = {key: [] for key in steps_by_name}
+    for fn in steps_by_name.values():  # warm-up
         block(fn, 2)
     for _ in range(repeats):
-        times["sim"].append(block(sim_step, steps))
-        times["plain"].append(block(plain_step, steps))
-        times["vmap"].append(block(vmap_step, steps))
+        for key, fn in steps_by_name.items():
+            times[key].append(block(fn, steps))
     return times
 
 
@@ -110,16 +115,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python "
           f"{sys.version.split()[0]}")
     print("| model | params | simulator step | plain step | ratio sim/plain (per repeat) "
-          "| vmap(grad) gradients only | ratio vmap/plain |")
-    print("|---|---|---|---|---|---|---|")
+          "| our gradients only | ratio grads/plain | vmap(grad) gradients only "
+          "| ratio vmap/plain |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in ("smallcnn", "torchnet"):
         t = per_step(name, args.repeats, args.steps)
         ratios = [s / p for s, p in zip(t["sim"], t["plain"], strict=True)]
         vratios = [v / p for v, p in zip(t["vmap"], t["plain"], strict=True)]
+        gratios = [g / p for g, p in zip(t["grads"], t["plain"], strict=True)]
         d = sum(p.numel() for p in models.build(name, (1, 28, 28), 10).parameters())
         print(f"| {name} | {d:,} | {1e3 * statistics.median(t['sim']):.1f} ms | "
               f"{1e3 * statistics.median(t['plain']):.1f} ms | "
               f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) | "
+              f"{1e3 * statistics.median(t['grads']):.1f} ms | {statistics.median(gratios):.2f} | "
               f"{1e3 * statistics.median(t['vmap']):.1f} ms | {statistics.median(vratios):.2f} |")
     epoch = fashion_epoch()
     if epoch is not None:

@@ -51,10 +51,9 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
-def _label_sorted(labels: Tensor, generator: torch.Generator) -> Tensor:
-    """All sample indices sorted by label, in random order within a label."""
-    order = torch.randperm(labels.numel(), generator=generator)
-    return order[torch.sort(labels[order], stable=True).indices]
+def _sorted_by_label(indices: Tensor, labels: Tensor) -> Tensor:
+    """``indices`` sorted by their labels, keeping their order within a label."""
+    return indices[torch.sort(labels[indices], stable=True).indices]
 
 
 def iid(labels: Tensor, n_workers: int, generator: torch.Generator) -> Partition:
@@ -107,7 +106,8 @@ def shards(labels: Tensor, n_workers: int, generator: torch.Generator,
     _check_workers(labels.numel(), n_shards)
     if shards_per_worker < 1:
         raise ValueError(f"shards per worker must be at least 1, got {shards_per_worker}")
-    pieces = _label_sorted(labels, generator).tensor_split(n_shards)
+    order = torch.randperm(labels.numel(), generator=generator)
+    pieces = _sorted_by_label(order, labels).tensor_split(n_shards)
     owner = torch.randperm(n_shards, generator=generator).view(n_workers, shards_per_worker)
     return tuple(_shuffled(torch.cat([pieces[k] for k in row.tolist()]), generator)
                  for row in owner)
@@ -125,8 +125,7 @@ def gamma_similarity(labels: Tensor, n_workers: int, generator: torch.Generator,
     order = torch.randperm(labels.numel(), generator=generator)
     n_iid = int(gamma * labels.numel())
     iid_part = order[:n_iid].tensor_split(n_workers)
-    rest = order[n_iid:]
-    sorted_part = rest[torch.sort(labels[rest], stable=True).indices].tensor_split(n_workers)
+    sorted_part = _sorted_by_label(order[n_iid:], labels).tensor_split(n_workers)
     return tuple(_shuffled(torch.cat([a, b]), generator)
                  for a, b in zip(iid_part, sorted_part, strict=True))
 
