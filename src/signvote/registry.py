@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ class Registry:
             return self._factories[name]
         except KeyError:
             known = ", ".join(self.names())
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {known}") from None
 
     def get(self, name: str, **params: Any) -> Any:
         """Build the callable registered under ``name`` with keyword ``params``."""
@@ -53,3 +54,45 @@ class Registry:
                 f"{self.kind} {name!r} takes no parameter {', '.join(unknown)}; valid: {valid}"
             )
         return factory(**params)
+
+
+def parse_value(text: str) -> Any:
+    """A spec parameter's value: ``true``/``false``, a whole number, a number, else text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """Split ``"nnm+krum(f=2)"`` into ``[("nnm", {}), ("krum", {"f": 2})]``.
+
+    A spec is one or more stages joined by ``+``; a stage is a name with optional
+    ``(key=value, ...)``. Malformed specs raise ValueError naming the bad part.
+    """
+    stages = []
+    for part in spec.split("+"):
+        match = _STAGE.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(f"{kind} {spec!r}: cannot read {part.strip()!r}; expected NAME or "
+                             f"NAME(key=value, ...), stages joined by '+'")
+        name, body = match.group(1), match.group(2)
+        params: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in (body or "").split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip().isidentifier():
+                raise ValueError(f"{kind} {spec!r}: cannot read parameter {item!r}; expected "
+                                 f"key=value")
+            params[key.strip()] = parse_value(value)
+        stages.append((name, params))
+    return stages
+
+
+_STAGE = re.compile(r"([a-z0-9][a-z0-9-]*)\s*(?:\((.*)\))?")

@@ -3,9 +3,10 @@
 A rule maps the honest gradients ``G[n, d]`` (one row per worker) and its explicit
 state to the messages ``M[n, d]`` and the new state. Rules never mutate their inputs.
 
-    sgd      M = m_t                 (m_t = g_t when momentum = 0)
-    signsgd  M = sign(g_t)
-    signum   M = sign(m_t)
+    sgd              M = m_t                 (m_t = g_t when momentum = 0)
+    signsgd          M = sign(g_t)
+    signum           M = sign(m_t)
+    stochastic-sign  M = +1 with probability (1 + m_t / B) / 2, else -1
 
 with the momentum ``m_t = beta * m_{t-1} + (1 - beta) * g_t``, ``m_0 = 0`` (the
 exponential moving average of Bernstein et al. 2018, Algorithm 3, also used by the
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-RULES = ("sgd", "signsgd", "signum")
+RULES = ("sgd", "signsgd", "signum", "stochastic-sign")
 """The names of the worker rules, in the order --help lists them."""
 
-DEFAULT_MOMENTUM = {"sgd": 0.0, "signsgd": 0.0, "signum": 0.9}
-DEFAULT_LR = {"sgd": 1e-3, "signsgd": 1e-4, "signum": 1e-4}
+DEFAULT_MOMENTUM = {"sgd": 0.0, "signsgd": 0.0, "signum": 0.9, "stochastic-sign": 0.0}
+DEFAULT_LR = {"sgd": 1e-3, "signsgd": 1e-4, "signum": 1e-4, "stochastic-sign": 1e-4}
 
 
 def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
@@ -41,14 +42,20 @@ class WorkerRule:
         name: the rule's registered name (``sgd``, ``signsgd``, ``signum``).
         beta: the momentum coefficient in [0, 1); 0 keeps no state.
         sends_signs: True when messages are ternary signs (1 bit on the wire).
+        stochastic: True for the stochastic sign (needs a generator in :meth:`step`).
+        bound: B of the stochastic sign; None: each worker's ``max_j |m_ij|`` this step.
     """
 
     name: str
     beta: float
     sends_signs: bool
+    stochastic: bool = False
+    bound: float | None = None
 
-    def step(self, grads: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Messages ``M[n, d]`` from gradients ``G[n, d]``; returns ``(M, new_state)``."""
+    def step(self, grads: Tensor, state: Tensor | None,
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """Messages ``M[n, d]`` from gradients ``G[n, d]``; returns ``(M, new_state)``.
+        ``generator`` draws the stochastic sign's coins (the global one if None)."""
         if self.beta > 0:
             if state is None:  # m_0 = 0
                 state = torch.zeros_like(grads)
@@ -56,8 +63,24 @@ class WorkerRule:
             direction = state
         else:
             direction = grads
+        if self.stochastic:
+            return stochastic_sign(direction, self.bound, generator), state
         messages = torch.sign(direction) if self.sends_signs else direction
         return messages, state
+
+
+def stochastic_sign(values: Tensor, bound: float | None,
+                    generator: torch.Generator | None = None) -> Tensor:
+    r"""``+1`` with probability :math:`(1 + v / B) / 2`, else ``-1``, independently per entry
+    (:math:`v/B` clamped to [-1, 1]; ``B = None``: each row's largest ``|v|``, and a zero
+    row gives fair coins). Unbiased: :math:`E[M] = v / B` where :math:`|v| \le B`."""
+    if bound is None:
+        scale = values.abs().amax(dim=1, keepdim=True)
+    else:
+        scale = torch.full((), float(bound), dtype=values.dtype)
+    ratio = torch.where(scale > 0, values / scale, torch.zeros(())).clamp(-1.0, 1.0)
+    coins = torch.rand(values.shape, generator=generator, dtype=values.dtype)
+    return torch.where(coins < (1 + ratio) / 2, 1.0, -1.0).to(values.dtype)
 
 
 def sgd(momentum: float = 0.0) -> WorkerRule:
@@ -89,8 +112,23 @@ def signum(momentum: float = 0.9) -> WorkerRule:
     return WorkerRule("signum", float(momentum), sends_signs=True)
 
 
-def get(name: str, momentum: float | None = None) -> WorkerRule:
-    """The worker rule ``name`` with ``momentum`` (None: the rule's default)."""
+def stochastic_sign_rule(momentum: float = 0.0, bound: float | None = None) -> WorkerRule:
+    """Stochastic sign: each worker sends ``+1`` with probability ``(1 + m_i / B) / 2`` and
+    ``-1`` otherwise (:func:`stochastic_sign`), an unbiased 1-bit compression of its
+    (momentum) gradient, which keeps the majority vote convergent when the workers' data
+    differ. Jin, Huang, He, Dai & Wu, "Stochastic-Sign SGD for Federated Learning with
+    Theoretical Guarantees", 2020 (sto-SIGNSGD).
+    """
+    if bound is not None and not (float(bound) > 0 and float(bound) != float("inf")):
+        raise ValueError(f"rule stochastic-sign: the bound B must be a finite number > 0, "
+                         f"got {bound}")
+    return WorkerRule("stochastic-sign", float(momentum), sends_signs=True, stochastic=True,
+                      bound=None if bound is None else float(bound))
+
+
+def get(name: str, momentum: float | None = None, bound: float | None = None) -> WorkerRule:
+    """The worker rule ``name`` with ``momentum`` (None: the rule's default) and, for
+    ``stochastic-sign``, its bound ``B`` (None: per worker and step)."""
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; known: {', '.join(RULES)}")
     beta = DEFAULT_MOMENTUM[name] if momentum is None else momentum
@@ -100,4 +138,6 @@ def get(name: str, momentum: float | None = None) -> WorkerRule:
         return signsgd()
     if name == "signum":
         return signum(beta)
+    if name == "stochastic-sign":
+        return stochastic_sign_rule(beta, bound)
     return sgd(beta)

@@ -7,16 +7,26 @@ Use the registry::
     >>> vote(torch.tensor([[1., -1.], [1., 1.], [-1., 0.]]))
     tensor([1., 0.])
 
-Every aggregator is a pure function of its input: it never mutates the messages.
+or a spec, which puts pre-aggregators in front of an aggregator and hands every stage the
+fault bound ``f`` (``aggregators.build("nnm+krum", f=2)``, ``"bucketing(s=2)+median"``,
+``"centered-clipping(tau=5)"``).
+
+Every aggregator is a pure function of its input: it never mutates the messages. The
+stateful ones (``centered-clipping``, ``weighted-majority-vote``, and ``bucketing``'s random
+generator) keep their state on the object, and ``preview(agg, messages)`` aggregates without
+touching it (what an attack that tunes itself against the aggregator calls).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from signvote.registry import Registry
+from torch import Tensor
+
+from signvote.registry import Registry, parse_spec
 
 REGISTRY = Registry("aggregator")
+PRE_REGISTRY = Registry("pre-aggregator")
 
 
 def get(name: str, **params: Any) -> Any:
@@ -29,4 +39,67 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
-from signvote.aggregators import basic  # noqa: E402,F401  (registers the built-in rules)
+def get_pre(name: str, **params: Any) -> Any:
+    """The pre-aggregator registered as ``name`` (``pre(messages, f) -> [n', d]``)."""
+    return PRE_REGISTRY.get(name, **params)
+
+
+def pre_names() -> list[str]:
+    """The names of all registered pre-aggregators."""
+    return PRE_REGISTRY.names()
+
+
+def takes_f(registry: Registry, name: str) -> bool:
+    """Whether the factory ``name`` of ``registry`` takes the fault bound ``f``."""
+    import inspect
+
+    return "f" in inspect.signature(registry.factory(name)).parameters
+
+
+def build(spec: str, f: int = 0) -> Any:
+    """The aggregator of ``spec`` (``"[pre+...+]aggregator"``, each stage ``name`` or
+    ``name(key=value, ...)``), every stage that takes ``f`` getting ``f`` unless the spec
+    sets it. Unknown names or parameters raise ValueError listing the valid ones."""
+    stages = parse_spec(spec, "aggregator")
+    *pres, (last, last_params) = stages
+    if last in PRE_REGISTRY.names():
+        raise ValueError(f"aggregator {spec!r}: {last!r} is a pre-aggregator, it needs an "
+                         f"aggregator after it (e.g. {last}+krum); aggregators: "
+                         f"{', '.join(names())}")
+    if takes_f(REGISTRY, last):
+        last_params = {"f": f, **last_params}
+    aggregator = get(last, **last_params)
+    if not pres:
+        return aggregator
+    built = []
+    for name, params in pres:
+        if name in REGISTRY.names():
+            raise ValueError(f"aggregator {spec!r}: {name!r} is an aggregator and can only "
+                             f"be the last stage; pre-aggregators: {', '.join(pre_names())}")
+        built.append(get_pre(name, **params))
+    return Chain(built, aggregator, getattr(aggregator, "f", f))
+
+
+def preview(aggregator: Any, messages: Tensor) -> Tensor:
+    """``aggregator(messages)`` without changing the aggregator's state."""
+    peek = getattr(aggregator, "preview", None)
+    return peek(messages) if peek is not None else aggregator(messages)
+
+
+def check(aggregator: Any, n: int) -> None:
+    """Raise ValueError if ``aggregator`` cannot run on ``n`` workers with its ``f``."""
+    test = getattr(aggregator, "check", None)
+    if test is not None:
+        test(n)
+
+
+# Register the built-in rules.
+from signvote.aggregators import (  # noqa: E402,F401
+    basic,
+    coordinatewise,
+    distance,
+    iterative,
+    preaggregators,
+    votes,
+)
+from signvote.aggregators.preaggregators import Chain  # noqa: E402

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from signvote.registry import Registry
+from signvote.registry import Registry, parse_spec
 
 REGISTRY = Registry("attack")
 
@@ -37,7 +37,8 @@ class AttackContext:
         generator: the adversaries' own random generator (seeded by the run's seed).
         sign_messages: True when the worker rule sends signs (the wire carries ternary
             values), False for real-valued (fp32) messages.
-        aggregator: the server's aggregator, for attacks that tune against it (may be None).
+        aggregator: the server's aggregator, for attacks that tune against it (may be None;
+            call it through ``signvote.aggregators.preview`` so as not to change its state).
     """
 
     step: int
@@ -56,6 +57,24 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
+def build(spec: str) -> Any:
+    """The attack of ``spec``: ``name`` or ``name(key=value, ...)`` (e.g. ``"alie(z=1.5)"``)."""
+    stages = parse_spec(spec, "attack")
+    if len(stages) != 1:
+        raise ValueError(f"attack {spec!r}: one attack per spec, got {len(stages)}")
+    name, params = stages[0]
+    return get(name, **params)
+
+
+def poison_targets(plan: Sequence[tuple[Any, Tensor]], targets: Tensor,
+                   n_classes: int | None) -> Tensor:
+    """``targets[n, b]`` after every data-level attack of ``plan`` (``label-flip``)."""
+    for attack, mask in plan:
+        if getattr(attack, "data_level", False):
+            targets = attack.poison_targets(targets, mask, n_classes)
+    return targets
+
+
 def apply_all(
     plan: Sequence[tuple[Callable[..., Tensor], Tensor]], messages: Tensor, ctx: AttackContext
 ) -> Tensor:
@@ -67,4 +86,5 @@ def apply_all(
     return messages
 
 
-from signvote.attacks import basic  # noqa: E402,F401  (registers the built-in attacks)
+# Register the built-in attacks.
+from signvote.attacks import basic, data, omniscient  # noqa: E402,F401

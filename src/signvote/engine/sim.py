@@ -45,7 +45,7 @@ from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
 
 # Offsets that give every random stream of a run its own generator from the one seed.
-PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM = 1, 2, 3
+PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM, RULE_STREAM = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class DataPath:
         task: ``classification`` or ``regression``.
         weight_decay: lambda of the update.
         generator: the adversaries' random generator (advanced by random attacks).
+        rule_generator: the workers' coins (stochastic sign).
+        n_classes: the number of classes (None for regression), for data-level attacks.
     """
 
     model: BatchedModel
@@ -69,6 +71,8 @@ class DataPath:
     task: str
     weight_decay: float
     generator: torch.Generator
+    rule_generator: torch.Generator | None = None
+    n_classes: int | None = None
 
     def step(
         self, x: Tensor, state: Tensor | None, inputs: Tensor, targets: Tensor, lr: float,
@@ -76,8 +80,10 @@ class DataPath:
     ) -> tuple[Tensor, Tensor | None, WorkerStep]:
         """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
         returns the new parameters, the new rule state and the honest step statistics."""
-        honest = worker_gradients(self.model, x, inputs, targets, self.task)
-        messages, state = self.rule.step(honest.grads, state)
+        honest = worker_gradients(self.model, x, inputs,
+                                  attacks.poison_targets(self.plan, targets, self.n_classes),
+                                  self.task)
+        messages, state = self.rule.step(honest.grads, state, self.rule_generator)
         if self.plan:
             ctx = attacks.AttackContext(step, self.generator, self.rule.sends_signs,
                                         self.aggregator)
@@ -162,16 +168,18 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         )
     starts = range(0, per_epoch, c.batch_size)
 
-    rule = rules.get(c.rule, c.momentum)
-    aggregator = aggregators.get(c.aggregator)
+    rule = rules.get(c.rule, c.momentum, c.sign_bound)
+    aggregator = aggregators.build(c.aggregator, c.aggregator_f)
     blind_mask, byzantine_mask = choose_adversaries(c.workers, c.blind, c.byzantine, c.seed)
     plan = []
     if c.blind:
         plan.append((attacks.get("blind-inversion"), blind_mask))
     if c.byzantine:
-        plan.append((attacks.get(c.attack), byzantine_mask))
+        plan.append((attacks.build(c.attack), byzantine_mask))
     path = DataPath(batched, rule, plan, aggregator, data.task, c.weight_decay,
-                    torch.Generator().manual_seed(c.seed + ATTACK_STREAM))
+                    torch.Generator().manual_seed(c.seed + ATTACK_STREAM),
+                    torch.Generator().manual_seed(c.seed + RULE_STREAM),
+                    data.n_classes if data.task == "classification" else None)
 
     summary: dict[str, Any] = {
         "status": "completed",

@@ -40,6 +40,8 @@ class TrainConfig:
                              tuple(models.MODELS))
     workers: int = _opt(10, "number of workers n, adversaries included")
     rule: str = _opt("signum", "worker rule", rules.RULES)
+    sign_bound: float | None = _opt(None, "bound B of --rule stochastic-sign (default: each "
+                                    "worker's largest |gradient| of the step)")
     momentum: float | None = _opt(None, "momentum beta in [0, 1) (default: 0.9 for signum, "
                                   "0 for sgd; signsgd takes none)")
     weight_decay: float = _opt(0.0, "weight decay lambda: x <- x - lr * (v + lambda * x)")
@@ -50,8 +52,13 @@ class TrainConfig:
     epochs: int = _opt(80, "training epochs")
     batch_size: int | None = _opt(None, "batch size per worker (default: 128 // workers)")
     aggregator: str | None = _opt(None, "server rule (default: majority-vote for sign rules, "
-                                  "mean for sgd)", "aggregators")
-    attack: str = _opt("vote-cancel", "what the --byzantine workers do", "attacks")
+                                  "mean for sgd); pre-aggregators go in front with '+' and "
+                                  "parameters in brackets, e.g. nnm+krum, "
+                                  "centered-clipping(tau=5)", "aggregators")
+    aggregator_f: int | None = _opt(None, "faults f the aggregator is built to tolerate "
+                                    "(default: --byzantine + --blind)")
+    attack: str = _opt("vote-cancel", "what the --byzantine workers do; parameters in "
+                       "brackets, e.g. alie(z=1.5)", "attacks")
     byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)")
     blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)")
     partition: str = _opt("iid", "how the training set is cut among workers", PARTITIONS)
@@ -71,13 +78,15 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+SPEC_FIELDS = ("aggregator", "attack")
+"""Fields whose value is a spec (``nnm+krum``, ``alie(z=1.5)``), checked by building it."""
 
 
 def choices_of(name: str) -> tuple[str, ...] | None:
     """The valid values of field ``name``, or None if it is not a choice."""
     choices = FIELDS[name].metadata["choices"]
     if choices == "aggregators":
-        return tuple(aggregators.names())
+        return tuple(aggregators.names() + aggregators.pre_names())
     if choices == "attacks":
         return tuple(attacks.names())
     return choices
@@ -139,7 +148,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if value is not None:
             coerce(name, value, f"--{name.replace('_', '-')}")
         choices = choices_of(name)
-        if choices is not None and value is not None and value not in choices:
+        if (choices is not None and value is not None and value not in choices
+                and name not in SPEC_FIELDS):
             raise ConfigError(
                 f"--{name.replace('_', '-')}: unknown value {value!r}; valid: {', '.join(choices)}"
             )
@@ -182,12 +192,26 @@ def resolve(config: TrainConfig) -> TrainConfig:
           f"--model {model} does not fit --dataset {c.dataset}; valid: "
           + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
     try:
-        sign = rules.get(c.rule, momentum).sends_signs
+        sign = rules.get(c.rule, momentum, c.sign_bound).sends_signs
     except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
         raise ConfigError(f"--momentum {momentum}: {exc}") from None
     aggregator = c.aggregator or ("majority-vote" if sign else "mean")
+    _need(c.sign_bound is None or (math.isfinite(c.sign_bound) and c.sign_bound > 0),
+          f"--sign-bound must be a finite number > 0, got {c.sign_bound}")
+    _need(c.sign_bound is None or c.rule == "stochastic-sign",
+          f"--sign-bound is the bound of --rule stochastic-sign, not of --rule {c.rule}")
+    aggregator_f = c.byzantine + c.blind if c.aggregator_f is None else c.aggregator_f
+    _need(aggregator_f >= 0, f"--aggregator-f must be 0 or more, got {aggregator_f}")
+    try:
+        aggregators.check(aggregators.build(aggregator, aggregator_f), c.workers)
+    except ValueError as exc:
+        raise ConfigError(f"--aggregator {aggregator}: {exc}") from None
+    try:
+        attacks.build(c.attack)
+    except ValueError as exc:
+        raise ConfigError(f"--attack {c.attack}: {exc}") from None
     out = c.out or f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_blind{c.blind}_seed{c.seed}"
     return dataclasses.replace(
         c, model=model, momentum=momentum, lr=lr, batch_size=batch_size,
-        aggregator=aggregator, out=out,
+        aggregator=aggregator, aggregator_f=aggregator_f, out=out,
     )

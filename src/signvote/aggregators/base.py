@@ -1,0 +1,131 @@
+"""What the robust aggregators share: the fault bound ``f``, malformed rows, distances.
+
+Conventions of every robust aggregator (docs/design.md, "Robust aggregators"):
+
+- ``f`` is the number of Byzantine workers the rule is built to tolerate; each rule states
+  the smallest ``n`` it accepts for that ``f`` and refuses fewer with a ValueError.
+- A message whose squared norm is not finite (a NaN or infinite entry, or entries so large
+  that ``||m||^2`` overflows) is *malformed*: the server discards it before aggregating, and
+  since a malformed sender is certainly faulty, the rule runs with ``f' = max(f - k, 0)``
+  on the ``n - k`` remaining rows. If more than ``f`` rows are malformed, the rule's bound
+  no longer applies; the remaining rows are then aggregated by the coordinate-wise median
+  when the rule cannot run on so few, and an all-malformed input aggregates to zeros. So a
+  non-finite message never makes a robust aggregator return a non-finite value.
+- Distances come from the Gram matrix, ``||x_i - x_j||^2 = ||x_i||^2 + ||x_j||^2 - 2 <x_i,
+  x_j>``, one ``[n, d] @ [d, n]`` product, then held in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_f(f: int, name: str) -> int:
+    """``f`` as an int, or a ValueError naming the aggregator and the valid values."""
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"{name}: f must be a whole number >= 0, got {f!r}")
+    return f
+
+
+def finite_rows(messages: Tensor) -> Tensor:
+    """Boolean ``[n]``: True where the row's squared norm is finite (the row is well formed)."""
+    return torch.isfinite(torch.linalg.vector_norm(messages, dim=1))
+
+
+def well_formed(messages: Tensor, f: int) -> tuple[Tensor, int]:
+    """``(rows, f')``: the well-formed rows of ``messages`` (all of them, not a copy, when none
+    is malformed) and ``f' = max(f - k, 0)`` for the ``k`` malformed rows discarded."""
+    keep = finite_rows(messages)
+    kept = int(keep.sum())
+    if kept == messages.shape[0]:
+        return messages, f
+    return messages[keep], max(f - (messages.shape[0] - kept), 0)
+
+
+def gram(messages: Tensor) -> Tensor:
+    """The Gram matrix ``X X^T`` ``[n, n]`` in float64 (computed in the messages' dtype)."""
+    return (messages @ messages.T).double()
+
+
+def squared_distances(g: Tensor) -> Tensor:
+    """Pairwise squared distances ``[n, n]`` from a Gram matrix ``g``: zero diagonal, clamped
+    at 0 against rounding, and +inf where the Gram overflowed."""
+    sq = g.diagonal()
+    dist = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * g).clamp(min=0.0)
+    dist = torch.where(torch.isfinite(dist), dist, torch.inf)
+    return dist.fill_diagonal_(0.0)
+
+
+def combine(weights: Tensor, messages: Tensor) -> Tensor:
+    """``sum_i w_i x_i`` ``[d]`` (weights in float64, result in the messages' dtype)."""
+    return weights.to(messages.dtype) @ messages
+
+
+def sorted_columns(messages: Tensor) -> Tensor:
+    """Every coordinate's values in ascending order, laid out ``[d, n]`` (contiguous rows,
+    which sorts faster than sorting ``[n, d]`` along dim 0)."""
+    return messages.T.contiguous().sort(dim=1).values
+
+
+def median_of_sorted(columns: Tensor) -> Tensor:
+    """The median ``[d]`` of each row of ``columns[d, n]`` sorted ascending; for even ``n``
+    the mean of the two middle values."""
+    n = columns.shape[1]
+    if n % 2:
+        return columns[:, n // 2]
+    return (columns[:, n // 2 - 1] + columns[:, n // 2]) / 2
+
+
+def coordinate_median(messages: Tensor) -> Tensor:
+    """The coordinate-wise median ``[d]`` (mean of the two middle values for even ``n``)."""
+    n = messages.shape[0]
+    if n % 2:
+        return messages.T.contiguous().median(dim=1).values
+    return median_of_sorted(sorted_columns(messages))
+
+
+class RobustAggregator:
+    """Base of the rules that take ``f``: checks ``n``, discards malformed rows, then calls
+    :meth:`aggregate` (``messages[n, d], f -> [d]``), which subclasses define."""
+
+    name = "robust"
+
+    def __init__(self, f: int = 0) -> None:
+        self.f = check_f(f, self.name)
+
+    def min_workers(self, f: int) -> int:
+        """The smallest ``n`` the rule accepts with ``f`` faults (``2f + 1`` unless stated)."""
+        return 2 * f + 1
+
+    def check(self, n: int) -> None:
+        """Raise ValueError unless the rule accepts ``n`` workers with its ``f``."""
+        need = self.min_workers(self.f)
+        if n < need:
+            raise ValueError(
+                f"aggregator {self.name} with f={self.f} needs at least {need} workers, got "
+                f"{n}; valid: f <= {self.max_f(n)} for {n} workers")
+
+    def max_f(self, n: int) -> int:
+        """The largest ``f`` the rule accepts with ``n`` workers (-1 if none)."""
+        f = -1
+        while self.min_workers(f + 1) <= n:
+            f += 1
+        return f
+
+    def __call__(self, messages: Tensor) -> Tensor:
+        self.check(messages.shape[0])
+        rows, f = well_formed(messages, self.f)
+        return self.run(rows, f)
+
+    def run(self, messages: Tensor, f: int) -> Tensor:
+        """Aggregate well-formed ``messages`` with ``f`` (the coordinate-wise median when
+        fewer rows remain than the rule needs; zeros when none remain)."""
+        if messages.shape[0] == 0:
+            return torch.zeros(messages.shape[1], dtype=messages.dtype)
+        if messages.shape[0] < self.min_workers(f):
+            return coordinate_median(messages)
+        return self.aggregate(messages, f)
+
+    def aggregate(self, messages: Tensor, f: int) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,106 @@
+"""Coordinate-wise robust aggregators: each coordinate is aggregated on its own."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from signvote.aggregators import REGISTRY
+from signvote.aggregators.base import (
+    RobustAggregator,
+    coordinate_median,
+    median_of_sorted,
+    sorted_columns,
+)
+
+
+@REGISTRY.register("median")
+class Median(RobustAggregator):
+    r"""Coordinate-wise median: :math:`v_j = \mathrm{median}(x_{1j}, \dots, x_{nj})`, the mean
+    of the two middle values when :math:`n` is even.
+
+    Yin, Chen, Ramchandran & Bartlett, "Byzantine-Robust Distributed Learning: Towards
+    Optimal Statistical Rates", ICML 2018. Tolerates :math:`f < n/2`: each coordinate stays
+    within the range of the honest values. ``f`` only sets that check.
+
+    Example:
+        >>> Median()(torch.tensor([[1., 9.], [2., -4.], [100., 0.]]))
+        tensor([2., 0.])
+    """
+
+    name = "median"
+
+    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+        return coordinate_median(messages)
+
+
+def trimmed_mean_of_sorted(columns: Tensor, f: int) -> Tensor:
+    """The mean ``[d]`` of each sorted row of ``columns[d, n]`` without its ``f`` lowest and
+    ``f`` highest values."""
+    n = columns.shape[1]
+    return columns[:, f:n - f].mean(dim=1)
+
+
+@REGISTRY.register("trimmed-mean")
+class TrimmedMean(RobustAggregator):
+    r"""Coordinate-wise trimmed mean: for each coordinate, drop the :math:`f` largest and
+    :math:`f` smallest values and average the other :math:`n - 2f`,
+
+    .. math:: v_j = \frac{1}{n - 2f} \sum_{k=f+1}^{n-f} x_{(k)j},
+
+    :math:`x_{(1)j} \le \dots \le x_{(n)j}` the sorted values. Yin, Chen, Ramchandran &
+    Bartlett, ICML 2018. Needs :math:`n > 2f`; with :math:`f = 0` it is the mean.
+
+    Example:
+        >>> TrimmedMean(f=1)(torch.tensor([[1.], [2.], [3.], [100.]]))
+        tensor([2.5000])
+    """
+
+    name = "trimmed-mean"
+
+    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+        if f == 0:
+            return messages.mean(dim=0)
+        return trimmed_mean_of_sorted(sorted_columns(messages), f)
+
+
+def mean_around_median(columns: Tensor, keep: int) -> Tensor:
+    """For each sorted row of ``columns[d, n]``: the mean of the ``keep`` values closest to
+    the row's median, a tie in distance going to the smaller value.
+
+    The ``keep`` values nearest a point form a contiguous window of the sorted row; of the
+    windows ``[s, s + keep)``, ``s = 0..n-keep``, the nearest set is the one with the smallest
+    radius ``max(med - x_(s), x_(s+keep-1) - med)``, the leftmost on a tie.
+    """
+    n = columns.shape[1]
+    med = median_of_sorted(columns).unsqueeze(1)
+    starts = n - keep + 1
+    radius = torch.maximum(med - columns[:, :starts], columns[:, keep - 1:] - med)  # [d, s]
+    best = radius.argmin(dim=1, keepdim=True)  # first minimum: the leftmost window
+    position = torch.arange(n).unsqueeze(0)
+    window = (position >= best) & (position < best + keep)
+    return (columns * window).sum(dim=1) / keep
+
+
+@REGISTRY.register("meamed")
+class MeaMed(RobustAggregator):
+    r"""Mean around the median: for each coordinate, the mean of the :math:`n - f` values
+    closest to the coordinate-wise median :math:`\mu_j`,
+
+    .. math:: v_j = \frac{1}{n - f} \sum_{i \in N_j} x_{ij}, \quad
+              N_j = \text{the } n - f \text{ indices } i \text{ of smallest } |x_{ij} - \mu_j|
+
+    (a tie in distance goes to the smaller value). Xie, Koyejo & Gupta, "Generalized
+    Byzantine-tolerant SGD", 2018. Needs :math:`n > 2f`.
+
+    Example:
+        >>> MeaMed(f=1)(torch.tensor([[1.], [2.], [4.], [100.]]))
+        tensor([2.3333])
+    """
+
+    name = "meamed"
+
+    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+        if f == 0:
+            return messages.mean(dim=0)
+        return mean_around_median(sorted_columns(messages), messages.shape[0] - f)

@@ -1,0 +1,333 @@
+"""Omniscient model-poisoning attacks of the robust-aggregation literature.
+
+Each reads the other workers' messages of this step, :math:`h_1, \\dots, h_{n-f}` (the rows
+outside ``byzantine_mask``; blind adversaries included, as the paper's Byzantine server sees
+them), with mean :math:`\\mu` and coordinate-wise standard deviation :math:`\\sigma`, and
+sends the same row from every Byzantine worker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+from signvote import aggregators
+from signvote.attacks import REGISTRY, AttackContext
+from signvote.attacks.basic import replace_rows
+
+
+def honest_rows(messages: Tensor, byzantine_mask: Tensor) -> Tensor:
+    """The rows ``[n - f, d]`` not in ``byzantine_mask``."""
+    return messages[~byzantine_mask]
+
+
+def _finite(value: float, what: str, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: {what} must be a finite number, got {value!r}")
+    return value
+
+
+@REGISTRY.register("sign-flip")
+class SignFlip:
+    r"""Sign flipping: every Byzantine worker sends minus the honest mean, :math:`m_b =
+    -\mu`. Allen-Zhu, Ebrahimianghazani, Li & Alistarh, "Byzantine-Resilient Non-Convex
+    Stochastic Gradient Descent", ICLR 2021. knowledge: omniscient.
+    """
+
+    knowledge = "omniscient"
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        if not bool(byzantine_mask.any()):
+            return messages
+        return replace_rows(messages, byzantine_mask,
+                            -honest_rows(messages, byzantine_mask).mean(dim=0))
+
+
+def alie_z(n: int, f: int) -> float:
+    r"""ALIE's :math:`z_{\max}`: with :math:`s = \lfloor n/2 + 1 \rfloor - f` the honest
+    workers the attackers need on their side, :math:`z = \Phi^{-1}((n - s) / n)`
+    (:math:`s` at least 1; Baruch, Baruch & Goldberg 2019, Algorithm 3)."""
+    s = max(n // 2 + 1 - f, 1)
+    return NormalDist().inv_cdf((n - s) / n)
+
+
+def alie_row(honest: Tensor, z: float) -> Tensor:
+    """``mu - z * sigma`` of the honest rows (sigma unbiased; 0 for a single row)."""
+    mean = honest.mean(dim=0)
+    if honest.shape[0] < 2:
+        return mean
+    return mean - z * honest.std(dim=0)
+
+
+@REGISTRY.register("alie")
+class ALIE:
+    r"""A little is enough: every Byzantine worker sends :math:`m_b = \mu - z\,\sigma`,
+    a shift small enough per coordinate to pass for honest yet consistent across all of
+    them. ``z`` defaults to :func:`alie_z` (``n`` workers, ``f`` Byzantine). Baruch, Baruch
+    & Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed Learning",
+    NeurIPS 2019. knowledge: omniscient.
+    """
+
+    knowledge = "omniscient"
+
+    def __init__(self, z: float | None = None) -> None:
+        self.z = None if z is None else _finite(z, "z", "alie")
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        f = int(byzantine_mask.sum())
+        if f == 0:
+            return messages
+        z = alie_z(messages.shape[0], f) if self.z is None else self.z
+        return replace_rows(messages, byzantine_mask,
+                            alie_row(honest_rows(messages, byzantine_mask), z))
+
+
+@REGISTRY.register("ipm")
+class IPM:
+    r"""Inner product manipulation: every Byzantine worker sends :math:`m_b = -\epsilon\,\mu`.
+    The mean of all messages is then :math:`\frac{(n - f) - f\epsilon}{n}\mu`, whose inner
+    product with :math:`\mu` is negative when :math:`f\epsilon > n - f` (with the default
+    :math:`\epsilon = 2`, from 4 Byzantine workers of 10); robust aggregators that keep
+    vectors near the honest ones are the target of small :math:`\epsilon`. Xie, Koyejo &
+    Gupta, "Fall of Empires: Breaking Byzantine-tolerant SGD by Inner Product
+    Manipulation", UAI 2019. knowledge: omniscient.
+    """
+
+    knowledge = "omniscient"
+
+    def __init__(self, epsilon: float = 2.0) -> None:
+        self.epsilon = _finite(epsilon, "epsilon", "ipm")
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        if not bool(byzantine_mask.any()):
+            return messages
+        return replace_rows(messages, byzantine_mask,
+                            -self.epsilon * honest_rows(messages, byzantine_mask).mean(dim=0))
+
+
+@REGISTRY.register("mimic")
+class Mimic:
+    r"""Mimic: every Byzantine worker copies one honest worker's message, :math:`m_b =
+    h_t` (``target``: its position among the honest rows), over-representing that worker's
+    data (harmful under heterogeneity). Karimireddy, He & Jaggi, "Byzantine-Robust Learning
+    on Heterogeneous Datasets via Bucketing", ICLR 2022. knowledge: omniscient.
+    """
+
+    knowledge = "omniscient"
+
+    def __init__(self, target: int = 0) -> None:
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+            raise ValueError(f"mimic: target must be a whole number >= 0, got {target!r}")
+        self.target = target
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        if not bool(byzantine_mask.any()):
+            return messages
+        honest = honest_rows(messages, byzantine_mask)
+        if self.target >= honest.shape[0]:
+            raise ValueError(f"mimic: target {self.target} but only {honest.shape[0]} honest "
+                             f"workers; valid: 0 to {honest.shape[0] - 1}")
+        return replace_rows(messages, byzantine_mask, honest[self.target])
+
+
+DIRECTIONS = ("std", "unit", "sign")
+
+
+def perturbation(honest: Tensor, direction: str) -> Tensor:
+    """The perturbation direction of Shejwalkar & Houmansadr: ``-sigma`` (std), ``-mu /
+    ||mu||`` (unit) or ``-sign(mu)`` (sign)."""
+    mean = honest.mean(dim=0)
+    if direction == "std":
+        return -honest.std(dim=0) if honest.shape[0] > 1 else torch.zeros_like(mean)
+    if direction == "unit":
+        norm = torch.linalg.vector_norm(mean)
+        return -mean / norm if norm > 0 else torch.zeros_like(mean)
+    return -torch.sign(mean)
+
+
+def largest_gamma(honest: Tensor, p: Tensor, objective: str) -> float:
+    r"""The largest :math:`\gamma \ge 0` for which :math:`m = \mu + \gamma p` meets the
+    min-max (``max_i ||m - h_i|| <= max_{i,j} ||h_i - h_j||``) or min-sum (``sum_i ||m -
+    h_i||^2 <= max_i sum_j ||h_i - h_j||^2``) condition, solved in closed form: each
+    side is a quadratic in :math:`\gamma`."""
+    h = honest.double()
+    a = float(p.double() @ p.double())
+    if a == 0.0:
+        return 0.0
+    g = h @ h.T
+    sq = g.diagonal()
+    dist = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * g).clamp(min=0)
+    mean = h.mean(dim=0)
+    centred = mean.unsqueeze(0) - h                       # mu - h_i
+    b = centred @ p.double()                              # <mu - h_i, p>
+    c = (centred * centred).sum(dim=1)                    # ||mu - h_i||^2
+    if objective == "min-max":
+        bound = float(dist.max())
+        roots = (-b + (b * b - a * (c - bound)).clamp(min=0).sqrt()) / a
+        return max(float(roots.min()), 0.0)
+    bound = float(dist.sum(dim=1).max())
+    return math.sqrt(max(bound - float(c.sum()), 0.0) / (h.shape[0] * a))  # sum_i b_i = 0
+
+
+class _MinDistance:
+    knowledge = "omniscient"
+    objective = ""
+
+    def __init__(self, direction: str = "std") -> None:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"{self.objective}: unknown direction {direction!r}; valid: "
+                             f"{', '.join(DIRECTIONS)}")
+        self.direction = direction
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        if not bool(byzantine_mask.any()):
+            return messages
+        honest = honest_rows(messages, byzantine_mask)
+        p = perturbation(honest, self.direction)
+        gamma = largest_gamma(honest, p, self.objective)
+        return replace_rows(messages, byzantine_mask, honest.mean(dim=0) + gamma * p)
+
+
+@REGISTRY.register("min-max")
+class MinMax(_MinDistance):
+    r"""Min-max: every Byzantine worker sends :math:`m = \mu + \gamma p` with the largest
+    :math:`\gamma` such that :math:`\max_i \|m - h_i\| \le \max_{i,j} \|h_i - h_j\|` (no
+    farther from any honest message than the honest ones are from each other); ``direction``
+    :math:`p`: ``std`` (:math:`-\sigma`, default), ``unit`` or ``sign``. Shejwalkar &
+    Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses
+    for Federated Learning", NDSS 2021 (their binary search for :math:`\gamma`, solved here
+    exactly by :func:`largest_gamma`). knowledge: omniscient.
+    """
+
+    objective = "min-max"
+
+
+@REGISTRY.register("min-sum")
+class MinSum(_MinDistance):
+    r"""Min-sum: as :class:`MinMax` with the condition :math:`\sum_i \|m - h_i\|^2 \le
+    \max_i \sum_j \|h_i - h_j\|^2`. Shejwalkar & Houmansadr, NDSS 2021.
+    knowledge: omniscient.
+    """
+
+    objective = "min-sum"
+
+
+def line_search(objective: Callable[[float], float], start: float, delta: float, evals: int,
+                ratio: float) -> float:
+    """ByzFL's expansion-contraction search for the ``x`` that maximises ``objective``:
+    from ``start``, step by ``delta`` and double it while the objective grows; then shrink
+    the step by ``ratio`` for the rest of the ``evals`` evaluations, keeping any better
+    point."""
+    best_x, best_y = start, objective(start)
+    remaining = evals - 1
+    while remaining > 0:
+        x = best_x + delta
+        y = objective(x)
+        remaining -= 1
+        if y > best_y:
+            best_x, best_y = x, y
+            delta *= 2
+        else:
+            delta *= ratio
+            break
+    while remaining > 0:
+        x = best_x + delta
+        y = objective(x)
+        remaining -= 1
+        if y > best_y:
+            best_x, best_y = x, y
+        delta *= ratio
+    return best_x
+
+
+class _Optimal:
+    knowledge = "omniscient"
+    label = ""
+
+    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0,
+                 ratio: float = 0.8) -> None:
+        if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
+            raise ValueError(f"{self.label}: evals must be a whole number >= 1, got {evals!r}")
+        if not 0.5 < float(ratio) < 1.0:
+            raise ValueError(f"{self.label}: ratio must be in (0.5, 1), got {ratio!r}")
+        self.evals, self.ratio = evals, float(ratio)
+        self.start = _finite(start, "start", self.label)
+        self.delta = _finite(delta, "delta", self.label)
+
+    def row(self, honest: Tensor, scale: float) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def best_scale(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> float:
+        """The scale the line search picks against ``ctx.aggregator`` (the mean if None)."""
+        honest = honest_rows(messages, byzantine_mask)
+        target = honest.mean(dim=0)
+        aggregator = ctx.aggregator or aggregators.get("mean")
+
+        def damage(scale: float) -> float:
+            attacked = replace_rows(messages, byzantine_mask, self.row(honest, scale))
+            out = aggregators.preview(aggregator, attacked)
+            return float(torch.linalg.vector_norm((out - target).double()))
+
+        return line_search(damage, self.start, self.delta, self.evals, self.ratio)
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        if not bool(byzantine_mask.any()):
+            return messages
+        scale = self.best_scale(messages, byzantine_mask, ctx)
+        return replace_rows(messages, byzantine_mask,
+                            self.row(honest_rows(messages, byzantine_mask), scale))
+
+
+@REGISTRY.register("optimal-alie")
+class OptimalALIE(_Optimal):
+    r""":class:`ALIE` with :math:`z` chosen per step by :func:`line_search` to maximise
+    :math:`\|\mathrm{agg}(M') - \mu\|` against the aggregator in use (``ctx.aggregator``,
+    evaluated without changing its state; the mean when there is none), as ByzFL's
+    ``Optimal_ALittleIsEnough``. knowledge: omniscient, and the server's rule.
+    """
+
+    label = "optimal-alie"
+
+    def row(self, honest: Tensor, scale: float) -> Tensor:
+        return alie_row(honest, scale)
+
+
+@REGISTRY.register("optimal-ipm")
+class OptimalIPM(_Optimal):
+    r""":class:`IPM` with :math:`\epsilon` chosen per step by :func:`line_search` to maximise
+    :math:`\|\mathrm{agg}(M') - \mu\|` against the aggregator in use, as ByzFL's
+    ``Optimal_InnerProductManipulation``. knowledge: omniscient, and the server's rule.
+    """
+
+    label = "optimal-ipm"
+
+    def row(self, honest: Tensor, scale: float) -> Tensor:
+        return -scale * honest.mean(dim=0)
+
+
+@REGISTRY.register("optimal-vote")
+class OptimalVote:
+    r"""The best response of a colluding coalition to the majority vote: with the honest
+    vote sums :math:`S_j = \sum_{i \notin B} \mathrm{sign}(m_{ij})`, every Byzantine worker
+    votes :math:`-\mathrm{sign}(S_j)` (and abstains where :math:`S_j = 0`).
+
+    Per coordinate the coalition's :math:`f` votes then flip the outcome wherever
+    :math:`0 < |S_j| < f`, zero it where :math:`|S_j| = f`, and shrink the margin
+    elsewhere; no other use of the :math:`f` votes flips more coordinates, and it flips
+    every coordinate the paper's vote cancelling (:class:`~signvote.attacks.basic.VoteCancel`,
+    which flips only where :math:`f - |S_j|` is odd) flips. On real-valued messages it reads
+    their signs and sends ternary rows. knowledge: omniscient.
+    """
+
+    knowledge = "omniscient"
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        if not bool(byzantine_mask.any()):
+            return messages
+        honest_sum = aggregators.basic.ternary_votes(honest_rows(messages, byzantine_mask)).sum(0)
+        return replace_rows(messages, byzantine_mask, -torch.sign(honest_sum))
