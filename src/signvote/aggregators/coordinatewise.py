@@ -68,15 +68,15 @@ def mean_around_median(columns: Tensor, keep: int) -> Tensor:
     """For each sorted row of ``columns[d, n]``: the mean of the ``keep`` values closest to
     the row's median, a tie in distance going to the smaller value.
 
-    The ``keep`` values nearest a point form a contiguous window of the sorted row; of the
-    windows ``[s, s + keep)``, ``s = 0..n-keep``, the nearest set is the one with the smallest
-    radius ``max(med - x_(s), x_(s+keep-1) - med)``, the leftmost on a tie.
+    The ``keep`` values nearest a point form a contiguous window ``[s, s + keep)`` of the
+    sorted row. Sliding the window right by one swaps ``x_(s)`` for ``x_(s+keep)``, which
+    helps exactly when ``|x_(s+keep) - med| < |x_(s) - med|``; along a sorted row that holds
+    for a prefix of the ``s``, so the best start is the number of ``s`` for which it holds.
     """
     n = columns.shape[1]
     med = median_of_sorted(columns).unsqueeze(1)
-    starts = n - keep + 1
-    radius = torch.maximum(med - columns[:, :starts], columns[:, keep - 1:] - med)  # [d, s]
-    best = radius.argmin(dim=1, keepdim=True)  # first minimum: the leftmost window
+    closer = (columns[:, keep:] - med).abs() < (columns[:, :n - keep] - med).abs()
+    best = closer.sum(dim=1, keepdim=True)
     position = torch.arange(n).unsqueeze(0)
     window = (position >= best) & (position < best + keep)
     return (columns * window).sum(dim=1) / keep

@@ -38,9 +38,14 @@ def _check_neighbours(neighbours: int | None, name: str) -> int | None:
     return neighbours
 
 
-def lowest(scores: Tensor, count: int) -> Tensor:
-    """The indices of the ``count`` lowest scores, a tie going to the lower index."""
-    return torch.sort(scores, stable=True).indices[:count]
+def lowest(scores: Tensor, count: int, dist: Tensor | None = None) -> Tensor:
+    """The indices of the ``count`` lowest scores. A tie goes to the row whose distances to
+    all rows (``dist``) sum lower (so that the choice does not depend on the workers'
+    order: with one neighbour, two mutual nearest rows tie), then to the lower index."""
+    order = torch.arange(scores.shape[0])
+    if dist is not None:
+        order = torch.sort(dist.sum(dim=1), stable=True).indices
+    return order[torch.sort(scores[order], stable=True).indices[:count]]
 
 
 @REGISTRY.register("krum")
@@ -50,13 +55,13 @@ class Krum(RobustAggregator):
     .. math:: v = x_{i^*}, \quad i^* = \arg\min_i \sum_{j \in N_i} \|x_i - x_j\|^2,
 
     :math:`N_i` the :math:`n - f - 2` nearest other messages (``neighbours``; a tie in the
-    argmin goes to the lower index). Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine
+    argmin goes to the smaller sum of distances to all, then to the lower index). Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine
     Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017. Needs
     :math:`n \ge 2f + 3`. (ByzFL's Krum uses ``neighbours = n - f - 1``.)
 
     Example:
         >>> Krum(f=1)(torch.tensor([[0.], [1.], [2.], [3.], [100.]]))
-        tensor([1.])
+        tensor([2.])
     """
 
     name = "krum"
@@ -70,8 +75,9 @@ class Krum(RobustAggregator):
 
     def aggregate(self, messages: Tensor, f: int) -> Tensor:
         n = messages.shape[0]
-        scores = krum_scores(squared_distances(gram(messages)), _neighbours(n, f, self.neighbours))
-        return messages[int(lowest(scores, 1))]
+        dist = squared_distances(gram(messages))
+        scores = krum_scores(dist, _neighbours(n, f, self.neighbours))
+        return messages[int(lowest(scores, 1, dist))]
 
 
 @REGISTRY.register("multi-krum")
@@ -103,8 +109,9 @@ class MultiKrum(RobustAggregator):
 
     def aggregate(self, messages: Tensor, f: int) -> Tensor:
         n = messages.shape[0]
-        scores = krum_scores(squared_distances(gram(messages)), _neighbours(n, f, self.neighbours))
-        chosen = lowest(scores, min(self.m or n - f, n))
+        dist = squared_distances(gram(messages))
+        scores = krum_scores(dist, _neighbours(n, f, self.neighbours))
+        chosen = lowest(scores, min(self.m or n - f, n), dist)
         return messages[chosen].mean(dim=0)
 
 
@@ -116,7 +123,7 @@ def bulyan_selection(dist: Tensor, f: int) -> list[int]:
     chosen = []
     for _ in range(n - 2 * f):
         sub = dist[remaining][:, remaining]
-        best = int(lowest(krum_scores(sub, max(len(remaining) - f - 2, 1)), 1))
+        best = int(lowest(krum_scores(sub, max(len(remaining) - f - 2, 1)), 1, sub))
         chosen.append(remaining.pop(best))
     return chosen
 
@@ -135,7 +142,7 @@ class Bulyan(RobustAggregator):
 
     Example:
         >>> Bulyan(f=1)(torch.tensor([[0.], [1.], [2.], [3.], [4.], [5.], [100.]]))
-        tensor([2.])
+        tensor([3.])
     """
 
     name = "bulyan"

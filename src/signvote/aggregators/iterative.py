@@ -64,7 +64,7 @@ class GeometricMedian(RobustAggregator):
 
     Example:
         >>> GeometricMedian()(torch.tensor([[0., 0.], [1., 0.], [0., 1.], [100., 100.]]))
-        tensor([0.2..., 0.2...])
+        tensor([0.5000, 0.5000])
     """
 
     name = "geometric-median"
@@ -171,7 +171,7 @@ def caf_weights(g: Tensor, f: int) -> Tensor:
         if top <= 0:
             break
         tau = (g_c @ (root * u)) ** 2 / top
-        c = c * (1 - tau / tau.max())
+        c = (c * (1 - tau / tau[c > 0].max())).clamp(min=0)
     return best_w
 
 
@@ -182,7 +182,9 @@ class CAF(RobustAggregator):
     :math:`(\lambda, e)` of the weighted covariance :math:`\sum_i c_i (x_i - \mu_c)(x_i -
     \mu_c)^T / \sum_i c_i`, and shrink :math:`c_i \leftarrow c_i (1 - \tau_i / \max_j
     \tau_j)` with :math:`\tau_i = \langle e, x_i - \mu_c \rangle^2`; return the
-    :math:`\mu_c` of the smallest :math:`\lambda` seen.
+    :math:`\mu_c` of the smallest :math:`\lambda` seen. The maximum runs over the rows
+    still weighted (:math:`c_j > 0`): a row already filtered out keeps a large
+    :math:`\tau` and, counted in the maximum, would stall the filter (ByzFL counts it).
 
     Allouah, Guerraoui & Stephan, "Towards Trustworthy Federated Learning with Untrusted
     Participants", ICML 2025. The eigenpair is exact (:func:`caf_weights`, an ``[n, n]``
@@ -190,7 +192,8 @@ class CAF(RobustAggregator):
     :math:`n > 2f`.
 
     Example:
-        >>> CAF(f=1)(torch.tensor([[0., 0.], [1., 0.], [0., 1.], [1., 1.], [50., -50.]]))
+        >>> CAF(f=1)(torch.tensor([[0., 0.], [1., 0.], [0., 1.], [1., 1.], [50., -50.]])).round(
+        ...     decimals=2)
         tensor([0.5000, 0.5000])
     """
 
