@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -119,7 +121,7 @@ def test_no_attack_mutates_its_input(name, sign, gen):
     assert torch.equal(mask, mask_before)
 
 
-@pytest.mark.parametrize("name", sorted(set(attacks.names()) - {"none"}))
+@pytest.mark.parametrize("name", sorted(set(attacks.names()) - {"none", "label-flip"}))
 def test_every_attack_changes_its_rows(name, gen):
     messages = torch.randn(6, 20, generator=gen).sign()
     mask = torch.tensor([False, True, False, True, False, False])
@@ -136,3 +138,188 @@ def test_apply_all_runs_blind_before_byzantine():
     out = attacks.apply_all(plan, messages, ctx())
     # honest sum after inversion: -1 + 1 + 1 = 1 <= f = 1: the Byzantine votes -1
     assert out.flatten().tolist() == [-1.0, 1.0, 1.0, -1.0]
+
+
+# ---------------------------------------------------------------- the literature's attacks
+
+from statistics import NormalDist  # noqa: E402
+
+from signvote import aggregators  # noqa: E402
+from signvote.attacks.basic import VoteCancel  # noqa: E402
+from signvote.attacks.omniscient import alie_z, largest_gamma, line_search  # noqa: E402
+
+MESSAGE_ATTACKS = sorted(set(attacks.names()) - {"none", "label-flip"})
+
+
+def byzantine(n, rows):
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[list(rows)] = True
+    return mask
+
+
+def test_sign_flip_sends_minus_the_honest_mean(gen):
+    m = torch.randn(8, 30, generator=gen, dtype=torch.float64)
+    mask = byzantine(8, [1, 5])
+    out = attacks.get("sign-flip")(m, mask, ctx(False))
+    honest_mean = sum(m[i] for i in range(8) if not mask[i]) / 6
+    for b in (1, 5):
+        assert torch.allclose(out[b], -honest_mean)
+    assert torch.equal(out[~mask], m[~mask])
+
+
+@pytest.mark.parametrize(("n", "f", "z"), [(10, 2, NormalDist().inv_cdf(0.6)),
+                                           (50, 12, NormalDist().inv_cdf(0.72)),
+                                           (10, 4, NormalDist().inv_cdf(0.8))])
+def test_alie_z_is_the_papers_formula(n, f, z):
+    assert alie_z(n, f) == pytest.approx(z)
+
+
+def test_alie_sends_mean_minus_z_std_and_moves_median_and_trimmed_mean(gen):
+    n, f = 10, 4
+    m = torch.randn(n, 400, generator=gen, dtype=torch.float64)
+    mask = byzantine(n, range(f))
+    out = attacks.get("alie")(m, mask, ctx(False))
+    honest = m[~mask]
+    z = alie_z(n, f)
+    sigma = torch.tensor([statistics_std(honest[:, j].tolist()) for j in range(400)],
+                         dtype=torch.float64)
+    assert torch.allclose(out[0], honest.mean(0) - z * sigma)
+    for name in ("median", "trimmed-mean"):
+        agg = aggregators.build(name, f=f)
+        shift = (agg(out) - agg(m)) / sigma
+        assert float(shift.mean()) < -0.3  # every coordinate pushed the same way
+        assert float((shift < 0).float().mean()) > 0.9
+
+
+def statistics_std(values):
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def test_ipm_makes_the_mean_point_against_the_honest_mean_at_its_default_scale(gen):
+    m = torch.randn(10, 50, generator=gen, dtype=torch.float64) + 0.5
+    mask = byzantine(10, [0, 3, 6, 9])
+    out = attacks.get("ipm")(m, mask, ctx(False))
+    honest_mean = m[~mask].mean(0)
+    assert torch.allclose(out[0], -2.0 * honest_mean)
+    assert float(out.mean(0) @ honest_mean) < 0
+    assert float(m.mean(0) @ honest_mean) > 0
+
+
+def test_mimic_copies_an_honest_worker_and_checks_its_target(gen):
+    m = torch.randn(6, 10, generator=gen)
+    mask = byzantine(6, [0, 2])
+    out = attacks.get("mimic", target=1)(m, mask, ctx(False))
+    assert torch.equal(out[0], m[3]) and torch.equal(out[2], m[3])  # honest rows 1, 3, 4, 5
+    with pytest.raises(ValueError, match="target 4 but only 4 honest workers; valid: 0 to 3"):
+        attacks.get("mimic", target=4)(m, mask, ctx(False))
+
+
+def bisect_gamma(ok, hi=1e6, steps=200):
+    lo = 0.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize("direction", ["std", "unit", "sign"])
+def test_min_max_and_min_sum_take_the_largest_gamma_their_condition_allows(direction, gen):
+    m = torch.randn(9, 15, generator=gen, dtype=torch.float64)
+    mask = byzantine(9, [2, 7])
+    honest = m[~mask]
+    pair = torch.cdist(honest, honest)
+    for name in ("min-max", "min-sum"):
+        out = attacks.get(name, direction=direction)(m, mask, ctx(False))
+        row = out[2]
+        p = {"std": -honest.std(0), "unit": -honest.mean(0) / honest.mean(0).norm(),
+             "sign": -honest.mean(0).sign()}[direction]
+        if name == "min-max":
+            def ok(g, p=p):
+                return float(((honest.mean(0) + g * p) - honest).norm(dim=1).max()) <= float(
+                    pair.max())
+        else:
+            def ok(g, p=p):
+                return float((((honest.mean(0) + g * p) - honest) ** 2).sum()) <= float(
+                    (pair ** 2).sum(1).max())
+        gamma = bisect_gamma(ok)  # the paper's search, run to convergence
+        assert torch.allclose(row, honest.mean(0) + gamma * p, atol=1e-6)
+        assert largest_gamma(honest, p, name) == pytest.approx(gamma, rel=1e-6)
+        assert gamma > 0
+
+
+def test_line_search_finds_the_peak_and_optimal_attacks_beat_their_fixed_versions(gen):
+    assert line_search(lambda x: -(x - 37.0) ** 2, 0.0, 10.0, 60, 0.8) == pytest.approx(
+        37.0, abs=0.5)
+    m = torch.randn(11, 40, generator=gen, dtype=torch.float64) + 0.3
+    mask = byzantine(11, [0, 1, 2])
+    honest_mean = m[~mask].mean(0)
+    for name, fixed in (("optimal-alie", "alie"), ("optimal-ipm", "ipm")):
+        for spec in ("trimmed-mean", "median", "centered-clipping"):
+            agg = aggregators.build(spec, f=3)
+            c = attacks.AttackContext(0, torch.Generator(), False, agg)
+            state = getattr(agg, "state", None)
+            damage = [float((agg.preview(attacks.get(a)(m, mask, c)) if spec ==
+                             "centered-clipping" else agg(attacks.get(a)(m, mask, c)))
+                            .sub(honest_mean).norm()) for a in (name, fixed)]
+            assert damage[0] >= damage[1]
+            assert getattr(agg, "state", None) is state  # tuned without touching the state
+
+
+def best_flips(honest_sum: int, f: int) -> int:
+    """Brute force over every ternary vote of f workers: can the outcome flip?"""
+    start = (honest_sum > 0) - (honest_sum < 0)
+    return int(start != 0 and any(
+        ((honest_sum + sum(v) > 0) - (honest_sum + sum(v) < 0)) == -start
+        for v in itertools.product((-1, 0, 1), repeat=f)))
+
+
+@pytest.mark.parametrize("f", [1, 2, 3, 4])
+def test_optimal_vote_flips_every_flippable_coordinate_and_at_least_vote_cancel(f, gen):
+    n = 9
+    m = torch.randint(-1, 2, (n, 400), generator=gen).float()
+    mask = byzantine(n, range(f))
+    honest_sum = m[~mask].sum(0)
+    vote = aggregators.get("majority-vote")
+    def flips(out):
+        return int(((vote(out) == -honest_sum.sign()) & (honest_sum != 0)).sum())
+    optimal = flips(attacks.get("optimal-vote")(m, mask, ctx()))
+    assert optimal == sum(best_flips(int(s), f) for s in honest_sum.tolist())
+    assert optimal >= flips(VoteCancel()(m, mask, ctx()))
+    assert optimal > 0 or f == 1  # one vote can only zero a margin of 1, never flip it
+
+
+def test_label_flip_flips_only_the_byzantine_targets():
+    targets = torch.tensor([[0, 1, 9], [3, 4, 5], [9, 9, 0]])
+    mask = byzantine(3, [1])
+    attack = attacks.get("label-flip")
+    assert attack.poison_targets(targets, mask, 10).tolist() == [[0, 1, 9], [6, 5, 4], [9, 9, 0]]
+    real = torch.tensor([[0.5, -1.0], [2.0, 3.0]])
+    assert attack.poison_targets(real, byzantine(2, [0]), None).tolist() == [[-0.5, 1.0],
+                                                                           [2.0, 3.0]]
+    plan = [(attacks.get("blind-inversion"), byzantine(3, [0])), (attack, mask)]
+    assert torch.equal(attacks.poison_targets(plan, targets, 10),
+                       attack.poison_targets(targets, mask, 10))
+
+
+@pytest.mark.parametrize("name", MESSAGE_ATTACKS)
+@pytest.mark.parametrize("sign", [True, False])
+def test_every_message_attack_changes_the_aggregate_it_targets(name, sign, gen):
+    m = torch.randn(11, 30, generator=gen) + 0.2
+    if sign:
+        m = m.sign()
+    mask = byzantine(11, [1, 4, 8])
+    agg = aggregators.get("majority-vote" if sign else "mean")
+    c = attacks.AttackContext(0, torch.Generator().manual_seed(1), sign, agg)
+    out = attacks.get(name)(m, mask, c)
+    assert not torch.equal(agg(out).nan_to_num(7.0), agg(m))
+
+
+def test_attack_specs_take_parameters_and_name_bad_ones():
+    assert attacks.build("alie(z=1.5)").z == 1.5
+    with pytest.raises(ValueError, match="attack 'alie' takes no parameter tau; valid: z"):
+        attacks.build("alie(tau=1)")
+    with pytest.raises(ValueError, match="unknown direction 'up'; valid: std, unit, sign"):
+        attacks.build("min-max(direction=up)")
+    with pytest.raises(ValueError, match="one attack per spec"):
+        attacks.build("alie+ipm")

@@ -219,10 +219,11 @@ class MinSum(_MinDistance):
 
 def line_search(objective: Callable[[float], float], start: float, delta: float, evals: int,
                 ratio: float) -> float:
-    """ByzFL's expansion-contraction search for the ``x`` that maximises ``objective``:
-    from ``start``, step by ``delta`` and double it while the objective grows; then shrink
-    the step by ``ratio`` for the rest of the ``evals`` evaluations, keeping any better
-    point."""
+    """The expansion-contraction search of ByzFL's optimal attacks for the ``x`` that
+    maximises ``objective``: from ``start``, step by ``delta`` and double it while the
+    objective grows; then shrink the step by ``ratio`` for the rest of the ``evals``
+    evaluations, keeping any better point. Unlike ByzFL, which only steps forward, the
+    contraction tries both ``best + delta`` and ``best - delta``, so an overshoot is undone."""
     best_x, best_y = start, objective(start)
     remaining = evals - 1
     while remaining > 0:
@@ -236,11 +237,12 @@ def line_search(objective: Callable[[float], float], start: float, delta: float,
             delta *= ratio
             break
     while remaining > 0:
-        x = best_x + delta
-        y = objective(x)
-        remaining -= 1
-        if y > best_y:
-            best_x, best_y = x, y
+        centre = best_x
+        for x in (centre + delta, centre - delta)[:remaining]:
+            y = objective(x)
+            remaining -= 1
+            if y > best_y:
+                best_x, best_y = x, y
         delta *= ratio
     return best_x
 
