@@ -403,8 +403,8 @@ def bound_of(name, honest, n, f):
     return spread  # rules that keep only honest rows when the outliers are this far
 
 
-@pytest.mark.parametrize("name", ROBUST + ["nnm+krum", "bucketing(s=2)+median", "arc+mean",
-                                          "clipping(c=10)+trimmed-mean"])
+@pytest.mark.parametrize("name", [*ROBUST, "nnm+krum", "bucketing(s=2)+median", "arc+mean",
+                                  "clipping(c=10)+trimmed-mean"])
 def test_robust_rules_stay_near_the_honest_mean_against_far_outliers(name, gen):
     n, f = 11, 2
     honest = torch.randn(n - f, 20, generator=gen, dtype=torch.float64)
@@ -421,8 +421,8 @@ def test_robust_rules_stay_near_the_honest_mean_against_far_outliers(name, gen):
         assert torch.linalg.norm(got - honest.mean(0)) <= bound_of(name, honest, n, f)
 
 
-@pytest.mark.parametrize("name", ROBUST + ["nnm+krum", "arc+multi-krum", "weighted-majority-vote",
-                                          "majority-vote"])
+@pytest.mark.parametrize("name", [*ROBUST, "nnm+krum", "arc+multi-krum",
+                                  "weighted-majority-vote", "majority-vote"])
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "huge"])
 @pytest.mark.parametrize("count", [1, 2, 6])
 def test_non_finite_messages_never_make_a_robust_rule_non_finite(name, bad, count, gen):

@@ -48,3 +48,35 @@ def test_rules_do_not_mutate_inputs(gen):
 def test_signsgd_refuses_momentum():
     with pytest.raises(ValueError, match="signum"):
         rules.get("signsgd", 0.5)
+
+
+def test_stochastic_sign_probabilities_match_the_formula(gen):
+    g = torch.tensor([[-1.0, -0.5, 0.0, 0.25, 1.0, 3.0]]).repeat(20000, 1)
+    rule = rules.get("stochastic-sign", bound=1.0)
+    m, state = rule.step(g, None, torch.Generator().manual_seed(3))
+    assert state is None and bool(((m == 1) | (m == -1)).all())
+    expected = torch.tensor([0.0, 0.25, 0.5, 0.625, 1.0, 1.0])  # (1 + clamp(g / B)) / 2
+    assert torch.allclose((m == 1).double().mean(0), expected.double(), atol=0.01)
+
+
+def test_stochastic_sign_default_bound_is_each_workers_largest_entry(gen):
+    g = torch.tensor([[2.0, -2.0, 1.0], [0.0, 0.0, 0.0]]).repeat(10000, 1)
+    m, _ = rules.get("stochastic-sign").step(g, None, torch.Generator().manual_seed(4))
+    rows = m.view(10000, 2, 3)
+    assert torch.equal(rows[:, 0, 0], torch.ones(10000))  # g = B: always +1
+    assert torch.equal(rows[:, 0, 1], -torch.ones(10000))
+    assert abs(float((rows[:, 0, 2] == 1).double().mean()) - 0.75) < 0.02
+    assert abs(float((rows[:, 1] == 1).double().mean()) - 0.5) < 0.02  # a zero row: fair coins
+
+
+def test_stochastic_sign_is_unbiased_for_the_scaled_gradient(gen):
+    g = torch.randn(1, 50, generator=gen, dtype=torch.float64) * 0.3
+    many = g.repeat(40000, 1)
+    m, _ = rules.get("stochastic-sign", bound=1.0).step(many, None,
+                                                         torch.Generator().manual_seed(5))
+    assert torch.allclose(m.mean(0), g[0], atol=0.02)
+
+
+def test_stochastic_sign_rejects_a_bad_bound():
+    with pytest.raises(ValueError, match="bound B must be a finite number > 0, got -1"):
+        rules.get("stochastic-sign", bound=-1.0)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from signvote import aggregators, attacks
 from signvote.engine.sim import (
     apply_update,
     choose_adversaries,
@@ -11,7 +12,7 @@ from signvote.engine.sim import (
     train,
 )
 from signvote.experiment import runs
-from signvote.experiment.config import TrainConfig, resolve
+from signvote.experiment.config import ConfigError, TrainConfig, resolve
 
 
 def quick(**overrides) -> TrainConfig:
@@ -119,3 +120,46 @@ def test_weight_decay_shrinks_the_trained_parameters():
     plain = train(TrainConfig(**{**base.to_dict(), "weight_decay": 0.0}), progress=False,
                   write=False)
     assert float(decayed.params.norm()) < 0.5 * float(plain.params.norm())
+
+
+SIGN_ONLY = {"majority-vote", "weighted-majority-vote"}
+PAIR_AGGREGATORS = [*aggregators.names(), "nnm+krum", "bucketing(s=2)+median",
+                    "arc+trimmed-mean", "clipping(c=1)+mean"]
+
+
+@pytest.mark.parametrize("aggregator", PAIR_AGGREGATORS)
+def test_every_aggregator_trains_under_every_attack(aggregator):
+    rule = "signum" if aggregator in SIGN_ONLY else "sgd"
+    for attack in attacks.names():
+        config = TrainConfig(epochs=1, workers=11, byzantine=2, rule=rule,
+                             aggregator=aggregator, attack=attack, batch_size=256, lr=1e-3)
+        result = train(config, progress=False, write=False)
+        assert result.status in ("completed", "diverged"), (aggregator, attack)
+        if aggregator not in ("mean", "sum", "clipping(c=1)+mean") or attack not in (
+                "nan", "inf"):
+            assert result.status == "completed", (aggregator, attack)
+            assert bool(torch.isfinite(result.params).all()), (aggregator, attack)
+
+
+def test_label_flip_poisons_the_byzantine_gradients_only():
+    base = dict(epochs=2, workers=10, byzantine=4, rule="sgd", aggregator="mean", lr=0.05)
+    flipped = train(TrainConfig(**base, attack="label-flip"), progress=False, write=False)
+    honest = train(TrainConfig(**base, attack="none"), progress=False, write=False)
+    assert flipped.summary["final_test_acc"] < honest.summary["final_test_acc"]
+
+
+def test_aggregator_f_defaults_to_the_adversaries_and_can_be_set():
+    c = resolve(TrainConfig(workers=11, byzantine=2, blind=1, aggregator="krum"))
+    assert c.aggregator_f == 3
+    c = resolve(TrainConfig(workers=11, byzantine=2, aggregator="krum", aggregator_f=1))
+    assert c.aggregator_f == 1
+    with pytest.raises(ConfigError, match="bulyan with f=3 needs at least 15 workers"):
+        resolve(TrainConfig(workers=11, byzantine=3, aggregator="bulyan"))
+
+
+def test_stochastic_sign_rule_trains_and_sends_one_bit():
+    result = train(TrainConfig(epochs=3, rule="stochastic-sign", lr=1e-3), progress=False,
+                   write=False)
+    assert result.summary["bytes_sent_per_worker_per_step"] == math.ceil(
+        result.summary["params"] / 8)
+    assert result.summary["final_test_acc"] > 0.8

@@ -55,8 +55,9 @@ class Krum(RobustAggregator):
     .. math:: v = x_{i^*}, \quad i^* = \arg\min_i \sum_{j \in N_i} \|x_i - x_j\|^2,
 
     :math:`N_i` the :math:`n - f - 2` nearest other messages (``neighbours``; a tie in the
-    argmin goes to the smaller sum of distances to all, then to the lower index). Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine
-    Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017. Needs
+    argmin goes to the smaller sum of distances to all, then to the lower index).
+    Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine Learning with Adversaries: Byzantine
+    Tolerant Gradient Descent", NeurIPS 2017. Needs
     :math:`n \ge 2f + 3`. (ByzFL's Krum uses ``neighbours = n - f - 1``.)
 
     Example:
