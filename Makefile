@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-cnn clean
+.PHONY: venv demo test lint bench bench-cnn bench-byzfl clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ bench: $(STAMP)
 
 bench-cnn: $(STAMP)
 	$(BIN)/python benchmarks/bench_cnn.py --repeats 5
+
+# ByzFL goes into its own folder, without its dependencies (torchvision, scipy, ...).
+benchmarks/.byzfl/byzfl: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target benchmarks/.byzfl byzfl==0.0.11
+
+bench-byzfl: benchmarks/.byzfl/byzfl
+	$(BIN)/python benchmarks/bench_aggregators.py --repeats 3
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .ruff_cache

@@ -30,15 +30,15 @@ class Median(RobustAggregator):
 
     name = "median"
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         return coordinate_median(messages)
 
 
 def trimmed_mean_of_sorted(columns: Tensor, f: int) -> Tensor:
-    """The mean ``[d]`` of each sorted row of ``columns[d, n]`` without its ``f`` lowest and
-    ``f`` highest values."""
-    n = columns.shape[1]
-    return columns[:, f:n - f].mean(dim=1)
+    """The mean ``[d]`` of each sorted column of ``columns[n, d]`` without its ``f`` lowest
+    and ``f`` highest values."""
+    n = columns.shape[0]
+    return columns[f:n - f].mean(dim=0)
 
 
 @REGISTRY.register("trimmed-mean")
@@ -58,28 +58,28 @@ class TrimmedMean(RobustAggregator):
 
     name = "trimmed-mean"
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         if f == 0:
             return messages.mean(dim=0)
         return trimmed_mean_of_sorted(sorted_columns(messages), f)
 
 
 def mean_around_median(columns: Tensor, keep: int) -> Tensor:
-    """For each sorted row of ``columns[d, n]``: the mean of the ``keep`` values closest to
-    the row's median, a tie in distance going to the smaller value.
+    """For each sorted column of ``columns[n, d]``: the mean of the ``keep`` values closest
+    to the column's median, a tie in distance going to the smaller value.
 
     The ``keep`` values nearest a point form a contiguous window ``[s, s + keep)`` of the
-    sorted row. Sliding the window right by one swaps ``x_(s)`` for ``x_(s+keep)``, which
-    helps exactly when ``|x_(s+keep) - med| < |x_(s) - med|``; along a sorted row that holds
-    for a prefix of the ``s``, so the best start is the number of ``s`` for which it holds.
+    sorted column. Sliding the window by one swaps ``x_(s)`` for ``x_(s+keep)``, which
+    helps exactly when ``|x_(s+keep) - med| < |x_(s) - med|``; along a sorted column that
+    holds for a prefix of the ``s``, so the best start is the number of ``s`` where it holds.
     """
-    n = columns.shape[1]
-    med = median_of_sorted(columns).unsqueeze(1)
-    closer = (columns[:, keep:] - med).abs() < (columns[:, :n - keep] - med).abs()
-    best = closer.sum(dim=1, keepdim=True)
-    position = torch.arange(n).unsqueeze(0)
+    n = columns.shape[0]
+    med = median_of_sorted(columns)
+    closer = (columns[keep:] - med).abs() < (columns[:n - keep] - med).abs()
+    best = closer.sum(dim=0)
+    position = torch.arange(n).unsqueeze(1)
     window = (position >= best) & (position < best + keep)
-    return (columns * window).sum(dim=1) / keep
+    return (columns * window).sum(dim=0) / keep
 
 
 @REGISTRY.register("meamed")
@@ -100,7 +100,7 @@ class MeaMed(RobustAggregator):
 
     name = "meamed"
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         if f == 0:
             return messages.mean(dim=0)
         return mean_around_median(sorted_columns(messages), messages.shape[0] - f)

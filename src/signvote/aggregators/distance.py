@@ -13,7 +13,12 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
-from signvote.aggregators.base import RobustAggregator, gram, sorted_columns, squared_distances
+from signvote.aggregators.base import (
+    RobustAggregator,
+    sorted_columns,
+    squared_distances,
+    subset_mean,
+)
 from signvote.aggregators.coordinatewise import mean_around_median
 
 
@@ -66,6 +71,7 @@ class Krum(RobustAggregator):
     """
 
     name = "krum"
+    uses_gram = True
 
     def __init__(self, f: int = 0, neighbours: int | None = None) -> None:
         super().__init__(f)
@@ -74,9 +80,9 @@ class Krum(RobustAggregator):
     def min_workers(self, f: int) -> int:
         return 2 * f + 3
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         n = messages.shape[0]
-        dist = squared_distances(gram(messages))
+        dist = squared_distances(g)
         scores = krum_scores(dist, _neighbours(n, f, self.neighbours))
         return messages[int(lowest(scores, 1, dist))]
 
@@ -97,6 +103,7 @@ class MultiKrum(RobustAggregator):
     """
 
     name = "multi-krum"
+    uses_gram = True
 
     def __init__(self, f: int = 0, m: int | None = None, neighbours: int | None = None) -> None:
         super().__init__(f)
@@ -108,12 +115,12 @@ class MultiKrum(RobustAggregator):
     def min_workers(self, f: int) -> int:
         return 2 * f + 3
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         n = messages.shape[0]
-        dist = squared_distances(gram(messages))
+        dist = squared_distances(g)
         scores = krum_scores(dist, _neighbours(n, f, self.neighbours))
         chosen = lowest(scores, min(self.m or n - f, n), dist)
-        return messages[chosen].mean(dim=0)
+        return subset_mean(chosen, messages)
 
 
 def bulyan_selection(dist: Tensor, f: int) -> list[int]:
@@ -147,13 +154,14 @@ class Bulyan(RobustAggregator):
     """
 
     name = "bulyan"
+    uses_gram = True
 
     def min_workers(self, f: int) -> int:
         return 4 * f + 3
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         n = messages.shape[0]
-        chosen = bulyan_selection(squared_distances(gram(messages)), f)
+        chosen = bulyan_selection(squared_distances(g), f)
         return mean_around_median(sorted_columns(messages[chosen]), n - 4 * f)
 
 
@@ -249,6 +257,7 @@ class MDA(RobustAggregator):
     """
 
     name = "mda"
+    uses_gram = True
 
     def __init__(self, f: int = 0, exact: bool | None = None, max_nodes: int = 1 << 15) -> None:
         super().__init__(f)
@@ -262,11 +271,11 @@ class MDA(RobustAggregator):
         probes = max(1, math.ceil(math.log2(max(n * (n - 1) // 2, 2))))
         return (1 << f) * probes <= self.max_nodes
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         n = messages.shape[0]
         if f == 0:
             return messages.mean(dim=0)
-        dist = squared_distances(gram(messages))
+        dist = squared_distances(g)
         chosen = (min_diameter_subset(dist, f) if self.uses_exact(n, f)
                   else ball_subset(dist, f))
-        return messages[chosen].mean(dim=0)
+        return subset_mean(chosen, messages)

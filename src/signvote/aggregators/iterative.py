@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
-from signvote.aggregators.base import RobustAggregator, combine, gram
+from signvote.aggregators.base import RobustAggregator, combine
 
 
 def _positive(value: float, what: str, name: str) -> float:
@@ -68,6 +68,7 @@ class GeometricMedian(RobustAggregator):
     """
 
     name = "geometric-median"
+    uses_gram = True
 
     def __init__(self, f: int = 0, nu: float = 1e-6, tol: float = 1e-7,
                  iterations: int = 200) -> None:
@@ -76,8 +77,8 @@ class GeometricMedian(RobustAggregator):
         self.tol = _positive(tol, "tol", self.name)
         self.iterations = _count(iterations, "iterations", self.name)
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
-        w = weiszfeld_weights(gram(messages), self.nu, self.tol, self.iterations)
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
+        w = weiszfeld_weights(g, self.nu, self.tol, self.iterations)
         return combine(w, messages)
 
 
@@ -117,6 +118,7 @@ class CenteredClipping(RobustAggregator):
     """
 
     name = "centered-clipping"
+    uses_gram = True
     stateful = True
 
     def __init__(self, f: int = 0, tau: float = 10.0, iterations: int = 3) -> None:
@@ -125,12 +127,12 @@ class CenteredClipping(RobustAggregator):
         self.iterations = _count(iterations, "iterations", self.name)
         self.state: Tensor | None = None
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         v0 = self.state
         if v0 is None or v0.shape != messages.shape[1:]:
             v0 = torch.zeros(messages.shape[1], dtype=messages.dtype)
         x_v0 = (messages @ v0.to(messages.dtype)).double()
-        c, w = centered_clipping_weights(gram(messages), x_v0, float(v0.double() @ v0.double()),
+        c, w = centered_clipping_weights(g, x_v0, float(v0.double() @ v0.double()),
                                          self.tau, self.iterations)
         v = combine(w, messages) + c * v0.to(messages.dtype)
         self.state = v
@@ -198,9 +200,10 @@ class CAF(RobustAggregator):
     """
 
     name = "caf"
+    uses_gram = True
 
-    def aggregate(self, messages: Tensor, f: int) -> Tensor:
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         if f == 0:
             return messages.mean(dim=0)
-        return combine(caf_weights(gram(messages), f), messages)
+        return combine(caf_weights(g, f), messages)
 
