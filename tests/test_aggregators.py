@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from signvote import aggregators
+from signvote import aggregators, attacks
 from signvote.aggregators.distance import MDA, ball_subset
 from signvote.aggregators.preaggregators import Chain
 
@@ -493,3 +493,19 @@ def test_registry_rejects_unknown_names_and_parameters():
         aggregators.get("nope")
     with pytest.raises(ValueError, match="takes no parameter f"):
         aggregators.get("mean", f=2)
+
+
+def every_parameter():
+    import inspect
+
+    for registry in (aggregators.REGISTRY, aggregators.PRE_REGISTRY, attacks.REGISTRY):
+        for name in registry.names():
+            for param in inspect.signature(registry.factory(name)).parameters:
+                yield registry, name, param
+
+
+@pytest.mark.parametrize(("registry", "name", "param"), list(every_parameter()),
+                         ids=lambda v: getattr(v, "kind", v))
+def test_every_parameter_rejects_a_wrong_value_with_a_value_error(registry, name, param):
+    with pytest.raises(ValueError, match=f"{param}"):
+        registry.get(name, **{param: "oops"})

@@ -43,6 +43,16 @@ def run_cli(args, capsys):
     (["--partition-alpha", "0"], "--partition-alpha must be a finite number > 0"),
     (["--partition", "shards", "--partition-shards", "900"], "cannot share 8000 samples"),
     (["--partition", "zipf"], "valid: iid, dirichlet, shards, gamma"),
+    (["--aggregator", "nnm"], "'nnm' is a pre-aggregator, it needs an aggregator after it"),
+    (["--aggregator", "krum(tau=2)"], "aggregator 'krum' takes no parameter tau; valid: f, "
+                                      "neighbours"),
+    (["--aggregator", "bulyan", "-b", "3"], "bulyan with f=3 needs at least 15 workers, got 10"),
+    (["--aggregator", "krum", "--aggregator-f", "-1"], "--aggregator-f must be 0 or more"),
+    (["--attack", "alie(z=oops)"], "alie: z must be a number, got 'oops'"),
+    (["--attack", "ipm(epsilon"], "cannot read 'ipm(epsilon'"),
+    (["--rule", "signum", "--sign-bound", "2"], "--sign-bound is the bound of --rule "
+                                                "stochastic-sign"),
+    (["--rule", "stochastic-sign", "--sign-bound", "0"], "--sign-bound must be a finite number"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "run"
@@ -116,3 +126,14 @@ def test_the_installed_entry_point_runs(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("signvote train: error: argument --workers: expected a whole "
                                    "number, got 'ten' (see signvote train --help)")
+
+
+def test_train_takes_aggregator_and_attack_specs(tmp_path, capsys):
+    code, _, stderr = run_cli(["train", "--quiet", "-e", "1", "--rule", "sgd", "--workers",
+                               "11", "-b", "2", "--attack", "alie(z=1.0)", "--aggregator",
+                               "nnm+krum", "--out", str(tmp_path)], capsys)
+    assert code == 0, stderr
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["aggregator"] == "nnm+krum" and config["aggregator_f"] == 2
+    assert config["attack"] == "alie(z=1.0)"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

@@ -96,3 +96,13 @@ def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 _STAGE = re.compile(r"([a-z0-9][a-z0-9-]*)\s*(?:\((.*)\))?")
+
+
+def to_float(value: Any, what: str, owner: str) -> float:
+    """``value`` as a float, or a ValueError naming ``owner``'s parameter ``what``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{owner}: {what} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {what} must be a number, got {value!r}") from None

@@ -261,8 +261,12 @@ class MDA(RobustAggregator):
 
     def __init__(self, f: int = 0, exact: bool | None = None, max_nodes: int = 1 << 15) -> None:
         super().__init__(f)
+        if exact not in (None, True, False):
+            raise ValueError(f"mda: exact must be true, false or none, got {exact!r}")
+        if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1:
+            raise ValueError(f"mda: max_nodes must be a whole number >= 1, got {max_nodes!r}")
         self.exact = exact
-        self.max_nodes = int(max_nodes)
+        self.max_nodes = max_nodes
 
     def uses_exact(self, n: int, f: int) -> bool:
         """Whether the exact search runs for ``n`` rows with ``f`` (else the approximation)."""

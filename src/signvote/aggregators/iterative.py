@@ -12,10 +12,11 @@ from torch import Tensor
 
 from signvote.aggregators import REGISTRY
 from signvote.aggregators.base import RobustAggregator, combine
+from signvote.registry import to_float
 
 
 def _positive(value: float, what: str, name: str) -> float:
-    value = float(value)
+    value = to_float(value, what, name)
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{name}: {what} must be a finite number > 0, got {value!r}")
     return value

@@ -21,6 +21,7 @@ from signvote.aggregators.base import (
     squared_distances,
     well_formed,
 )
+from signvote.registry import to_float
 
 
 def nearest_neighbour_matrix(dist: Tensor, keep: int) -> Tensor:
@@ -80,8 +81,10 @@ class Bucketing:
     def __init__(self, s: int = 2, seed: int = 0) -> None:
         if isinstance(s, bool) or not isinstance(s, int) or s < 1:
             raise ValueError(f"bucketing: s must be a whole number >= 1, got {s!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"bucketing: seed must be a whole number, got {seed!r}")
         self.s = s
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, messages: Tensor, f: int = 0) -> Tensor:
         n = messages.shape[0]
@@ -116,7 +119,7 @@ class StaticClipping:
     """
 
     def __init__(self, c: float = 1.0) -> None:
-        c = float(c)
+        c = to_float(c, "c", "clipping")
         if not c > 0 or c == float("inf"):
             raise ValueError(f"clipping: c must be a finite number > 0, got {c!r}")
         self.c = c

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from signvote.aggregators import REGISTRY
 from signvote.aggregators.basic import ternary_votes
+from signvote.registry import to_float
 
 
 def llr_weights(agree: Tensor, total: Tensor) -> Tensor:
@@ -47,7 +48,7 @@ class WeightedMajorityVote:
     stateful = True
 
     def __init__(self, memory: float = 1.0) -> None:
-        memory = float(memory)
+        memory = to_float(memory, "memory", "weighted-majority-vote")
         if not 0.0 < memory <= 1.0:
             raise ValueError(f"weighted-majority-vote: memory must be in (0, 1], got {memory}")
         self.memory = memory

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from signvote.attacks import REGISTRY, AttackContext
+from signvote.registry import to_float
 
 
 def replace_rows(messages: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
@@ -124,7 +125,7 @@ class RandomSign:
     knowledge = "blind"
 
     def __init__(self, scale: float = 1.0) -> None:
-        self.scale = float(scale)
+        self.scale = to_float(scale, "scale", "random-sign")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f, d = int(byzantine_mask.sum()), messages.shape[1]
@@ -146,7 +147,7 @@ class Gaussian:
     knowledge = "blind"
 
     def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std = to_float(mean, "mean", "gaussian"), to_float(std, "std", "gaussian")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f, d = int(byzantine_mask.sum()), messages.shape[1]

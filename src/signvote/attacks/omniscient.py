@@ -18,6 +18,7 @@ from torch import Tensor
 from signvote import aggregators
 from signvote.attacks import REGISTRY, AttackContext
 from signvote.attacks.basic import replace_rows
+from signvote.registry import to_float
 
 
 def honest_rows(messages: Tensor, byzantine_mask: Tensor) -> Tensor:
@@ -26,7 +27,7 @@ def honest_rows(messages: Tensor, byzantine_mask: Tensor) -> Tensor:
 
 
 def _finite(value: float, what: str, name: str) -> float:
-    value = float(value)
+    value = to_float(value, what, name)
     if not math.isfinite(value):
         raise ValueError(f"{name}: {what} must be a finite number, got {value!r}")
     return value
@@ -255,9 +256,10 @@ class _Optimal:
                  ratio: float = 0.8) -> None:
         if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
             raise ValueError(f"{self.label}: evals must be a whole number >= 1, got {evals!r}")
-        if not 0.5 < float(ratio) < 1.0:
+        ratio = to_float(ratio, "ratio", self.label)
+        if not 0.5 < ratio < 1.0:
             raise ValueError(f"{self.label}: ratio must be in (0.5, 1), got {ratio!r}")
-        self.evals, self.ratio = evals, float(ratio)
+        self.evals, self.ratio = evals, ratio
         self.start = _finite(start, "start", self.label)
         self.delta = _finite(delta, "delta", self.label)
 

@@ -191,15 +191,15 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(c.dataset in models.MODELS[model],
           f"--model {model} does not fit --dataset {c.dataset}; valid: "
           + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
+    _need(c.sign_bound is None or (math.isfinite(c.sign_bound) and c.sign_bound > 0),
+          f"--sign-bound must be a finite number > 0, got {c.sign_bound}")
+    _need(c.sign_bound is None or c.rule == "stochastic-sign",
+          f"--sign-bound is the bound of --rule stochastic-sign, not of --rule {c.rule}")
     try:
         sign = rules.get(c.rule, momentum, c.sign_bound).sends_signs
     except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
         raise ConfigError(f"--momentum {momentum}: {exc}") from None
     aggregator = c.aggregator or ("majority-vote" if sign else "mean")
-    _need(c.sign_bound is None or (math.isfinite(c.sign_bound) and c.sign_bound > 0),
-          f"--sign-bound must be a finite number > 0, got {c.sign_bound}")
-    _need(c.sign_bound is None or c.rule == "stochastic-sign",
-          f"--sign-bound is the bound of --rule stochastic-sign, not of --rule {c.rule}")
     aggregator_f = c.byzantine + c.blind if c.aggregator_f is None else c.aggregator_f
     _need(aggregator_f >= 0, f"--aggregator-f must be 0 or more, got {aggregator_f}")
     try:
