@@ -87,7 +87,9 @@ def cases(b: types.ModuleType, n: int, f: int) -> list[tuple[str, Callable, Call
         ("mda", aggregators.get("mda", f=f), b.MDA(f=f), True,
          "several subsets can share the minimum diameter: ByzFL takes the first in "
          "lexicographic order, ours another"),
-        ("bulyan", aggregators.get("bulyan", f=f), None, False, "ByzFL 0.0.11 has no Bulyan"),
+        ("bulyan", aggregators.get("bulyan", f=f), lambda x: byzfl_bulyan(b, x, f), False,
+         "ByzFL 0.0.11 has no Bulyan: timed against its Krum n - 2f times on the rows left, "
+         "then the steps of its Meamed keeping n - 4f (Krum there with n - f - 1 neighbours)"),
         ("nnm (pre)", lambda x: pre("nnm")(x, f), b.NNM(f=f), True, ""),
         ("bucketing s=2 (pre)", lambda x: pre("bucketing", s=2)(x, f), b.Bucketing(s=2), False,
          "random permutations differ"),
@@ -98,6 +100,21 @@ def cases(b: types.ModuleType, n: int, f: int) -> list[tuple[str, Callable, Call
         ("weighted-majority-vote", aggregators.get("weighted-majority-vote"), None, False,
          "not in ByzFL"),
     ]
+
+
+def byzfl_bulyan(b: types.ModuleType, x: torch.Tensor, f: int) -> torch.Tensor:
+    """Bulyan as a ByzFL user would assemble it from ByzFL 0.0.11's parts."""
+    remaining, chosen = x, []
+    for _ in range(x.shape[0] - 2 * f):
+        row = b.Krum(f=f)(remaining) if remaining.shape[0] > 2 * f else remaining[0]
+        index = int(torch.nonzero((remaining == row).all(dim=1))[0])
+        chosen.append(remaining[index])
+        remaining = torch.cat([remaining[:index], remaining[index + 1:]])
+    selected = torch.stack(chosen)  # ByzFL's Meamed refuses 2f >= n: its steps, unchecked
+    keep = selected.shape[0] - 2 * f
+    median = torch.quantile(selected, 0.5, dim=0)
+    nearest = (selected - median).abs().topk(keep, dim=0, largest=False).indices
+    return selected.gather(0, nearest).mean(dim=0)
 
 
 MUTATES = {"clipping c=2 (pre)", "arc (pre)"}

@@ -93,6 +93,21 @@ def coordinate_median(messages: Tensor) -> Tensor:
     return median_of_sorted(sorted_columns(messages))
 
 
+class Stateful:
+    """Mixin of the aggregators that keep explicit state in ``self.state`` between calls."""
+
+    stateful = True
+    state: object = None
+
+    def preview(self, messages: Tensor) -> Tensor:
+        """The aggregate of ``messages`` without updating the state."""
+        state = self.state
+        try:
+            return self(messages)  # type: ignore[operator]
+        finally:
+            self.state = state
+
+
 class RobustAggregator:
     """Base of the rules that take ``f``: checks ``n``, discards malformed rows, then calls
     :meth:`aggregate` (``messages[n, d], f -> [d]``), which subclasses define."""

@@ -53,8 +53,27 @@ def lowest(scores: Tensor, count: int, dist: Tensor | None = None) -> Tensor:
     return order[torch.sort(scores[order], stable=True).indices[:count]]
 
 
+class _KrumFamily(RobustAggregator):
+    """What Krum and multi-Krum share: ``n >= 2f + 3`` and the ranking by Krum score."""
+
+    uses_gram = True
+
+    def __init__(self, f: int = 0, neighbours: int | None = None) -> None:
+        super().__init__(f)
+        self.neighbours = _check_neighbours(neighbours, self.name)
+
+    def min_workers(self, f: int) -> int:
+        return 2 * f + 3
+
+    def ranked(self, g: Tensor, f: int, count: int) -> Tensor:
+        """The ``count`` rows of lowest Krum score (ties as in :func:`lowest`)."""
+        dist = squared_distances(g)
+        scores = krum_scores(dist, _neighbours(g.shape[0], f, self.neighbours))
+        return lowest(scores, count, dist)
+
+
 @REGISTRY.register("krum")
-class Krum(RobustAggregator):
+class Krum(_KrumFamily):
     r"""Krum: the message with the smallest score,
 
     .. math:: v = x_{i^*}, \quad i^* = \arg\min_i \sum_{j \in N_i} \|x_i - x_j\|^2,
@@ -71,24 +90,13 @@ class Krum(RobustAggregator):
     """
 
     name = "krum"
-    uses_gram = True
-
-    def __init__(self, f: int = 0, neighbours: int | None = None) -> None:
-        super().__init__(f)
-        self.neighbours = _check_neighbours(neighbours, self.name)
-
-    def min_workers(self, f: int) -> int:
-        return 2 * f + 3
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
-        n = messages.shape[0]
-        dist = squared_distances(g)
-        scores = krum_scores(dist, _neighbours(n, f, self.neighbours))
-        return messages[int(lowest(scores, 1, dist))]
+        return messages[int(self.ranked(g, f, 1))]
 
 
 @REGISTRY.register("multi-krum")
-class MultiKrum(RobustAggregator):
+class MultiKrum(_KrumFamily):
     r"""Multi-Krum: the mean of the :math:`m` messages with the smallest Krum scores
     (:class:`Krum`; :math:`m = n - f` by default, ties to the lower index),
 
@@ -103,24 +111,16 @@ class MultiKrum(RobustAggregator):
     """
 
     name = "multi-krum"
-    uses_gram = True
 
     def __init__(self, f: int = 0, m: int | None = None, neighbours: int | None = None) -> None:
-        super().__init__(f)
+        super().__init__(f, neighbours)
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ValueError(f"multi-krum: m must be a whole number >= 1, got {m!r}")
         self.m = m
-        self.neighbours = _check_neighbours(neighbours, self.name)
-
-    def min_workers(self, f: int) -> int:
-        return 2 * f + 3
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         n = messages.shape[0]
-        dist = squared_distances(g)
-        scores = krum_scores(dist, _neighbours(n, f, self.neighbours))
-        chosen = lowest(scores, min(self.m or n - f, n), dist)
-        return subset_mean(chosen, messages)
+        return subset_mean(self.ranked(g, f, min(self.m or n - f, n)), messages)
 
 
 def bulyan_selection(dist: Tensor, f: int) -> list[int]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
-from signvote.aggregators.base import RobustAggregator, combine
+from signvote.aggregators.base import RobustAggregator, Stateful, combine
 from signvote.registry import to_float
 
 
@@ -101,7 +101,7 @@ def centered_clipping_weights(g: Tensor, x_v0: Tensor, v0_sq: float, tau: float,
 
 
 @REGISTRY.register("centered-clipping")
-class CenteredClipping(RobustAggregator):
+class CenteredClipping(Stateful, RobustAggregator):
     r"""Centered clipping: from the previous aggregate :math:`v_0` (zero at first), repeat
     ``iterations`` (:math:`L`) times
 
@@ -120,7 +120,6 @@ class CenteredClipping(RobustAggregator):
 
     name = "centered-clipping"
     uses_gram = True
-    stateful = True
 
     def __init__(self, f: int = 0, tau: float = 10.0, iterations: int = 3) -> None:
         super().__init__(f)
@@ -138,14 +137,6 @@ class CenteredClipping(RobustAggregator):
         v = combine(w, messages) + c * v0.to(messages.dtype)
         self.state = v
         return v
-
-    def preview(self, messages: Tensor) -> Tensor:
-        """The aggregate of ``messages`` without updating the state."""
-        state = self.state
-        try:
-            return self(messages)
-        finally:
-            self.state = state
 
 
 def caf_weights(g: Tensor, f: int) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
+from signvote.aggregators.base import Stateful
 from signvote.aggregators.basic import ternary_votes
 from signvote.registry import to_float
 
@@ -19,7 +20,7 @@ def llr_weights(agree: Tensor, total: Tensor) -> Tensor:
 
 
 @REGISTRY.register("weighted-majority-vote")
-class WeightedMajorityVote:
+class WeightedMajorityVote(Stateful):
     r"""Weighted majority vote with weights learned from agreement (sign decoding):
 
     .. math:: v_j = \mathrm{sign}\Big(\sum_i w_i\, \mathrm{sign}(m_{ij})\Big), \qquad
@@ -45,7 +46,6 @@ class WeightedMajorityVote:
         tensor([ 1.,  1.,  1., -1.])
     """
 
-    stateful = True
 
     def __init__(self, memory: float = 1.0) -> None:
         memory = to_float(memory, "memory", "weighted-majority-vote")
@@ -69,11 +69,3 @@ class WeightedMajorityVote:
         total = self.memory * total + (products != 0).sum(dim=1).double()
         self.state = (agree, total)
         return torch.sign(llr_weights(agree, total).to(votes.dtype) @ votes)
-
-    def preview(self, messages: Tensor) -> Tensor:
-        """The aggregate of ``messages`` without updating the state."""
-        state = self.state
-        try:
-            return self(messages)
-        finally:
-            self.state = state
