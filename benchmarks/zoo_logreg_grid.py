@@ -18,7 +18,7 @@ from signvote.experiment.config import TrainConfig
 
 SGD_AGGREGATORS = ["mean", "median", "trimmed-mean", "meamed", "krum", "multi-krum",
                    "geometric-median", "centered-clipping", "caf", "mda", "nnm+trimmed-mean",
-                   "bucketing(s=2)+median", "arc+mean"]
+                   "nnm+krum", "arc+mean"]
 SIGN_AGGREGATORS = ["majority-vote", "weighted-majority-vote"]
 ATTACKS = ["none", "vote-cancel", "sign-flip", "alie", "ipm", "mimic", "min-max", "min-sum",
            "optimal-alie", "label-flip", "gaussian", "optimal-vote"]
@@ -27,12 +27,16 @@ ATTACKS = ["none", "vote-cancel", "sign-flip", "alie", "ipm", "mimic", "min-max"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--aggregators", nargs="+", metavar="SPEC",
+                        help="only these rows (default: all)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     print("| rule / aggregator | " + " | ".join(ATTACKS) + " | worst |")
     print("|---|" + "---|" * (len(ATTACKS) + 1))
     for rule, names in (("sgd", SGD_AGGREGATORS), ("signum", SIGN_AGGREGATORS)):
         for aggregator in names:
+            if args.aggregators and aggregator not in args.aggregators:
+                continue
             cells = []
             for attack in ATTACKS:
                 config = TrainConfig(rule=rule, workers=11, byzantine=3, attack=attack,
