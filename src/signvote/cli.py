@@ -18,6 +18,7 @@ import signvote
 from signvote.data import DatasetError
 from signvote.experiment.config import (
     FIELDS,
+    SPEC_FIELDS,
     ConfigError,
     TrainConfig,
     base_type,
@@ -75,6 +76,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         metavar = {int: "N", float: "X", str: "NAME" if choices else "TEXT"}[kind]
         if name in ("out", "data_dir"):
             metavar = "DIR"
+        if name in SPEC_FIELDS:
+            metavar = "SPEC"
         parser.add_argument(*flags, dest=name, type=parse, default=argparse.SUPPRESS,
                             metavar=metavar, help=help_text)
 

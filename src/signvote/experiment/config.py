@@ -52,8 +52,9 @@ class TrainConfig:
     epochs: int = _opt(80, "training epochs")
     batch_size: int | None = _opt(None, "batch size per worker (default: 128 // workers)")
     aggregator: str | None = _opt(None, "server rule (default: majority-vote for sign rules, "
-                                  "mean for sgd); pre-aggregators go in front with '+' and "
-                                  "parameters in brackets, e.g. nnm+krum, "
+                                  "mean for sgd); pre-aggregators ("
+                                  + ", ".join(aggregators.pre_names()) + ") go in front "
+                                  "with '+' and parameters in brackets, e.g. nnm+krum, "
                                   "centered-clipping(tau=5)", "aggregators")
     aggregator_f: int | None = _opt(None, "faults f the aggregator is built to tolerate "
                                     "(default: --byzantine + --blind)")
@@ -86,7 +87,7 @@ def choices_of(name: str) -> tuple[str, ...] | None:
     """The valid values of field ``name``, or None if it is not a choice."""
     choices = FIELDS[name].metadata["choices"]
     if choices == "aggregators":
-        return tuple(aggregators.names() + aggregators.pre_names())
+        return tuple(aggregators.names())
     if choices == "attacks":
         return tuple(attacks.names())
     return choices
