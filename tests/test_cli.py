@@ -50,6 +50,8 @@ def run_cli(args, capsys):
     (["--aggregator", "krum", "--aggregator-f", "-1"], "--aggregator-f must be 0 or more"),
     (["--attack", "alie(z=oops)"], "alie: z must be a number, got 'oops'"),
     (["--attack", "ipm(epsilon"], "cannot read 'ipm(epsilon'"),
+    (["--attack", "mimic(target=6)", "-b", "4"], "target 6 but only 6 honest workers; "
+                                                 "valid: 0 to 5"),
     (["--rule", "signum", "--sign-bound", "2"], "--sign-bound is the bound of --rule "
                                                 "stochastic-sign"),
     (["--rule", "stochastic-sign", "--sign-bound", "0"], "--sign-bound must be a finite number"),

@@ -126,13 +126,18 @@ class Mimic:
             raise ValueError(f"mimic: target must be a whole number >= 0, got {target!r}")
         self.target = target
 
+    def check(self, workers: int, byzantine: int) -> None:
+        """Raise ValueError unless ``target`` names one of the ``workers - byzantine``."""
+        honest = workers - byzantine
+        if self.target >= honest:
+            raise ValueError(f"mimic: target {self.target} but only {honest} honest workers; "
+                             f"valid: 0 to {honest - 1}")
+
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         if not bool(byzantine_mask.any()):
             return messages
+        self.check(messages.shape[0], int(byzantine_mask.sum()))
         honest = honest_rows(messages, byzantine_mask)
-        if self.target >= honest.shape[0]:
-            raise ValueError(f"mimic: target {self.target} but only {honest.shape[0]} honest "
-                             f"workers; valid: 0 to {honest.shape[0] - 1}")
         return replace_rows(messages, byzantine_mask, honest[self.target])
 
 

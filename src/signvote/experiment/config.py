@@ -208,7 +208,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     except ValueError as exc:
         raise ConfigError(f"--aggregator {aggregator}: {exc}") from None
     try:
-        attacks.build(c.attack)
+        attack = attacks.build(c.attack)
+        if c.byzantine and hasattr(attack, "check"):
+            attack.check(c.workers, c.byzantine)
     except ValueError as exc:
         raise ConfigError(f"--attack {c.attack}: {exc}") from None
     out = c.out or f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_blind{c.blind}_seed{c.seed}"
