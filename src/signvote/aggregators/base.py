@@ -5,7 +5,9 @@ Conventions of every robust aggregator (docs/design.md, "Robust aggregators"):
 - ``f`` is the number of Byzantine workers the rule is built to tolerate; each rule states
   the smallest ``n`` it accepts for that ``f`` and refuses fewer with a ValueError.
 - A message whose squared norm is not finite (a NaN or infinite entry, or entries so large
-  that ``||m||^2`` overflows) is *malformed*: the server discards it before aggregating, and
+  that ``||m||^2`` overflows) is *malformed* (the coordinate-wise rules, which never square,
+  treat a row of finite values as malformed only when it makes their result overflow:
+  ``coordinatewise.SortedRule``): the server discards it before aggregating, and
   since a malformed sender is certainly faulty, the rule runs with ``f' = max(f - k, 0)``
   on the ``n - k`` remaining rows. If more than ``f`` rows are malformed, the rule's bound
   no longer applies; the remaining rows are then aggregated by the coordinate-wise median

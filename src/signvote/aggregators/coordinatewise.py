@@ -14,6 +14,35 @@ from signvote.aggregators.base import (
 )
 
 
+class SortedRule(RobustAggregator):
+    """Base of the rules computed from each coordinate's sorted values.
+
+    Fast path: sort first; a sorted column holds NaN last and infinities at its ends, so
+    if the first and last sorted rows are finite, every message is, and no separate pass
+    over the input looks for malformed rows. If they are not, or if the result is not
+    finite (values near the float maximum can overflow a sum), the base class's path runs:
+    drop the malformed rows, lower ``f``. So a row of finite values, however large, is
+    treated as malformed here only when it would make the result overflow.
+    """
+
+    def __call__(self, messages: Tensor) -> Tensor:
+        self.check(messages.shape[0])
+        columns = sorted_columns(messages)
+        # one finite sum is the cheapest test (an overflowing one just takes the slow path)
+        if bool(torch.isfinite((columns[0] + columns[-1]).sum())):
+            result = self.from_sorted(columns, self.f)
+            if bool(torch.isfinite(result.sum())):
+                return result
+        return super().__call__(messages)
+
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
+        return self.from_sorted(sorted_columns(messages), f)
+
+    def from_sorted(self, columns: Tensor, f: int) -> Tensor:  # pragma: no cover - abstract
+        """The rule from ``columns[n, d]``, each column sorted ascending, with ``f``."""
+        raise NotImplementedError
+
+
 @REGISTRY.register("median")
 class Median(RobustAggregator):
     r"""Coordinate-wise median: :math:`v_j = \mathrm{median}(x_{1j}, \dots, x_{nj})`, the mean
@@ -42,7 +71,7 @@ def trimmed_mean_of_sorted(columns: Tensor, f: int) -> Tensor:
 
 
 @REGISTRY.register("trimmed-mean")
-class TrimmedMean(RobustAggregator):
+class TrimmedMean(SortedRule):
     r"""Coordinate-wise trimmed mean: for each coordinate, drop the :math:`f` largest and
     :math:`f` smallest values and average the other :math:`n - 2f`,
 
@@ -58,10 +87,8 @@ class TrimmedMean(RobustAggregator):
 
     name = "trimmed-mean"
 
-    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
-        if f == 0:
-            return messages.mean(dim=0)
-        return trimmed_mean_of_sorted(sorted_columns(messages), f)
+    def from_sorted(self, columns: Tensor, f: int) -> Tensor:
+        return trimmed_mean_of_sorted(columns, f)
 
 
 def mean_around_median(columns: Tensor, keep: int) -> Tensor:
@@ -83,7 +110,7 @@ def mean_around_median(columns: Tensor, keep: int) -> Tensor:
 
 
 @REGISTRY.register("meamed")
-class MeaMed(RobustAggregator):
+class MeaMed(SortedRule):
     r"""Mean around the median: for each coordinate, the mean of the :math:`n - f` values
     closest to the coordinate-wise median :math:`\mu_j`,
 
@@ -100,7 +127,5 @@ class MeaMed(RobustAggregator):
 
     name = "meamed"
 
-    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
-        if f == 0:
-            return messages.mean(dim=0)
-        return mean_around_median(sorted_columns(messages), messages.shape[0] - f)
+    def from_sorted(self, columns: Tensor, f: int) -> Tensor:
+        return mean_around_median(columns, columns.shape[0] - f)

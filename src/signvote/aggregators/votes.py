@@ -64,8 +64,11 @@ class WeightedMajorityVote(Stateful):
         if not bool((weights != 0).any()):
             weights = torch.ones(n, dtype=torch.float64)
         decoded = torch.sign(weights.to(votes.dtype) @ votes)
-        products = votes * decoded  # +1 agree, -1 disagree, 0 abstain or tie
-        agree = self.memory * agree + (products > 0).sum(dim=1).double()
-        total = self.memory * total + (products != 0).sum(dim=1).double()
+        # per worker: (agreements - disagreements) and (agreements + disagreements), as two
+        # matrix-vector products: votes and decoded signs are in {-1, 0, +1}
+        margin = (votes @ decoded).double()
+        counted = (votes.abs() @ decoded.abs()).double()
+        agree = self.memory * agree + (counted + margin) / 2
+        total = self.memory * total + counted
         self.state = (agree, total)
         return torch.sign(llr_weights(agree, total).to(votes.dtype) @ votes)
