@@ -177,6 +177,8 @@ class Chain:
         self.name = "+".join([*(type(s).name for s in stages), type(aggregator).name])
 
     def check(self, n: int) -> None:
+        """Raise ValueError unless the final aggregator accepts the rows that ``n`` workers
+        leave after the stages (bucketing divides them by ``s``)."""
         if isinstance(self.aggregator, RobustAggregator):
             rows = n
             for stage in self.stages:
