@@ -1,0 +1,92 @@
+"""Sign messages on the wire: ternary rows packed into bits, and the vote read from bits.
+
+A sign message is a row of {-1, 0, +1}. :func:`pack_signs` packs rows ``[n, d]`` into
+
+- ``positive``: ``[n, ceil(d / 8)]`` uint8, bit ``j % 8`` of byte ``j // 8`` set where
+  ``m_j > 0`` (little-endian within each byte; padding bits are 0);
+- ``nonzero``: the same layout, set where ``m_j != 0``; None when no message has a zero,
+  so a message costs 1 bit per coordinate then, and 2 bits with zeros (exact ternary).
+
+NaN abstains, as in :func:`signvote.aggregators.basic.ternary_votes`. :func:`packed_vote`
+computes the majority vote from the bytes, counting set bits per coordinate in integers,
+never unpacking to floats. Groundwork for the distributed engine (issue 5), where these
+bytes are what travels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_WEIGHTS = (2 ** torch.arange(8, dtype=torch.int32)).to(torch.uint8)  # bit k of a byte
+
+
+@dataclass(frozen=True)
+class PackedSigns:
+    """Ternary rows packed into bits (see the module docstring).
+
+    Attributes:
+        positive: ``[n, ceil(d / 8)]`` uint8, the bits of ``m > 0``.
+        nonzero: the bits of ``m != 0``, or None when every entry is nonzero.
+        dim: ``d``, the number of coordinates.
+    """
+
+    positive: Tensor
+    nonzero: Tensor | None
+    dim: int
+
+    def nbytes_per_row(self) -> int:
+        """The bytes one row occupies: ``ceil(d / 8)``, twice that with zeros."""
+        return self.positive.shape[1] * (1 if self.nonzero is None else 2)
+
+
+def pack_bits(bits: Tensor) -> Tensor:
+    """Boolean ``[n, d]`` -> uint8 ``[n, ceil(d / 8)]`` (bit ``j % 8`` of byte ``j // 8``)."""
+    n, d = bits.shape
+    padded = torch.zeros(n, -(-d // 8) * 8, dtype=torch.uint8)
+    padded[:, :d] = bits
+    return (padded.view(n, -1, 8) * _WEIGHTS).sum(dim=2, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, dim: int) -> Tensor:
+    """uint8 ``[n, B]`` -> boolean ``[n, dim]``, the inverse of :func:`pack_bits`."""
+    bits = (packed.unsqueeze(2) & _WEIGHTS) != 0  # [n, B, 8]
+    return bits.reshape(packed.shape[0], -1)[:, :dim]
+
+
+def pack_signs(messages: Tensor) -> PackedSigns:
+    """Pack the signs of ``messages[n, d]`` (any real dtype; NaN abstains)."""
+    positive = messages > 0
+    nonzero = positive | (messages < 0)
+    return PackedSigns(pack_bits(positive),
+                       None if bool(nonzero.all()) else pack_bits(nonzero),
+                       messages.shape[1])
+
+
+def unpack_signs(packed: PackedSigns, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ternary rows ``[n, d]`` of ``packed`` in ``dtype``."""
+    positive = unpack_bits(packed.positive, packed.dim)
+    signs = positive.to(dtype) * 2 - 1
+    if packed.nonzero is not None:
+        signs = signs * unpack_bits(packed.nonzero, packed.dim).to(dtype)
+    return signs
+
+
+def bit_counts(packed: Tensor, dim: int) -> Tensor:
+    """How many rows have each coordinate's bit set: int32 ``[dim]``, summed per bit
+    position over the bytes (integers only)."""
+    counts = torch.stack([((packed >> k) & 1).sum(dim=0, dtype=torch.int32)
+                          for k in range(8)], dim=1)  # [B, 8]
+    return counts.reshape(-1)[:dim]
+
+
+def packed_vote(packed: PackedSigns) -> Tensor:
+    """The majority vote ``[d]`` (int8 in {-1, 0, +1}) of packed sign rows: per coordinate
+    ``sign(#positive - #negative)``, with ``#negative = #nonzero - #positive``."""
+    n = packed.positive.shape[0]
+    plus = bit_counts(packed.positive, packed.dim)
+    voters = (torch.full_like(plus, n) if packed.nonzero is None
+              else bit_counts(packed.nonzero, packed.dim))
+    return torch.sign(2 * plus - voters).to(torch.int8)
