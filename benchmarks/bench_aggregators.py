@@ -149,7 +149,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aggregators.json"))
     args = parser.parse_args()
     b = load_byzfl(args.byzfl_dir)
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for d in args.dims:
         for n in args.workers:

@@ -106,3 +106,21 @@ def to_float(value: Any, what: str, owner: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{owner}: {what} must be a number, got {value!r}") from None
+
+
+def to_int(value: Any, what: str, owner: str, minimum: int | None = None) -> int:
+    """``value`` as a whole number (``>= minimum`` if given), or a ValueError naming
+    ``owner``'s parameter ``what``."""
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or (minimum is not None and value < minimum)):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{owner}: {what} must be a whole number{bound}, got {value!r}")
+    return value
+
+
+def to_positive(value: Any, what: str, owner: str) -> float:
+    """``value`` as a finite float > 0, or a ValueError naming ``owner``'s ``what``."""
+    number = to_float(value, what, owner)
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{owner}: {what} must be a finite number > 0, got {value!r}")
+    return number

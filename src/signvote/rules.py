@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from signvote.registry import to_positive
+
 RULES = ("sgd", "signsgd", "signum", "stochastic-sign")
 """The names of the worker rules, in the order --help lists them."""
 
@@ -119,11 +121,10 @@ def stochastic_sign_rule(momentum: float = 0.0, bound: float | None = None) -> W
     differ. Jin, Huang, He, Dai & Wu, "Stochastic-Sign SGD for Federated Learning with
     Theoretical Guarantees", 2020 (sto-SIGNSGD).
     """
-    if bound is not None and not (float(bound) > 0 and float(bound) != float("inf")):
-        raise ValueError(f"rule stochastic-sign: the bound B must be a finite number > 0, "
-                         f"got {bound}")
+    if bound is not None:
+        bound = to_positive(bound, "the bound B", "rule stochastic-sign")
     return WorkerRule("stochastic-sign", float(momentum), sends_signs=True, stochastic=True,
-                      bound=None if bound is None else float(bound))
+                      bound=bound)
 
 
 def get(name: str, momentum: float | None = None, bound: float | None = None) -> WorkerRule:

@@ -19,6 +19,7 @@ touching it (what an attack that tunes itself against the aggregator calls).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import Tensor
@@ -51,8 +52,6 @@ def pre_names() -> list[str]:
 
 def takes_f(registry: Registry, name: str) -> bool:
     """Whether the factory ``name`` of ``registry`` takes the fault bound ``f``."""
-    import inspect
-
     return "f" in inspect.signature(registry.factory(name)).parameters
 
 

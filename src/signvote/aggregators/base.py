@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from signvote.registry import to_int
+
 
 def check_f(f: int, name: str) -> int:
     """``f`` as an int, or a ValueError naming the aggregator and the valid values."""
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"{name}: f must be a whole number >= 0, got {f!r}")
-    return f
+    return to_int(f, "f", name, minimum=0)
 
 
 def finite_rows(messages: Tensor) -> Tensor:
@@ -35,14 +35,17 @@ def finite_rows(messages: Tensor) -> Tensor:
     return torch.isfinite(torch.linalg.vector_norm(messages, dim=1))
 
 
-def well_formed(messages: Tensor, f: int) -> tuple[Tensor, int]:
-    """``(rows, f')``: the well-formed rows of ``messages`` (all of them, not a copy, when none
-    is malformed) and ``f' = max(f - k, 0)`` for the ``k`` malformed rows discarded."""
-    keep = finite_rows(messages)
+def well_formed(messages: Tensor, f: int,
+                keep: Tensor | None = None) -> tuple[Tensor, int, Tensor | None]:
+    """``(rows, f', keep)``: the well-formed rows of ``messages`` (all of them, not a copy,
+    when none is malformed), ``f' = max(f - k, 0)`` for the ``k`` malformed rows discarded,
+    and the mask of the rows kept (None when all are). ``keep`` may be given (e.g. from a
+    Gram matrix's diagonal); by default :func:`finite_rows`."""
+    keep = finite_rows(messages) if keep is None else keep
     kept = int(keep.sum())
     if kept == messages.shape[0]:
-        return messages, f
-    return messages[keep], max(f - (messages.shape[0] - kept), 0)
+        return messages, f, None
+    return messages[keep], max(f - (messages.shape[0] - kept), 0), keep
 
 
 GRAM_CHUNKS = 16
@@ -157,17 +160,13 @@ class RobustAggregator:
         return f
 
     def __call__(self, messages: Tensor) -> Tensor:
-        n = messages.shape[0]
-        self.check(n)
+        self.check(messages.shape[0])
         if not self.uses_gram:
-            rows, f = well_formed(messages, self.f)
+            rows, f, _ = well_formed(messages, self.f)
             return self.run(rows, f)
         g = gram(messages)
-        keep = torch.isfinite(g.diagonal())
-        kept = int(keep.sum())
-        if kept == n:
-            return self.run(messages, self.f, g)
-        return self.run(messages[keep], max(self.f - (n - kept), 0), g[keep][:, keep])
+        rows, f, keep = well_formed(messages, self.f, torch.isfinite(g.diagonal()))
+        return self.run(rows, f, g if keep is None else g[keep][:, keep])
 
     def run(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         """Aggregate well-formed ``messages`` with ``f`` (the coordinate-wise median when

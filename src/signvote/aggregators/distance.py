@@ -20,6 +20,7 @@ from signvote.aggregators.base import (
     subset_mean,
 )
 from signvote.aggregators.coordinatewise import mean_around_median
+from signvote.registry import to_int
 
 
 def krum_scores(dist: Tensor, neighbours: int) -> Tensor:
@@ -37,10 +38,7 @@ def _neighbours(n: int, f: int, neighbours: int | None) -> int:
 
 
 def _check_neighbours(neighbours: int | None, name: str) -> int | None:
-    if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int)
-                                   or neighbours < 1):
-        raise ValueError(f"{name}: neighbours must be a whole number >= 1, got {neighbours!r}")
-    return neighbours
+    return None if neighbours is None else to_int(neighbours, "neighbours", name, minimum=1)
 
 
 def lowest(scores: Tensor, count: int, dist: Tensor | None = None) -> Tensor:
@@ -114,9 +112,7 @@ class MultiKrum(_KrumFamily):
 
     def __init__(self, f: int = 0, m: int | None = None, neighbours: int | None = None) -> None:
         super().__init__(f, neighbours)
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ValueError(f"multi-krum: m must be a whole number >= 1, got {m!r}")
-        self.m = m
+        self.m = None if m is None else to_int(m, "m", "multi-krum", minimum=1)
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         n = messages.shape[0]
@@ -263,10 +259,8 @@ class MDA(RobustAggregator):
         super().__init__(f)
         if exact not in (None, True, False):
             raise ValueError(f"mda: exact must be true, false or none, got {exact!r}")
-        if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1:
-            raise ValueError(f"mda: max_nodes must be a whole number >= 1, got {max_nodes!r}")
         self.exact = exact
-        self.max_nodes = max_nodes
+        self.max_nodes = to_int(max_nodes, "max_nodes", "mda", minimum=1)
 
     def uses_exact(self, n: int, f: int) -> bool:
         """Whether the exact search runs for ``n`` rows with ``f`` (else the approximation)."""

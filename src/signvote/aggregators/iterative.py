@@ -12,20 +12,7 @@ from torch import Tensor
 
 from signvote.aggregators import REGISTRY
 from signvote.aggregators.base import RobustAggregator, Stateful, combine
-from signvote.registry import to_float
-
-
-def _positive(value: float, what: str, name: str) -> float:
-    value = to_float(value, what, name)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name}: {what} must be a finite number > 0, got {value!r}")
-    return value
-
-
-def _count(value: int, what: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {what} must be a whole number >= 1, got {value!r}")
-    return value
+from signvote.registry import to_int, to_positive
 
 
 def weiszfeld_weights(g: Tensor, nu: float, tol: float, iterations: int) -> Tensor:
@@ -74,9 +61,9 @@ class GeometricMedian(RobustAggregator):
     def __init__(self, f: int = 0, nu: float = 1e-6, tol: float = 1e-7,
                  iterations: int = 200) -> None:
         super().__init__(f)
-        self.nu = _positive(nu, "nu", self.name)
-        self.tol = _positive(tol, "tol", self.name)
-        self.iterations = _count(iterations, "iterations", self.name)
+        self.nu = to_positive(nu, "nu", self.name)
+        self.tol = to_positive(tol, "tol", self.name)
+        self.iterations = to_int(iterations, "iterations", self.name, minimum=1)
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         w = weiszfeld_weights(g, self.nu, self.tol, self.iterations)
@@ -123,8 +110,8 @@ class CenteredClipping(Stateful, RobustAggregator):
 
     def __init__(self, f: int = 0, tau: float = 10.0, iterations: int = 3) -> None:
         super().__init__(f)
-        self.tau = _positive(tau, "tau", self.name)
-        self.iterations = _count(iterations, "iterations", self.name)
+        self.tau = to_positive(tau, "tau", self.name)
+        self.iterations = to_int(iterations, "iterations", self.name, minimum=1)
         self.state: Tensor | None = None
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:

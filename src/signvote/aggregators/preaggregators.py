@@ -21,7 +21,7 @@ from signvote.aggregators.base import (
     squared_distances,
     well_formed,
 )
-from signvote.registry import to_float
+from signvote.registry import to_int, to_positive
 
 
 def nearest_neighbour_matrix(dist: Tensor, keep: int) -> Tensor:
@@ -79,12 +79,8 @@ class Bucketing:
     """
 
     def __init__(self, s: int = 2, seed: int = 0) -> None:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise ValueError(f"bucketing: s must be a whole number >= 1, got {s!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"bucketing: seed must be a whole number, got {seed!r}")
-        self.s = s
-        self.generator = torch.Generator().manual_seed(seed)
+        self.s = to_int(s, "s", "bucketing", minimum=1)
+        self.generator = torch.Generator().manual_seed(to_int(seed, "seed", "bucketing"))
 
     def __call__(self, messages: Tensor, f: int = 0) -> Tensor:
         n = messages.shape[0]
@@ -119,10 +115,7 @@ class StaticClipping:
     """
 
     def __init__(self, c: float = 1.0) -> None:
-        c = to_float(c, "c", "clipping")
-        if not c > 0 or c == float("inf"):
-            raise ValueError(f"clipping: c must be a finite number > 0, got {c!r}")
-        self.c = c
+        self.c = to_positive(c, "c", "clipping")
 
     def __call__(self, messages: Tensor, f: int = 0) -> Tensor:
         return clip_rows(messages, self.c)
@@ -187,7 +180,7 @@ class Chain:
 
     def __call__(self, messages: Tensor) -> Tensor:
         self.check(messages.shape[0])
-        rows, f = well_formed(messages, self.f)
+        rows, f, _ = well_formed(messages, self.f)
         if rows.shape[0] == 0:
             return torch.zeros(messages.shape[1], dtype=messages.dtype)
         for stage in self.stages:

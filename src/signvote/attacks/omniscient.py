@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from signvote import aggregators
+from signvote.aggregators.base import gram, squared_distances
 from signvote.attacks import REGISTRY, AttackContext
 from signvote.attacks.basic import replace_rows
-from signvote.registry import to_float
+from signvote.registry import to_float, to_int
 
 
 def honest_rows(messages: Tensor, byzantine_mask: Tensor) -> Tensor:
@@ -122,9 +123,7 @@ class Mimic:
     knowledge = "omniscient"
 
     def __init__(self, target: int = 0) -> None:
-        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-            raise ValueError(f"mimic: target must be a whole number >= 0, got {target!r}")
-        self.target = target
+        self.target = to_int(target, "target", "mimic", minimum=0)
 
     def check(self, workers: int, byzantine: int) -> None:
         """Raise ValueError unless ``target`` names one of the ``workers - byzantine``."""
@@ -165,9 +164,7 @@ def largest_gamma(honest: Tensor, p: Tensor, objective: str) -> float:
     a = float(p.double() @ p.double())
     if a == 0.0:
         return 0.0
-    g = h @ h.T
-    sq = g.diagonal()
-    dist = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * g).clamp(min=0)
+    dist = squared_distances(gram(h))
     mean = h.mean(dim=0)
     centred = mean.unsqueeze(0) - h                       # mu - h_i
     b = centred @ p.double()                              # <mu - h_i, p>
@@ -259,8 +256,7 @@ class _Optimal:
 
     def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0,
                  ratio: float = 0.8) -> None:
-        if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
-            raise ValueError(f"{self.label}: evals must be a whole number >= 1, got {evals!r}")
+        evals = to_int(evals, "evals", self.label, minimum=1)
         ratio = to_float(ratio, "ratio", self.label)
         if not 0.5 < ratio < 1.0:
             raise ValueError(f"{self.label}: ratio must be in (0.5, 1), got {ratio!r}")
