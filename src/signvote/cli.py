@@ -128,20 +128,30 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return resolve(TrainConfig(**values))
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from signvote.engine.sim import train
+def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from signvote.engine import dist
 
     try:
         config = config_from_args(args)
-        result = train(config, progress=not args.quiet)
+        if config.engine == "dist":
+            if dist.launched_by_torchrun():  # this process is one rank
+                dist.train(config, progress=not args.quiet)
+                return 0
+            s = dist.launch(config, list(argv))
+        else:
+            from signvote.engine.sim import train
+
+            s = train(config, progress=not args.quiet).summary
     except (ConfigError, DatasetError) as exc:
         fail(f"signvote train: error: {exc}")
+    except dist.DistError as exc:
+        print(f"signvote train: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nsignvote train: interrupted; the run folder has no summary.json",
               file=sys.stderr)
         return 130
-    s = result.summary
-    if result.status == "diverged":
+    if s["status"] == "diverged":
         print(f"training diverged at epoch {s['diverged_at_epoch']} (non-finite loss or "
               f"parameters); stopped. Run folder: {config.out}", file=sys.stderr)
         return 0
@@ -171,9 +181,10 @@ def run_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "train":
-        return run_train(args)
+        return run_train(args, argv)
     if args.command == "download":
         return run_download(args)
     parser.print_help()

@@ -64,6 +64,9 @@ class MajorityVote:
         tensor([1., 0., 0.])
     """
 
+    returns_signs = True
+    """The aggregate is ternary, so it travels back to the workers bit-packed."""
+
     def __call__(self, messages: Tensor) -> Tensor:
         # = sign(ternary_votes(messages).sum(0)) in one pass fewer: nansum skips sign(NaN).
         return torch.sign(torch.sign(messages).nansum(dim=0))

@@ -46,6 +46,8 @@ class WeightedMajorityVote(Stateful):
         tensor([ 1.,  1.,  1., -1.])
     """
 
+    returns_signs = True
+    """The aggregate is ternary, so it travels back to the workers bit-packed."""
 
     def __init__(self, memory: float = 1.0) -> None:
         memory = to_float(memory, "memory", "weighted-majority-vote")

@@ -5,6 +5,7 @@ Each step runs the one data path of docs/design.md::
     G = worker_gradients(x, batches)      # [n, d], one forward + one backward for all workers
     M, state = rule.step(G, state)        # sgd / signsgd / signum
     M = attack(M, masks, ctx)             # blind workers, then the Byzantine coalition
+    M = ternary(M) for sign rules         # what a bit-packed sign message can carry
     v = aggregator(M)                     # mean / majority vote / ...
     x = x - lr * (v + weight_decay * x)
 
@@ -31,6 +32,7 @@ from torch import Tensor
 
 import signvote
 from signvote import aggregators, attacks, models, rules
+from signvote.aggregators.basic import ternary_votes
 from signvote.data import Dataset, partition
 from signvote.data import load as load_dataset
 from signvote.engine.gradients import (
@@ -88,6 +90,8 @@ class DataPath:
             ctx = attacks.AttackContext(step, self.generator, self.rule.sends_signs,
                                         self.aggregator)
             messages = attacks.apply_all(self.plan, messages, ctx)
+            if self.rule.sends_signs:  # only a ternary value survives the 1-2 bit wire
+                messages = ternary_votes(messages)
         x = apply_update(x, self.aggregator(messages), lr, self.weight_decay)
         return x, state, honest
 
@@ -136,10 +140,62 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.lr * config.lr_decay_rate ** (epoch // config.lr_decay_step)
 
 
-def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> RunResult:
-    """Train with the simulator; writes the run folder ``config.out`` when ``write``."""
+@dataclass
+class RunSetup:
+    """Everything a run builds from its config before the first step (both engines).
+
+    Attributes:
+        config: the resolved config.
+        data: the dataset.
+        module: the model (its parameters are the initial point).
+        layout: where the parameters sit in the flat vector.
+        x: the initial parameters ``[d]``.
+        batched: the model compiled for per-worker gradients.
+        part: the training-set indices of every worker.
+        per_epoch: the samples each worker walks an epoch.
+        starts: the first sample of every step within an epoch.
+        rule, aggregator: the worker rule and the server rule.
+        blind_mask, byzantine_mask: the adversaries among the workers.
+        plan: ``(attack, mask)`` pairs applied in order (blind first, then Byzantine).
+        summary: the summary fields known before training.
+        workers_table: one row per worker (``partition.csv``).
+    """
+
+    config: TrainConfig
+    data: Dataset
+    module: torch.nn.Module
+    layout: ParamLayout
+    x: Tensor
+    batched: BatchedModel
+    part: partition.Partition
+    per_epoch: int
+    starts: range
+    rule: rules.WorkerRule
+    aggregator: Any
+    blind_mask: Tensor
+    byzantine_mask: Tensor
+    plan: list
+    summary: dict[str, Any]
+    workers_table: list[dict[str, Any]]
+
+    @property
+    def n_classes(self) -> int | None:
+        return self.data.n_classes if self.data.task == "classification" else None
+
+    @property
+    def fixed_order(self) -> bool:
+        """True when every worker walks the same samples every epoch."""
+        return all(idx.numel() == self.per_epoch for idx in self.part)
+
+    def walk(self, epoch: int) -> tuple[Tensor, Tensor]:
+        """The inputs ``[n, per_epoch, ...]`` and targets of every worker in ``epoch``."""
+        walk = partition.epoch_indices(self.part, self.per_epoch, epoch)
+        return self.data.train_x[walk], self.data.train_y[walk]
+
+
+def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
+    """Resolve ``config`` and build the data, model, partition, rules and adversaries."""
     c = resolve(config)
-    out = Path(c.out)
     keep_freed_memory()
     torch.manual_seed(c.seed)
     data = load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
@@ -166,7 +222,6 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             f"--batch-size {c.batch_size} exceeds the {per_epoch} samples per worker and "
             f"epoch; valid: 1 to {per_epoch}"
         )
-    starts = range(0, per_epoch, c.batch_size)
 
     rule = rules.get(c.rule, c.momentum, c.sign_bound)
     aggregator = aggregators.build(c.aggregator, c.aggregator_f)
@@ -176,14 +231,10 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         plan.append((attacks.get("blind-inversion"), blind_mask))
     if c.byzantine:
         plan.append((attacks.build(c.attack), byzantine_mask))
-    path = DataPath(batched, rule, plan, aggregator, data.task, c.weight_decay,
-                    torch.Generator().manual_seed(c.seed + ATTACK_STREAM),
-                    torch.Generator().manual_seed(c.seed + RULE_STREAM),
-                    data.n_classes if data.task == "classification" else None)
 
     summary: dict[str, Any] = {
         "status": "completed",
-        "engine": "sim",
+        "engine": engine,
         "params": layout.dim,
         "workers": c.workers,
         "blind_workers": torch.nonzero(blind_mask).flatten().tolist(),
@@ -199,26 +250,78 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             sum(r["label_entropy_bits"] for r in workers_table) / c.workers, 6)
         summary["dataset_label_entropy_bits"] = round(float(partition.label_entropy(
             torch.bincount(data.train_y, minlength=data.n_classes))), 6)
+    return RunSetup(c, data, module, layout, x, batched, part, per_epoch,
+                    range(0, per_epoch, c.batch_size), rule, aggregator, blind_mask,
+                    byzantine_mask, plan, summary, workers_table)
+
+
+def start_run_folder(setup: RunSetup) -> Path:
+    """Create the run folder, drop a previous run's summary and metrics, write the config
+    and the partition table; returns the folder."""
+    out = Path(setup.config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "metrics.csv"):
+        (out / stale).unlink(missing_ok=True)
+    runs.write_json(out / "config.json", setup.config.to_dict())
+    runs.write_csv(out / "partition.csv", setup.workers_table[0].keys(), setup.workers_table)
+    return out
+
+
+def epoch_row(epoch: int, step: int, losses: list[Tensor], correct: list[Tensor], seen: int,
+              x: Tensor, setup: RunSetup, lr: float, t0: float
+              ) -> tuple[dict[str, Any], bool]:
+    """The metrics row of 0-based ``epoch`` (the workers' mean batch loss and accuracy over
+    the epoch, the test loss and accuracy of ``x``) and whether the training loss and the
+    parameters are finite (the test metrics are NaN and None when not)."""
+    train_loss = float(torch.stack(losses).mean())
+    train_acc = float(torch.stack(correct).sum()) / seen if correct else None
+    finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
+    data = setup.data
+    test_loss, test_acc = (
+        evaluate(setup.module, setup.layout, x, data.test_x, data.test_y, data.task)
+        if finite else (float("nan"), None)
+    )
+    return {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+            "test_loss": test_loss, "train_acc": train_acc, "test_acc": test_acc,
+            "lr": lr, "wall_s": round(time.perf_counter() - t0, 6)}, finite
+
+
+def finish_summary(summary: dict[str, Any], metrics: list[dict[str, Any]], step: int,
+                   t0: float, diverged: bool) -> dict[str, Any]:
+    """``summary`` with the final and best metrics, the status and the counts filled in
+    (``diverged``: the last epoch's loss or parameters were not finite)."""
+    summary = dict(summary)
+    if diverged:
+        summary["status"] = "diverged"
+        summary["diverged_at_epoch"] = metrics[-1]["epoch"]
+    summary.update(_final_metrics(metrics))
+    summary["epochs_completed"] = len(metrics)
+    summary["steps"] = step
+    summary["wall_s"] = round(time.perf_counter() - t0, 6)
+    return summary
+
+
+def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> RunResult:
+    """Train with the simulator; writes the run folder ``config.out`` when ``write``."""
+    setup = prepare(config)
+    c, x = setup.config, setup.x
+    path = DataPath(setup.batched, setup.rule, setup.plan, setup.aggregator, setup.data.task,
+                    c.weight_decay, torch.Generator().manual_seed(c.seed + ATTACK_STREAM),
+                    torch.Generator().manual_seed(c.seed + RULE_STREAM), setup.n_classes)
     if write:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "metrics.csv"):
-            (out / stale).unlink(missing_ok=True)
-        runs.write_json(out / "config.json", c.to_dict())
-        runs.write_csv(out / "partition.csv", workers_table[0].keys(), workers_table)
+        out = start_run_folder(setup)
 
     metrics: list[dict[str, Any]] = []
     state = None
     step = 0
     t0 = time.perf_counter()
     bar = _progress_bar(c.epochs, progress)
-    fixed_order = all(idx.numel() == per_epoch for idx in part)  # the same walk every epoch
     for epoch in range(c.epochs):
         lr = learning_rate(c, epoch)
-        if epoch == 0 or not fixed_order:
-            walk = partition.epoch_indices(part, per_epoch, epoch)  # [n, per_epoch]
-            inputs, targets = data.train_x[walk], data.train_y[walk]
+        if epoch == 0 or not setup.fixed_order:
+            inputs, targets = setup.walk(epoch)  # [n, per_epoch, ...]
         batch_losses, batch_correct, seen = [], [], 0
-        for start in starts:
+        for start in setup.starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
             x, state, honest = path.step(x, state, xb, yb, lr, step)
             batch_losses.append(honest.losses)
@@ -226,16 +329,8 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
                 batch_correct.append(honest.correct)
             seen += yb.numel()
             step += 1
-        train_loss = float(torch.stack(batch_losses).mean())
-        train_acc = float(torch.stack(batch_correct).sum()) / seen if batch_correct else None
-        finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
-        test_loss, test_acc = (
-            evaluate(module, layout, x, data.test_x, data.test_y, data.task)
-            if finite else (float("nan"), None)
-        )
-        row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
-               "test_loss": test_loss, "train_acc": train_acc, "test_acc": test_acc,
-               "lr": lr, "wall_s": round(time.perf_counter() - t0, 6)}
+        row, finite = epoch_row(epoch, step, batch_losses, batch_correct, seen, x, setup, lr,
+                                t0)
         metrics.append(row)
         if write:
             runs.write_metrics(out / "metrics.csv", metrics)
@@ -243,15 +338,10 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             bar.set_postfix_str(_postfix(row), refresh=False)
             bar.update(1)
         if not finite:
-            summary["status"] = "diverged"
-            summary["diverged_at_epoch"] = epoch + 1
             break
     if bar is not None:
         bar.close()
-    summary.update(_final_metrics(metrics))
-    summary["epochs_completed"] = len(metrics)
-    summary["steps"] = step
-    summary["wall_s"] = round(time.perf_counter() - t0, 6)
+    summary = finish_summary(setup.summary, metrics, step, t0, not finite)
     if write:
         runs.write_json(out / "summary.json", summary)
     return RunResult(c, summary, metrics, x)

@@ -20,7 +20,8 @@ from signvote import aggregators, attacks, models, rules
 from signvote.data import DATASETS, REGRESSION
 from signvote.data.partition import NEEDS_LABELS, PARTITIONS
 
-ENGINES = ("sim",)
+ENGINES = ("sim", "dist")
+LAYOUTS = ("server", "peer")
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,18 @@ class TrainConfig:
     data_dir: str | None = _opt(None, "folder with the dataset's files (IDX datasets; default: "
                                 "the standard places, see --help of signvote download)")
     seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise")
-    engine: str = _opt("sim", "engine: sim (all workers in one process)", ENGINES)
+    engine: str = _opt("sim", "engine: sim (all workers in one process) or dist (one process "
+                       "per worker under torch.distributed, gloo; started here, or by "
+                       "torchrun on several machines)", ENGINES)
+    layout: str = _opt("server", "--engine dist: server (rank 0 a trusted server that "
+                       "aggregates, n + 1 processes) or peer (every worker aggregates, n "
+                       "processes)", LAYOUTS)
+    checkpoint_every: int | None = _opt(None, "--engine dist: write OUT/checkpoint.pt every "
+                                        "this many steps (default: every epoch; 0: never)")
+    max_restarts: int = _opt(0, "--engine dist: restart the processes this many times after "
+                             "a failure, resuming from the last checkpoint")
+    dist_timeout: float = _opt(300.0, "--engine dist: seconds a rank waits for another before "
+                               "the run fails")
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +189,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(math.isfinite(c.lr_decay_rate) and 0.0 < c.lr_decay_rate <= 1.0,
           f"--lr-decay-rate must be in (0, 1], got {c.lr_decay_rate}")
     _need(c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}")
+    _need(c.checkpoint_every is None or c.checkpoint_every >= 0,
+          f"--checkpoint-every must be 0 or more, got {c.checkpoint_every}")
+    _need(c.max_restarts >= 0, f"--max-restarts must be 0 or more, got {c.max_restarts}")
+    _need(math.isfinite(c.dist_timeout) and c.dist_timeout > 0,
+          f"--dist-timeout must be a finite number of seconds > 0, got {c.dist_timeout}")
     _need(math.isfinite(c.partition_alpha) and c.partition_alpha > 0,
           f"--partition-alpha must be a finite number > 0, got {c.partition_alpha}")
     _need(c.partition_shards >= 1,

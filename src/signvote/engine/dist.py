@@ -1,0 +1,476 @@
+"""The distributed engine: one process per worker under torch.distributed (gloo).
+
+Every worker rank runs the simulator's data path on its own row::
+
+    g_i = worker_gradients(x, batch_i)        # this worker's batch only
+    m_i, state_i = rule.step(g_i, state_i)    # the same WorkerRule the simulator calls
+    m_i = blind-inversion(m_i)                # a blind worker, from its own message
+    m_i = coalition(m_i)                      # Byzantine workers: the attack, run once
+    v = exchange(m_i)                         # bit-packed signs or fp32 (engine.protocol)
+    x = x - lr * (v + weight_decay * x)
+
+The Byzantine coalition's attack runs on its lowest rank, on the matrix the simulator
+would give it: the coalition's own rows and, for an omniscient attack, every worker's row,
+which the workers send to it first (the paper's "Byzantine server"). The crafted rows are
+scattered back to the coalition's ranks, which send them as their messages.
+
+Layouts (``--layout``): ``server``, rank 0 a trusted server and ranks ``1..n`` the workers
+(``n + 1`` processes), or ``peer``, ranks ``0..n-1`` the workers, every one aggregating.
+For the same config and seed the parameters equal the simulator's after every step: bit
+for bit for sign rules and for the aggregators that gather rows, to float rounding for the
+mean (an all-reduce sums in another order). The stochastic sign is the exception: each
+rank draws its own coins (the simulator draws all workers' at once).
+
+Faults: rank 0 writes ``OUT/checkpoint.pt`` atomically every ``--checkpoint-every`` steps
+(every epoch by default) with the parameters, every worker's rule state, the random
+generators, the aggregator's state and the metrics so far. A run that starts (or is
+restarted by torchrun, ``--max-restarts``) with a checkpoint of the same config resumes
+from it, so a killed worker costs the steps since the last checkpoint and changes nothing
+else. A rank that stops answering makes the others fail after ``--dist-timeout`` seconds
+with a message that says so.
+
+Launch: ``signvote train --engine dist ...`` starts the processes on this machine through
+torch's elastic launcher (torchrun's); on several machines run on each
+``torchrun --nnodes N --nproc-per-node P --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m
+signvote train --engine dist ...`` with ``N * P`` the process count.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from signvote import attacks
+from signvote.data import partition
+from signvote.engine import protocol
+from signvote.engine.gradients import worker_gradients
+from signvote.engine.sim import (
+    ATTACK_STREAM,
+    RULE_STREAM,
+    RunResult,
+    RunSetup,
+    _postfix,
+    _progress_bar,
+    apply_update,
+    epoch_row,
+    finish_summary,
+    learning_rate,
+    prepare,
+    start_run_folder,
+)
+from signvote.experiment import runs
+from signvote.experiment.config import ConfigError, TrainConfig, resolve
+
+FAULT_ENV = "SIGNVOTE_FAULT"
+"""Fault injection for tests: ``kill:RANK:STEP`` (SIGKILL) or ``hang:RANK:STEP`` (sleep
+forever) at the start of global step STEP on rank RANK, in the first attempt only."""
+
+CHECKPOINT = "checkpoint.pt"
+NOT_TRAJECTORY = ("max_restarts", "dist_timeout", "checkpoint_every")
+"""Config fields a checkpoint may differ in and still be resumed."""
+
+
+class DistError(RuntimeError):
+    """The distributed run failed; the message is one line for the user."""
+
+
+def world_size(config: TrainConfig) -> int:
+    """The number of processes of a run: one per worker, plus the server in ``server``."""
+    return config.workers + (1 if config.layout == "server" else 0)
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by torchrun / the elastic launcher."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def worker_of(rank: int, layout: str) -> int | None:
+    """The worker a rank runs (None for the server)."""
+    if layout == "server":
+        return None if rank == 0 else rank - 1
+    return rank
+
+
+def rank_of(worker: int, layout: str) -> int:
+    """The rank that runs ``worker``."""
+    return worker + 1 if layout == "server" else worker
+
+
+# --- the launcher ----------------------------------------------------------------------
+
+
+def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
+    """Run ``signvote ARGV`` in ``world_size(config)`` local processes under torch's elastic
+    agent (torchrun's), restarting them up to ``--max-restarts`` times; returns the run's
+    summary. Raises :class:`DistError` when the run fails."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    c = resolve(config)
+    launch_config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=world_size(c), run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=c.max_restarts,
+        monitor_interval=0.2)
+    threads = max(1, (os.cpu_count() or 1) // world_size(c))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _quiet_elastic_logs()
+    try:
+        elastic_launch(launch_config, sys.executable)("-m", "signvote", *argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        cause = (f"exit code {failure.exitcode}" if failure.exitcode >= 0
+                 else f"signal {signal.Signals(-failure.exitcode).name}")
+        raise DistError(f"the distributed run failed after {c.max_restarts} restart(s): rank "
+                        f"{rank} ended with {cause} (its message is above)") from None
+    summary = Path(c.out) / "summary.json"
+    import json
+
+    return json.loads(summary.read_text())
+
+
+def _quiet_elastic_logs() -> None:
+    import logging
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+
+
+# --- one rank ----------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
+    """Run this process's rank (RANK, WORLD_SIZE, MASTER_ADDR/PORT from torchrun); returns
+    the run's result on rank 0, None on the others."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    setup = prepare(config, engine="dist")
+    c = setup.config
+    if world != world_size(c):
+        server = " and the server" if c.layout == "server" else ""
+        raise ConfigError(
+            f"--engine dist --layout {c.layout} with --workers {c.workers} needs "
+            f"{world_size(c)} processes (one per worker{server}); this run has {world}; "
+            f"valid: --nproc-per-node x --nnodes = {world_size(c)}")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=c.dist_timeout))
+    try:
+        return _Rank(setup, rank, world).run(progress and rank == 0)
+    except RuntimeError as exc:
+        if isinstance(exc, DistError):
+            raise
+        raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
+    finally:
+        dist.destroy_process_group()
+
+
+def describe_failure(exc: BaseException, rank: int, timeout: float) -> str:
+    """One line for a communication failure of ``rank``."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return (f"rank {rank}: no answer from another rank within --dist-timeout {timeout:g} s; "
+                f"a rank hung or is unreachable ({text.split('] ')[-1]})")
+    if "closed" in text.lower() or "reset" in text.lower() or "broken pipe" in text.lower():
+        return f"rank {rank}: another rank died or closed its connection ({text.split('] ')[-1]})"
+    return f"rank {rank}: communication failed: {text}"
+
+
+class _Rank:
+    """One process of a distributed run: its role, its state, its training loop."""
+
+    def __init__(self, setup: RunSetup, rank: int, world: int) -> None:
+        c = setup.config
+        self.setup, self.c, self.rank, self.world = setup, c, rank, world
+        self.worker = worker_of(rank, c.layout)
+        self.traffic = protocol.Traffic()
+        self.side_traffic = protocol.Traffic()  # honest rows sent to the coalition
+        self.exchange = protocol.Exchange(c.layout, rank, world, setup.layout.dim,
+                                          setup.rule.sends_signs, setup.aggregator,
+                                          self.traffic)
+        masks = setup.blind_mask, setup.byzantine_mask
+        self.blind = self.worker is not None and bool(masks[0][self.worker])
+        self.byzantine = self.worker is not None and bool(masks[1][self.worker])
+        self.attack = attacks.build(c.attack) if c.byzantine else None
+        data_level = getattr(self.attack, "data_level", False)
+        self.message_attack = self.attack is not None and not data_level
+        self.omniscient = self.message_attack and self.attack.knowledge == "omniscient"
+        byzantine_workers = torch.nonzero(masks[1]).flatten().tolist()
+        self.coalition_ranks = [rank_of(w, c.layout) for w in byzantine_workers]
+        # Every rank creates every group, in the same order (torch.distributed's rule).
+        self.workers_group = (dist.new_group(list(range(1, world)),
+                                             timeout=timedelta(seconds=c.dist_timeout))
+                              if c.layout == "server" else None)
+        self.coalition = (dist.new_group(self.coalition_ranks,
+                                         timeout=timedelta(seconds=c.dist_timeout))
+                          if self.message_attack else None)
+        self.attack_generator = torch.Generator().manual_seed(c.seed + ATTACK_STREAM)
+        worker_stream = 0 if self.worker is None else self.worker
+        self.rule_generator = torch.Generator().manual_seed(
+            c.seed + RULE_STREAM + 1000 * worker_stream)
+        self.state: Tensor | None = None
+        self.fault = _parse_fault(os.environ.get(FAULT_ENV))
+
+    # -- the coalition ----------------------------------------------------------------
+    def _coalition(self, row: Tensor, step: int) -> Tensor:
+        """This worker's message after the Byzantine coalition has acted on it."""
+        n, d = self.c.workers, row.numel()
+        leader = self.coalition_ranks[0]
+        is_leader = self.rank == leader
+        matrix = None
+        if self.omniscient:  # every worker's row goes to the coalition first
+            rows = [torch.empty(d) for _ in range(n)] if is_leader else None
+            dist.gather(row.contiguous(), rows, dst=leader, group=self.workers_group)
+            if not is_leader:
+                self.side_traffic.add(sent=4 * d)
+            if not self.byzantine:
+                return row
+            if is_leader:
+                matrix = torch.stack(rows)
+        elif not self.byzantine:
+            return row
+        else:
+            size = len(self.coalition_ranks)
+            rows = [torch.empty(d) for _ in range(size)] if is_leader else None
+            dist.gather(row.contiguous(), rows, dst=leader, group=self.coalition)
+            if is_leader:
+                matrix = torch.zeros(n, d)
+                workers = torch.nonzero(self.setup.byzantine_mask).flatten()
+                matrix[workers] = torch.stack(rows)
+        scatter = None
+        if is_leader:
+            ctx = attacks.AttackContext(step, self.attack_generator,
+                                        self.setup.rule.sends_signs, self.setup.aggregator)
+            crafted = self.attack(matrix, self.setup.byzantine_mask, ctx)
+            scatter = [crafted[w].contiguous().to(torch.float32)
+                       for w in torch.nonzero(self.setup.byzantine_mask).flatten().tolist()]
+        out = torch.empty(d)
+        dist.scatter(out, scatter, src=leader, group=self.coalition)
+        return out
+
+    # -- one step -----------------------------------------------------------------------
+    def step(self, x: Tensor, inputs: Tensor | None, targets: Tensor | None, lr: float,
+             step: int):
+        """One step; returns the new parameters and this worker's statistics (None on the
+        server)."""
+        s = self.setup
+        honest = None
+        row = None
+        if self.worker is not None:
+            if self.byzantine and not self.message_attack:  # data-level (label flip)
+                targets = self.attack.poison_targets(targets, torch.tensor([True]),
+                                                     s.n_classes)
+            honest = worker_gradients(s.batched, x, inputs, targets, s.data.task)
+            messages, self.state = s.rule.step(honest.grads, self.state, self.rule_generator)
+            if self.blind:
+                ctx = attacks.AttackContext(step, self.attack_generator, s.rule.sends_signs)
+                messages = s.plan[0][0](messages, torch.tensor([True]), ctx)
+            row = messages[0]
+            if self.message_attack:
+                row = self._coalition(row, step)
+        v = self.exchange(row)
+        return apply_update(x, v, lr, self.c.weight_decay), honest
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _local_state(self, epoch_stats: dict[str, Any]) -> dict[str, Any]:
+        aggregator = self.setup.aggregator
+        return {
+            "rule_state": self.state,
+            "rule_generator": self.rule_generator.get_state(),
+            "attack_generator": self.attack_generator.get_state(),
+            "aggregator_state": getattr(aggregator, "state", None),
+            "epoch": epoch_stats,
+            "traffic": (self.traffic.sent, self.traffic.received),
+            "side_traffic": (self.side_traffic.sent, self.side_traffic.received),
+        }
+
+    def _restore(self, local: dict[str, Any]) -> dict[str, Any]:
+        self.state = local["rule_state"]
+        self.rule_generator.set_state(local["rule_generator"])
+        self.attack_generator.set_state(local["attack_generator"])
+        if hasattr(self.setup.aggregator, "state"):
+            self.setup.aggregator.state = local["aggregator_state"]
+        self.traffic.sent, self.traffic.received = local["traffic"]
+        self.side_traffic.sent, self.side_traffic.received = local["side_traffic"]
+        return local["epoch"]
+
+    def _save(self, out: Path, step: int, x: Tensor, metrics: list, epoch_stats: dict,
+              elapsed: float) -> None:
+        states = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(self._local_state(epoch_stats), states, dst=0)
+        if self.rank == 0:
+            buffer = io.BytesIO()
+            torch.save({"config": _trajectory(self.c), "world": self.world, "step": step,
+                        "x": x, "metrics": metrics, "ranks": states, "elapsed": elapsed},
+                       buffer)
+            runs.atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
+
+    def _load(self, out: Path) -> dict[str, Any] | None:
+        found = [None]
+        if self.rank == 0:
+            path = out / CHECKPOINT
+            if path.exists():
+                try:
+                    ckpt = torch.load(path, weights_only=False)
+                except Exception as exc:  # an unreadable checkpoint: start over
+                    print(f"signvote: ignoring unreadable {path}: {exc}", file=sys.stderr)
+                    ckpt = None
+                if ckpt is not None and (ckpt["config"] != _trajectory(self.c)
+                                         or ckpt["world"] != self.world):
+                    print(f"signvote: ignoring {path}: it belongs to another config",
+                          file=sys.stderr)
+                    ckpt = None
+                found = [ckpt]
+        dist.broadcast_object_list(found, src=0)
+        return found[0]
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self, progress: bool) -> RunResult | None:
+        s, c = self.setup, self.c
+        out = Path(c.out)
+        ckpt = self._load(out)
+        if self.rank == 0 and ckpt is None:
+            start_run_folder(s)
+        dist.barrier()
+        x, step, metrics = s.x, 0, []
+        epoch_stats = _empty_epoch()
+        elapsed = 0.0
+        if ckpt is not None:
+            x, step, metrics = ckpt["x"], ckpt["step"], ckpt["metrics"]
+            epoch_stats = self._restore(ckpt["ranks"][self.rank])
+            elapsed = ckpt["elapsed"]
+        resumed_from = step
+        per_epoch_steps = len(s.starts)
+        every = (per_epoch_steps if c.checkpoint_every is None else c.checkpoint_every)
+        t0 = time.perf_counter() - elapsed
+        bar = _progress_bar(c.epochs, progress)
+        if bar is not None:
+            bar.update(len(metrics))
+        diverged = False
+        for epoch in range(step // per_epoch_steps, c.epochs):
+            lr = learning_rate(c, epoch)
+            if self.worker is not None:
+                walk = partition.epoch_indices(s.part, s.per_epoch, epoch)[self.worker]
+                inputs, targets = s.data.train_x[walk][None], s.data.train_y[walk][None]
+            for k, start in enumerate(s.starts):
+                if epoch * per_epoch_steps + k < step:
+                    continue  # done before the checkpoint this run resumed from
+                self._maybe_fault(step)
+                xb = yb = None
+                if self.worker is not None:
+                    xb = inputs[:, start:start + c.batch_size]
+                    yb = targets[:, start:start + c.batch_size]
+                x, honest = self.step(x, xb, yb, lr, step)
+                if honest is not None:
+                    epoch_stats["losses"].append(honest.losses)
+                    if honest.correct is not None:
+                        epoch_stats["correct"].append(honest.correct)
+                    epoch_stats["seen"] += yb.numel()
+                step += 1
+                last = k == per_epoch_steps - 1
+                if every and step % every == 0 and not last:
+                    self._save(out, step, x, metrics, epoch_stats, time.perf_counter() - t0)
+            row, finite = self._epoch_end(epoch, step, epoch_stats, x, lr, t0)
+            epoch_stats = _empty_epoch()
+            if self.rank == 0:
+                metrics.append(row)
+                runs.write_metrics(out / "metrics.csv", metrics)
+                if bar is not None:
+                    bar.set_postfix_str(_postfix(row), refresh=False)
+                    bar.update(1)
+            if not finite:
+                diverged = True
+                break
+            if every and (c.checkpoint_every is None or step % every == 0):
+                self._save(out, step, x, metrics, epoch_stats, time.perf_counter() - t0)
+        if bar is not None:
+            bar.close()
+        totals = self._traffic_totals()
+        if self.rank != 0:
+            return None
+        summary = finish_summary(s.summary, metrics, step, t0, diverged)
+        summary.update(self._traffic_summary(totals, step))
+        summary.update({"layout": c.layout, "world_size": self.world, "backend": "gloo",
+                        "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+                        "resumed_from_step": resumed_from})
+        runs.write_json(out / "summary.json", summary)
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        return RunResult(c, summary, metrics, x)
+
+    def _epoch_end(self, epoch: int, step: int, stats: dict, x: Tensor, lr: float,
+                   t0: float) -> tuple[dict[str, Any] | None, bool]:
+        """Gather the workers' batch statistics at rank 0, which evaluates and writes the
+        row; every rank learns whether training diverged."""
+        gathered = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(stats if self.worker is not None else None, gathered, dst=0)
+        decision: list[Any] = [None]
+        row = None
+        if self.rank == 0:
+            workers = [g for g in gathered if g is not None]
+            losses = [torch.cat(step_losses) for step_losses in
+                      zip(*(w["losses"] for w in workers), strict=True)]
+            correct = [torch.cat(step_correct) for step_correct in
+                       zip(*(w["correct"] for w in workers), strict=True)]
+            seen = sum(w["seen"] for w in workers)
+            row, finite = epoch_row(epoch, step, losses, correct, seen, x, self.setup, lr, t0)
+            decision = [finite]
+        dist.broadcast_object_list(decision, src=0)
+        return row, bool(decision[0])
+
+    def _traffic_totals(self) -> list[tuple[int, int, int, int]] | None:
+        mine = (self.traffic.sent, self.traffic.received, self.side_traffic.sent,
+                self.side_traffic.received)
+        totals = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(mine, totals, dst=0)
+        return totals
+
+    def _traffic_summary(self, totals: list, steps: int) -> dict[str, Any]:
+        c, d = self.c, self.setup.layout.dim
+        steps = max(steps, 1)
+        workers = [t for r, t in enumerate(totals) if worker_of(r, c.layout) is not None]
+        result = {
+            "bytes_sent_per_worker_per_step": sum(t[0] for t in workers) / len(workers) / steps,
+            "bytes_received_per_worker_per_step":
+                sum(t[1] for t in workers) / len(workers) / steps,
+            "fp32_allreduce_bytes_per_worker_per_step":
+                protocol.fp32_allreduce_bytes(d, c.workers),
+            "coalition_bytes_per_step": sum(t[2] for t in totals) / steps,
+        }
+        if c.layout == "server":
+            result["server_bytes_sent_per_step"] = totals[0][0] / steps
+            result["server_bytes_received_per_step"] = totals[0][1] / steps
+        return result
+
+    def _maybe_fault(self, step: int) -> None:
+        if self.fault is None or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return
+        kind, rank, at = self.fault
+        if rank == self.rank and step == at:
+            if kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            while True:  # hang
+                time.sleep(3600)
+
+
+def _empty_epoch() -> dict[str, Any]:
+    return {"losses": [], "correct": [], "seen": 0}
+
+
+def _trajectory(config: TrainConfig) -> dict[str, Any]:
+    """The config fields that decide the trajectory (a checkpoint must match them)."""
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_TRAJECTORY}
+
+
+def _parse_fault(text: str | None) -> tuple[str, int, int] | None:
+    if not text:
+        return None
+    kind, rank, step = text.split(":")
+    if kind not in ("kill", "hang"):
+        raise ValueError(f"{FAULT_ENV}={text!r}: kind must be kill or hang")
+    return kind, int(rank), int(step)
