@@ -145,7 +145,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except (ConfigError, DatasetError) as exc:
         fail(f"signvote train: error: {exc}")
     except dist.DistError as exc:
-        print(f"signvote train: error: {exc}", file=sys.stderr)
+        where = "stopped" if dist.launched_by_torchrun() else "error"
+        print(f"signvote train: {where}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nsignvote train: interrupted; the run folder has no summary.json",

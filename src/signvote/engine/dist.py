@@ -68,6 +68,7 @@ from signvote.engine.sim import (
     learning_rate,
     prepare,
     start_run_folder,
+    write_results,
 )
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
@@ -160,7 +161,12 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
             f"--engine dist --layout {c.layout} with --workers {c.workers} needs "
             f"{world_size(c)} processes (one per worker{server}); this run has {world}; "
             f"valid: --nproc-per-node x --nnodes = {world_size(c)}")
-    dist.init_process_group("gloo", timeout=timedelta(seconds=c.dist_timeout))
+    timeout = timedelta(seconds=c.dist_timeout)
+    try:
+        dist.init_process_group("gloo", store=attempt_store(rank, world, timeout), rank=rank,
+                                world_size=world, timeout=timeout)
+    except RuntimeError as exc:
+        raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     try:
         return _Rank(setup, rank, world).run(progress and rank == 0)
     except RuntimeError as exc:
@@ -169,6 +175,19 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
         raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     finally:
         dist.destroy_process_group()
+
+
+def attempt_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store at MASTER_ADDR:MASTER_PORT, its keys prefixed by the elastic
+    attempt: after a restart the ranks must not read the addresses the previous attempt's
+    ranks published there (they did in torch 2.13, and the restarted ranks failed to
+    connect)."""
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, timeout=timeout,
+                          multi_tenant=True)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"signvote/attempt_{attempt}/", store)
 
 
 def describe_failure(exc: BaseException, rank: int, timeout: float) -> str:
@@ -399,7 +418,7 @@ class _Rank:
         summary.update({"layout": c.layout, "world_size": self.world, "backend": "gloo",
                         "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
                         "resumed_from_step": resumed_from})
-        runs.write_json(out / "summary.json", summary)
+        write_results(out, s, x, summary)
         (out / CHECKPOINT).unlink(missing_ok=True)
         return RunResult(c, summary, metrics, x)
 

@@ -260,7 +260,7 @@ def start_run_folder(setup: RunSetup) -> Path:
     and the partition table; returns the folder."""
     out = Path(setup.config.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "metrics.csv"):
+    for stale in ("summary.json", "metrics.csv", "params.pt"):
         (out / stale).unlink(missing_ok=True)
     runs.write_json(out / "config.json", setup.config.to_dict())
     runs.write_csv(out / "partition.csv", setup.workers_table[0].keys(), setup.workers_table)
@@ -343,8 +343,16 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         bar.close()
     summary = finish_summary(setup.summary, metrics, step, t0, not finite)
     if write:
-        runs.write_json(out / "summary.json", summary)
+        write_results(out, setup, x, summary)
     return RunResult(c, summary, metrics, x)
+
+
+def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any]) -> None:
+    """Write the final parameters (``params.pt``, named as the model's) and then
+    ``summary.json``, whose presence marks a finished run."""
+    runs.write_params(out / "params.pt",
+                      {k: v.clone() for k, v in setup.layout.unflatten(x).items()})
+    runs.write_json(out / "summary.json", summary)
 
 
 def partition_table(part: partition.Partition, data: Dataset, blind_mask: Tensor,

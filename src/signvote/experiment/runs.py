@@ -1,4 +1,5 @@
-"""The run folder: ``config.json``, ``metrics.csv``, ``summary.json``, each written atomically.
+"""The run folder: ``config.json``, ``metrics.csv``, ``summary.json`` and the final
+parameters ``params.pt``, each written atomically.
 
 A file is written to a temporary name in the same folder, flushed to disk, then renamed
 over its final name (``os.replace`` is atomic on POSIX): a run killed at any moment leaves
@@ -39,6 +40,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_params(path: str | Path, params: Mapping[str, Any]) -> None:
+    """Write named parameter tensors with ``torch.save``, atomically (loadable with
+    ``module.load_state_dict(torch.load(path))``)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(dict(params), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
