@@ -1,12 +1,9 @@
 """The distributed engine: real gloo processes on loopback against the simulator.
 
 Each run starts ``signvote train --engine dist`` in its own process group (the elastic
-launcher and its ranks) and kills the whole group if it overruns its time limit.
+launcher and its ranks), killed whole if it overruns its time limit (``run_bounded``).
 """
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,20 +17,15 @@ from signvote.experiment.config import ConfigError, TrainConfig
 LIMIT_S = 120
 
 
-def run_dist(args: list[str], out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+@pytest.fixture
+def run_dist(run_bounded):
     """``signvote train --engine dist ARGS --out OUT``, bounded in time."""
-    command = [sys.executable, "-m", "signvote", "train", "--engine", "dist", "--quiet",
-               "--out", str(out), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-    try:
-        stdout, stderr = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"signvote train --engine dist {' '.join(args)} ran over {LIMIT_S} s")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+    def run(args: list[str], out: Path, env: dict | None = None):
+        return run_bounded([sys.executable, "-m", "signvote", "train", "--engine", "dist",
+                            "--quiet", "--out", str(out), *args], env, LIMIT_S)
+
+    return run
 
 
 def sim_params(args: dict, out: Path) -> dict[str, torch.Tensor]:
@@ -76,7 +68,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_four_processes_equal_the_simulator_bit_for_bit(case, tmp_path):
+def test_four_processes_equal_the_simulator_bit_for_bit(case, tmp_path, run_dist):
     args = dict(CASES[case], epochs=2)
     result = run_dist(to_argv(args), tmp_path / "dist")
     assert result.returncode == 0, result.stderr
@@ -88,7 +80,7 @@ def test_four_processes_equal_the_simulator_bit_for_bit(case, tmp_path):
     assert [r.rsplit(",", 1)[0] for r in dist_rows] == [r.rsplit(",", 1)[0] for r in sim_rows]
 
 
-def test_mean_by_all_reduce_equals_the_simulator_to_rounding(tmp_path):
+def test_mean_by_all_reduce_equals_the_simulator_to_rounding(tmp_path, run_dist):
     args = dict(workers=4, rule="sgd", layout="peer", epochs=2)
     result = run_dist(to_argv(args), tmp_path / "dist")
     assert result.returncode == 0, result.stderr
@@ -96,7 +88,7 @@ def test_mean_by_all_reduce_equals_the_simulator_to_rounding(tmp_path):
                        sim_params(args, tmp_path / "sim"), exact=False)
 
 
-def test_bytes_per_step_are_the_protocol_sizes(tmp_path):
+def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
     import json
 
     args = dict(workers=3, layout="server", epochs=1)
@@ -112,7 +104,7 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path):
     assert s["coalition_bytes_per_step"] == 0
 
 
-def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tmp_path):
+def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tmp_path, run_dist):
     import json
 
     args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3)
@@ -128,7 +120,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tm
                        sim_params(args, tmp_path / "sim"), exact=True)
 
 
-def test_a_hung_rank_ends_the_run_with_a_timeout_message(tmp_path):
+def test_a_hung_rank_ends_the_run_with_a_timeout_message(tmp_path, run_dist):
     result = run_dist(["--workers", "2", "--epochs", "2", "--dist-timeout", "3"], tmp_path,
                       env={dist_engine.FAULT_ENV: "hang:1:5"})
     assert result.returncode == 1

@@ -63,3 +63,13 @@ def test_the_vote_from_packed_bits_equals_the_vote_from_signs(n, zeros, gen):
     got = packed_vote(pack_signs(messages))
     assert got.dtype == torch.int8
     assert torch.equal(got.float(), want)
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 17, 64, 1001])
+def test_the_torch_bit_packing_equals_numpys(d, gen):
+    from signvote.packing import pack_bits_torch, unpack_bits_torch
+
+    bits = torch.rand(4, d, generator=gen) < 0.5
+    packed = pack_bits(bits)
+    assert torch.equal(pack_bits_torch(bits), packed)
+    assert torch.equal(unpack_bits_torch(packed, d), unpack_bits(packed, d))

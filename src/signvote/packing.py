@@ -45,12 +45,17 @@ class PackedSigns:
 
 def pack_bits(bits: Tensor) -> Tensor:
     """Boolean ``[n, d]`` -> uint8 ``[n, ceil(d / 8)]`` (bit ``j % 8`` of byte ``j // 8``)."""
-    n, d = bits.shape
-    if bits.device.type == "cpu":  # numpy's packbits: one C pass, ~20x the torch path below
+    if bits.device.type == "cpu":  # numpy's packbits: one C pass, ~20x the torch path
         return torch.from_numpy(np.packbits(bits.numpy(), axis=1, bitorder="little"))
-    padded = torch.zeros(n, -(-d // 8) * 8, dtype=torch.uint8)
+    return pack_bits_torch(bits)
+
+
+def pack_bits_torch(bits: Tensor) -> Tensor:
+    """:func:`pack_bits` in torch operations (any device)."""
+    n, d = bits.shape
+    padded = torch.zeros(n, -(-d // 8) * 8, dtype=torch.uint8, device=bits.device)
     padded[:, :d] = bits
-    return (padded.view(n, -1, 8) * _WEIGHTS).sum(dim=2, dtype=torch.uint8)
+    return (padded.view(n, -1, 8) * _WEIGHTS.to(bits.device)).sum(dim=2, dtype=torch.uint8)
 
 
 def unpack_bits(packed: Tensor, dim: int) -> Tensor:
@@ -58,7 +63,12 @@ def unpack_bits(packed: Tensor, dim: int) -> Tensor:
     if packed.device.type == "cpu":
         return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=dim,
                                               bitorder="little").view(np.bool_))
-    bits = (packed.unsqueeze(2) & _WEIGHTS) != 0  # [n, B, 8]
+    return unpack_bits_torch(packed, dim)
+
+
+def unpack_bits_torch(packed: Tensor, dim: int) -> Tensor:
+    """:func:`unpack_bits` in torch operations (any device)."""
+    bits = (packed.unsqueeze(2) & _WEIGHTS.to(packed.device)) != 0  # [n, B, 8]
     return bits.reshape(packed.shape[0], -1)[:, :dim]
 
 

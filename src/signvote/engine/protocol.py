@@ -108,14 +108,16 @@ class Exchange:
         sends_signs: True for sign rules (bit-packed frames), False for fp32.
         aggregator: the aggregator, on the ranks that aggregate (the server; every peer).
         traffic: the counter this rank's bytes are added to.
+        group: the process group (``rank`` and ``world`` within it; None: the default).
     """
 
     def __init__(self, layout: str, rank: int, world: int, dim: int, sends_signs: bool,
-                 aggregator, traffic: Traffic) -> None:
+                 aggregator, traffic: Traffic, group: dist.ProcessGroup | None = None) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         self.layout, self.rank, self.world, self.dim = layout, rank, world, dim
         self.sends_signs, self.aggregator, self.traffic = sends_signs, aggregator, traffic
+        self.group = group
         self.workers = world - 1 if layout == "server" else world
         self.frame = frame_bytes(dim)
         self.bits = self.frame - 1
@@ -207,7 +209,7 @@ class Exchange:
     # -- peer layout ------------------------------------------------------------------
     def _all_gather(self, tensor: Tensor) -> Tensor:
         out = [torch.empty_like(tensor) for _ in range(self.world)]
-        dist.all_gather(out, tensor)
+        dist.all_gather(out, tensor, group=self.group)
         size = tensor.numel() * tensor.element_size() * (self.world - 1)
         self.traffic.add(sent=size, received=size)
         return torch.stack(out)
@@ -217,7 +219,7 @@ class Exchange:
             row = row.to(torch.float32)
             if type(self.aggregator) in (Mean, Sum):  # DDP's all-reduce
                 total = row.clone()
-                dist.all_reduce(total)
+                dist.all_reduce(total, group=self.group)
                 size = fp32_allreduce_bytes(self.dim, self.world)
                 self.traffic.add(sent=size, received=size)
                 return total / self.world if type(self.aggregator) is Mean else total
