@@ -8,6 +8,7 @@ from signvote.packing import (
     pack_bits,
     pack_signs,
     packed_vote,
+    packed_vote_torch,
     unpack_bits,
     unpack_signs,
 )
@@ -60,9 +61,10 @@ def test_the_vote_from_packed_bits_equals_the_vote_from_signs(n, zeros, gen):
     if not zeros:
         messages = messages * 2 - 1
     want = aggregators.get("majority-vote")(messages)
-    got = packed_vote(pack_signs(messages))
-    assert got.dtype == torch.int8
-    assert torch.equal(got.float(), want)
+    packed = pack_signs(messages)
+    for got in (packed_vote(packed), packed_vote_torch(packed)):
+        assert got.dtype == torch.int8
+        assert torch.equal(got.float(), want)
 
 
 @pytest.mark.parametrize("d", [1, 7, 8, 9, 17, 64, 1001])

@@ -83,24 +83,56 @@ def pack_signs(messages: Tensor) -> PackedSigns:
 
 def unpack_signs(packed: PackedSigns, dtype: torch.dtype = torch.float32) -> Tensor:
     """The ternary rows ``[n, d]`` of ``packed`` in ``dtype``."""
-    positive = unpack_bits(packed.positive, packed.dim)
-    signs = positive.to(dtype) * 2 - 1
+    signs = _unpack_01(packed.positive, packed.dim).to(dtype).mul_(2).sub_(1)
     if packed.nonzero is not None:
-        signs = signs * unpack_bits(packed.nonzero, packed.dim).to(dtype)
+        signs.mul_(_unpack_01(packed.nonzero, packed.dim))
     return signs
 
 
+def _unpack_01(packed: Tensor, dim: int) -> Tensor:
+    """The bits of ``packed`` as uint8 0/1 ``[n, dim]`` (a cheaper dtype than bool to
+    convert)."""
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=dim,
+                                              bitorder="little"))
+    return unpack_bits_torch(packed, dim).to(torch.uint8)
+
+
 def bit_counts(packed: Tensor, dim: int) -> Tensor:
-    """How many rows have each coordinate's bit set: int32 ``[dim]``, summed per bit
-    position over the bytes (integers only)."""
+    """How many rows have each coordinate's bit set: int32 ``[dim]`` (integers only)."""
+    if packed.device.type == "cpu":
+        return torch.from_numpy(_counts_numpy(packed, dim).astype(np.int32, copy=False))
     counts = torch.stack([((packed >> k) & 1).sum(dim=0, dtype=torch.int32)
                           for k in range(8)], dim=1)  # [B, 8]
     return counts.reshape(-1)[:dim]
 
 
+def _counts_numpy(packed: Tensor, dim: int) -> np.ndarray:
+    """:func:`bit_counts` on the CPU: each row unpacked in turn into an accumulator
+    (uint16 below 2**16 rows), one cheap pass a row."""
+    n = packed.shape[0]
+    counts = np.zeros(dim, dtype=np.uint16 if n < 1 << 16 else np.int64)
+    for row in packed.numpy():
+        counts += np.unpackbits(row, count=dim, bitorder="little")
+    return counts
+
+
 def packed_vote(packed: PackedSigns) -> Tensor:
     """The majority vote ``[d]`` (int8 in {-1, 0, +1}) of packed sign rows: per coordinate
-    ``sign(#positive - #negative)``, with ``#negative = #nonzero - #positive``."""
+    ``sign(#positive - #negative)``, with ``#negative = #nonzero - #positive``, that is
+    the sign of ``2 #positive - #nonzero``."""
+    n = packed.positive.shape[0]
+    if packed.positive.device.type == "cpu" and n < 1 << 15:  # 2 * count fits uint16
+        twice = _counts_numpy(packed.positive, packed.dim) * np.uint16(2)
+        voters = (np.uint16(n) if packed.nonzero is None
+                  else _counts_numpy(packed.nonzero, packed.dim))
+        vote = (twice > voters).view(np.int8) - (twice < voters).view(np.int8)
+        return torch.from_numpy(vote)
+    return packed_vote_torch(packed)
+
+
+def packed_vote_torch(packed: PackedSigns) -> Tensor:
+    """:func:`packed_vote` in torch operations (any device, any number of rows)."""
     n = packed.positive.shape[0]
     plus = bit_counts(packed.positive, packed.dim)
     voters = (torch.full_like(plus, n) if packed.nonzero is None
