@@ -19,7 +19,9 @@ per host. Every step, side by side and in turn, it times
   broadcast of fp32) for a message of ``--params`` coordinates;
 - a whole training step (``step``) of an MLP of about ``--params`` parameters: Signum with
   the packed peer vote against SGD with the fp32 all-reduce (gradient, worker rule,
-  exchange, update, the engine's own functions).
+  exchange, update, the engine's own functions), split into ``compute`` (gradient, rule,
+  update), ``comm`` (the exchange, timed from a barrier that every rank reaches with its
+  message) and ``total`` (the step, barrier included).
 
 Medians over ``--steps`` steps (after one warm-up) go to stdout and
 ``benchmarks/results/dist.json``. The namespaces are deleted at the end, also on error.
@@ -87,8 +89,10 @@ def worker(args: argparse.Namespace) -> None:
     from signvote.aggregators.basic import MajorityVote, Mean
     from signvote.engine import protocol
     from signvote.engine.gradients import BatchedModel, ParamLayout, worker_gradients
+    from signvote.engine.memory import keep_freed_memory
     from signvote.engine.sim import apply_update
 
+    keep_freed_memory()  # as the engine does (engine.sim.prepare)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://{SUBNET}.1:{args.port}",
                             rank=args.rank, world_size=args.world)
@@ -133,6 +137,7 @@ def worker(args: argparse.Namespace) -> None:
     }
     phases = {f"{name}/{p}": [] for name in setups for p in ("compute", "comm", "total")}
     states = {name: None for name in setups}
+    zeros = {name: 0 for name in setups}  # zero coordinates sent (a second frame each time)
     x0 = layout.flatten(module)
     xs = {name: x0 for name in setups}
     for step in range(args.steps + 1):
@@ -142,19 +147,24 @@ def worker(args: argparse.Namespace) -> None:
             honest = worker_gradients(batched, xs[name], inputs, targets, "classification")
             messages, states[name] = rule.step(honest.grads, states[name])
             t1 = time.perf_counter()
-            v = exchange(messages[0])
+            dist.barrier()  # the communication part starts when every rank has its message
             t2 = time.perf_counter()
-            xs[name] = apply_update(xs[name], v, 1e-4, 0.0)
+            v = exchange(messages[0])
             t3 = time.perf_counter()
+            xs[name] = apply_update(xs[name], v, 1e-4, 0.0)
+            t4 = time.perf_counter()
             if step:
-                phases[f"{name}/compute"].append(t1 - t0 + t3 - t2)
-                phases[f"{name}/comm"].append(t2 - t1)
-                phases[f"{name}/total"].append(t3 - t0)
+                zeros[name] += int((messages == 0).sum())
+                phases[f"{name}/compute"].append(t1 - t0 + t4 - t3)
+                phases[f"{name}/comm"].append(t3 - t2)
+                phases[f"{name}/total"].append(t4 - t0)
     gathered = [None] * world if rank == 0 else None
-    dist.gather_object({"comm": times, "step": phases}, gathered, dst=0)
+    dist.gather_object({"comm": times, "step": phases, "zeros": zeros["signum+packed-peer"]},
+                       gathered, dst=0)
     if rank == 0:
         # a step ends when its slowest rank is done: per step, the maximum over ranks
-        result = {"model_params": layout.dim}
+        result = {"model_params": layout.dim,
+                  "signum_zero_coordinates_sent": sum(g["zeros"] for g in gathered)}
         for part in ("comm", "step"):
             for key in gathered[0][part]:
                 per_step = [max(g[part][key][s] for g in gathered)

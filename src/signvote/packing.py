@@ -74,6 +74,14 @@ def unpack_bits_torch(packed: Tensor, dim: int) -> Tensor:
 
 def pack_signs(messages: Tensor) -> PackedSigns:
     """Pack the signs of ``messages[n, d]`` (any real dtype; NaN abstains)."""
+    if messages.device.type == "cpu" and messages.dtype in (torch.float32, torch.float64):
+        # numpy's comparisons measured 5x torch's single-threaded ones at d = 5M
+        m = messages.detach().numpy()
+        positive, negative = m > 0, m < 0
+        if np.count_nonzero(positive) + np.count_nonzero(negative) == m.size:
+            return PackedSigns(pack_bits(torch.from_numpy(positive)), None, m.shape[1])
+        return PackedSigns(pack_bits(torch.from_numpy(positive)),
+                           pack_bits(torch.from_numpy(positive | negative)), m.shape[1])
     positive = messages > 0
     nonzero = positive | (messages < 0)
     return PackedSigns(pack_bits(positive),
@@ -108,10 +116,11 @@ def bit_counts(packed: Tensor, dim: int) -> Tensor:
 
 
 def _counts_numpy(packed: Tensor, dim: int) -> np.ndarray:
-    """:func:`bit_counts` on the CPU: each row unpacked in turn into an accumulator
-    (uint16 below 2**16 rows), one cheap pass a row."""
+    """:func:`bit_counts` on the CPU: each row unpacked in turn into the smallest
+    accumulator that holds ``n`` (uint8 below 256 rows), one cheap pass a row."""
     n = packed.shape[0]
-    counts = np.zeros(dim, dtype=np.uint16 if n < 1 << 16 else np.int64)
+    counts = np.zeros(dim, dtype=np.uint8 if n < 1 << 8 else
+                      np.uint16 if n < 1 << 16 else np.int64)
     for row in packed.numpy():
         counts += np.unpackbits(row, count=dim, bitorder="little")
     return counts
@@ -122,12 +131,15 @@ def packed_vote(packed: PackedSigns) -> Tensor:
     ``sign(#positive - #negative)``, with ``#negative = #nonzero - #positive``, that is
     the sign of ``2 #positive - #nonzero``."""
     n = packed.positive.shape[0]
-    if packed.positive.device.type == "cpu" and n < 1 << 15:  # 2 * count fits uint16
-        twice = _counts_numpy(packed.positive, packed.dim) * np.uint16(2)
-        voters = (np.uint16(n) if packed.nonzero is None
-                  else _counts_numpy(packed.nonzero, packed.dim))
-        vote = (twice > voters).view(np.int8) - (twice < voters).view(np.int8)
-        return torch.from_numpy(vote)
+    if packed.positive.device.type == "cpu" and n < 1 << 15:
+        plus = _counts_numpy(packed.positive, packed.dim)
+        if packed.nonzero is None:  # 2 c > n  <=>  c > n // 2;  2 c < n  <=>  c < ceil(n / 2)
+            above, below = plus > n // 2, plus < (n + 1) // 2
+        else:  # 2 c against the voters, in uint16 (2 c < 2**16)
+            twice = plus.astype(np.uint16) * np.uint16(2)
+            voters = _counts_numpy(packed.nonzero, packed.dim)
+            above, below = twice > voters, twice < voters
+        return torch.from_numpy(above.view(np.int8) - below.view(np.int8))
     return packed_vote_torch(packed)
 
 

@@ -33,6 +33,7 @@ from, each of the ``p - 1`` others; an all-reduce of ``S`` bytes as the ring alg
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -88,14 +89,19 @@ def has_zeros(frames: Tensor) -> Tensor:
     return frames[:, 0] != 0
 
 
+@functools.lru_cache(maxsize=8)
 def _valid_bits(dim: int) -> Tensor:
-    """``[B]`` uint8 with the bits of coordinates ``0..dim-1`` set (padding clear)."""
-    return packing.pack_bits(torch.ones(1, dim, dtype=torch.bool))[0]
+    """``[B]`` uint8 with the bits of coordinates ``0..dim-1`` set (padding clear); cached,
+    so never written to."""
+    valid = torch.full((-(-dim // 8),), 255, dtype=torch.uint8)
+    if dim % 8:
+        valid[-1] = (1 << (dim % 8)) - 1
+    return valid
 
 
 def all_nonzero(dim: int) -> Tensor:
-    """The zero bits ``[B]`` of a row without zeros."""
-    return _valid_bits(dim)
+    """The zero bits ``[B]`` of a row without zeros (a new tensor)."""
+    return _valid_bits(dim).clone()
 
 
 class Exchange:
