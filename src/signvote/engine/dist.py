@@ -385,7 +385,10 @@ class _Rank:
                 if self.worker is not None:
                     xb = inputs[:, start:start + c.batch_size]
                     yb = targets[:, start:start + c.batch_size]
+                before = self.traffic.sent, self.traffic.received
                 x, honest = self.step(x, xb, yb, lr, step)
+                epoch_stats["sent"] += self.traffic.sent - before[0]
+                epoch_stats["received"] += self.traffic.received - before[1]
                 if honest is not None:
                     epoch_stats["losses"].append(honest.losses)
                     if honest.correct is not None:
@@ -438,6 +441,9 @@ class _Rank:
                        zip(*(w["correct"] for w in workers), strict=True)]
             seen = sum(w["seen"] for w in workers)
             row, finite = epoch_row(epoch, step, losses, correct, seen, x, self.setup, lr, t0)
+            row["bytes_sent_per_worker"] = sum(w["sent"] for w in workers) / len(workers)
+            row["bytes_received_per_worker"] = (sum(w["received"] for w in workers)
+                                                / len(workers))
             decision = [finite]
         dist.broadcast_object_list(decision, src=0)
         return row, bool(decision[0])
@@ -478,7 +484,8 @@ class _Rank:
 
 
 def _empty_epoch() -> dict[str, Any]:
-    return {"losses": [], "correct": [], "seen": 0}
+    """A rank's statistics of the epoch so far (checkpointed with it)."""
+    return {"losses": [], "correct": [], "seen": 0, "sent": 0, "received": 0}
 
 
 def _trajectory(config: TrainConfig) -> dict[str, Any]:

@@ -78,9 +78,17 @@ def write_csv(path: str | Path, columns: Iterable[str], rows: Iterable[Mapping[s
     atomic_write_text(path, buf.getvalue())
 
 
+TRAFFIC_COLUMNS = ("bytes_sent_per_worker", "bytes_received_per_worker")
+"""Extra columns of the distributed engine: the payload bytes a worker sent and received
+in the epoch (mean over the workers)."""
+
+
 def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write all metric rows (columns :data:`METRIC_COLUMNS`) as CSV, atomically."""
-    write_csv(path, METRIC_COLUMNS, rows)
+    """Write all metric rows as CSV, atomically: columns :data:`METRIC_COLUMNS`, then
+    :data:`TRAFFIC_COLUMNS` when the rows have them."""
+    rows = list(rows)
+    traffic = TRAFFIC_COLUMNS if rows and TRAFFIC_COLUMNS[0] in rows[0] else ()
+    write_csv(path, METRIC_COLUMNS + traffic, rows)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
