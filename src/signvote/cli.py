@@ -92,11 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     train = commands.add_parser(
         "train", help="train one model under adversaries and write a run folder",
-        description="Train one model with n simulated workers, some of them adversaries, and "
-                    "write OUT/config.json, OUT/metrics.csv (one row per epoch) and "
-                    "OUT/summary.json.",
+        description="Train one model with n workers, some of them adversaries, simulated in "
+                    "one process (--engine sim) or one process each under torch.distributed "
+                    "(--engine dist), and write OUT/config.json, OUT/metrics.csv (one row per "
+                    "epoch), OUT/params.pt and OUT/summary.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: signvote train --rule signum --byzantine 4 --epochs 80 --out runs/demo",
+        epilog="examples:\n"
+               "  signvote train --rule signum --byzantine 4 --epochs 80 --out runs/demo\n"
+               "  signvote train --engine dist --workers 4 --byzantine 1 --out runs/dist\n"
+               "  torchrun --nnodes 2 --nproc-per-node 3 --rdzv-backend c10d --rdzv-endpoint "
+               "HOST:29500 -m signvote train --engine dist --workers 5 --out runs/multi",
     )
     _add_train_options(train)
 
