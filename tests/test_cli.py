@@ -55,6 +55,12 @@ def run_cli(args, capsys):
     (["--rule", "signum", "--sign-bound", "2"], "--sign-bound is the bound of --rule "
                                                 "stochastic-sign"),
     (["--rule", "stochastic-sign", "--sign-bound", "0"], "--sign-bound must be a finite number"),
+    (["--engine", "mpi"], "--engine: unknown value 'mpi'; valid: sim, dist"),
+    (["--engine", "dist", "--layout", "ring"], "--layout: unknown value 'ring'; valid: server"),
+    (["--engine", "dist", "--dist-timeout", "0"], "--dist-timeout must be a finite number"),
+    (["--engine", "dist", "--max-restarts", "-1"], "--max-restarts must be 0 or more"),
+    (["--engine", "dist", "--checkpoint-every", "-5"], "--checkpoint-every must be 0 or more"),
+    (["--engine", "dist", "--batch-size", "5000"], "exceeds the 800 samples per worker"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "run"

@@ -71,7 +71,7 @@ from signvote.engine.sim import (
     write_results,
 )
 from signvote.experiment import runs
-from signvote.experiment.config import ConfigError, TrainConfig, resolve
+from signvote.experiment.config import ConfigError, TrainConfig
 
 FAULT_ENV = "SIGNVOTE_FAULT"
 """Fault injection for tests: ``kill:RANK:STEP`` (SIGKILL) or ``hang:RANK:STEP`` (sleep
@@ -118,7 +118,7 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    c = resolve(config)
+    c = prepare(config, engine="dist").config  # every check (data, model, batch) here, once
     launch_config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=world_size(c), run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=c.max_restarts,
