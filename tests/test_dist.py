@@ -99,7 +99,7 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
     assert result.returncode == 0, result.stderr
     s = json.loads((tmp_path / "summary.json").read_text())
     d = s["params"]
-    frame = 1 + -(-d // 8)  # the flag byte and d bits; signum's rows have no zeros here
+    frame = 4 + -(-d // 8)  # the zero count and d bits; signum's rows have no zeros here
     assert s["bytes_sent_per_worker_per_step"] == frame
     assert s["server_bytes_received_per_step"] == 3 * frame
     assert s["bytes_received_per_worker_per_step"] >= frame

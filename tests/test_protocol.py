@@ -1,5 +1,7 @@
 """The wire frames of the distributed engine: exact ternary round trips and checked input."""
 
+import math
+
 import pytest
 import torch
 
@@ -8,49 +10,87 @@ from signvote.engine import protocol
 from signvote.packing import packed_vote, unpack_signs
 
 
-def ternary_rows(n, d, gen, zeros=True):
-    rows = torch.randint(-1 if zeros else 0, 2, (n, d), generator=gen).float()
-    if not zeros:
-        rows = rows * 2 - 1  # {-1, +1}
-    return rows
+def decode_one(frame, payload, d):
+    return unpack_signs(protocol.decode_signs(frame[None], [payload], d))[0]
 
 
 @pytest.mark.parametrize("d", [*range(1, 34), 255, 256, 257, 1000])
-@pytest.mark.parametrize("zeros", [True, False])
-def test_a_frame_round_trips_a_ternary_row_of_every_length(d, zeros, gen):
-    row = ternary_rows(1, d, gen, zeros)[0]
-    frame, nonzero = protocol.encode_signs(row)
-    assert frame.dtype == torch.uint8 and frame.numel() == protocol.frame_bytes(d)
-    has_zero = bool((row == 0).any())
-    assert (nonzero is not None) == has_zero == bool(frame[0])  # 1 bit a coordinate without
-    decoded = protocol.decode_signs(frame[None], None if nonzero is None else nonzero[None], d)
-    assert torch.equal(unpack_signs(decoded)[0], row)
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.01, 0.3])
+def test_a_frame_round_trips_a_ternary_row_of_every_length(d, zero_fraction, gen):
+    row = torch.where(torch.rand(d, generator=gen) < 0.5, -1.0, 1.0)
+    row[torch.rand(d, generator=gen) < zero_fraction] = 0.0
+    frame, payload = protocol.encode_signs(row)
+    zeros = int((row == 0).sum())
+    assert frame.dtype == torch.uint8 and frame.numel() == 4 + math.ceil(d / 8)
+    assert protocol.zero_counts(frame[None], d) == [zeros]
+    # no zeros: 1 bit a coordinate; zeros: the cheaper of their int32 indices and a bit mask
+    assert (0 if payload is None else payload.numel()) == (
+        0 if zeros == 0 else min(4 * zeros, math.ceil(d / 8)) if 4 * zeros < math.ceil(d / 8)
+        else math.ceil(d / 8))
+    assert torch.equal(decode_one(frame, payload, d), row)
 
 
-def test_a_frame_carries_what_a_sign_can_carry(gen):
+def test_sparse_zeros_travel_as_indices_and_dense_ones_as_a_bit_mask():
+    d = 8000  # a bit mask is 1000 bytes
+    few = torch.ones(d)
+    few[[3, 4000, 7999]] = 0
+    _, payload = protocol.encode_signs(few)
+    assert payload.numel() == 12  # three int32 indices
+    many = torch.ones(d)
+    many[::10] = 0
+    _, payload = protocol.encode_signs(many)
+    assert payload.numel() == 1000
+    for row in (few, many):
+        assert torch.equal(decode_one(*protocol.encode_signs(row), d), row)
+
+
+def test_a_frame_carries_what_a_sign_can_carry():
     row = torch.tensor([2.5, -0.1, 0.0, float("nan"), float("inf"), -float("inf")])
-    frame, nonzero = protocol.encode_signs(row)
-    decoded = protocol.decode_signs(frame[None], nonzero[None], row.numel())
-    assert torch.equal(unpack_signs(decoded)[0], ternary_votes(row))
+    assert torch.equal(decode_one(*protocol.encode_signs(row), row.numel()),
+                       ternary_votes(row))
 
 
-@pytest.mark.parametrize("d", [5, 8, 13, 100])
+@pytest.mark.parametrize("d", [5, 8, 13, 100, 4000])
 def test_garbage_frames_decode_to_valid_ternary_rows(d, gen):
-    n = 6
-    frames = torch.randint(0, 256, (n, protocol.frame_bytes(d)), generator=gen,
-                           dtype=torch.uint8)
-    nonzero = torch.randint(0, 256, (n, protocol.frame_bytes(d) - 1), generator=gen,
-                            dtype=torch.uint8)
-    decoded = protocol.decode_signs(frames, nonzero, d)
+    n, mask = 6, math.ceil(d / 8)
+    frames = torch.randint(0, 256, (n, 4 + mask), generator=gen, dtype=torch.uint8)
+    # zero counts: negative, beyond d, small (indices), large (mask), none
+    for i, count in enumerate([-7, d + 5, 2, d // 2, 0, 1]):
+        frames[i, :4] = torch.tensor([count], dtype=torch.int32).view(torch.uint8)
+    payloads = [torch.randint(0, 256, (mask + 64,), generator=gen, dtype=torch.uint8)
+                for _ in range(n)]
+    decoded = protocol.decode_signs(frames, payloads, d)
     rows = unpack_signs(decoded)
     assert rows.shape == (n, d)
     assert set(rows.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert bool((rows[0] != 0).all()) and bool((rows[4] != 0).all())  # counts <= 0: no zeros
+    if 4 * 2 < mask:  # two zeros travel as two indices; out-of-range ones are dropped
+        assert int((rows[2] == 0).sum()) <= 2
     # padding bits are cleared, so the vote counts only the d coordinates
     assert int(decoded.positive[:, -1].max()) < (1 << (d % 8 or 8))
-    # a row whose flag byte is 0 has no zeros, whatever its zero bits said
-    for i in range(n):
-        if frames[i, 0] == 0:
-            assert bool((rows[i] != 0).all())
     # the vote from the checked bits equals the vote from the decoded rows
     assert torch.equal(packed_vote(decoded).float(), MajorityVote()(rows))
 
+
+@pytest.mark.parametrize("d", [5, 13, 100, 4000])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_the_vote_from_frames_equals_the_vote_of_the_decoded_rows(d, n, gen):
+    """Honest frames with all three zero encodings, and garbage ones (repeated indices
+    included), against packed_vote of decode_signs and the float majority vote."""
+    rows = torch.where(torch.rand(n, d, generator=gen) < 0.5, -1.0, 1.0)
+    rows[torch.rand(n, d, generator=gen) < torch.linspace(0, 0.5, n)[:, None]] = 0.0
+    encoded = [protocol.encode_signs(row) for row in rows]
+    frames = torch.stack([f for f, _ in encoded])
+    payloads = [p for _, p in encoded]
+    got = protocol.vote_from_frames(frames, payloads, d)
+    assert torch.equal(got.float(), MajorityVote()(rows))
+    mask = math.ceil(d / 8)
+    garbage = torch.randint(0, 256, (n, 4 + mask), generator=gen, dtype=torch.uint8)
+    for i in range(n):
+        garbage[i, :4] = torch.tensor([[0, 1, 2, d // 2, d + 3][i % 5]],
+                                      dtype=torch.int32).view(torch.uint8)
+    junk = [torch.randint(0, 256, (mask + 16,), generator=gen, dtype=torch.uint8)
+            for _ in range(n)]
+    junk[min(2, n - 1)][:8] = torch.tensor([1, 1], dtype=torch.int32).view(torch.uint8)
+    want = packed_vote(protocol.decode_signs(garbage, junk, d))
+    assert torch.equal(protocol.vote_from_frames(garbage, junk, d), want)

@@ -4,25 +4,31 @@ each layout, and the bytes every rank moves.
 A step's exchange turns every worker's message row ``m_i[d]`` into the aggregate ``v[d]``
 on every rank. What travels depends on the worker rule:
 
-- **sign rules** (signsgd, signum, stochastic-sign): a *frame* of ``1 + B`` bytes,
-  ``B = ceil(d / 8)``: a flag byte (1 if the row has zeros) then the bits of ``m > 0``
-  (:mod:`signvote.packing`). Only a row with zeros sends a second frame, ``B`` bytes of
-  ``m != 0``. So a message costs 1 bit per coordinate, 2 with zeros, and carries exactly
-  the ternary value (NaN is read as 0, abstaining). A ternary aggregate (majority vote)
-  returns the same way, any other aggregate as fp32.
+- **sign rules** (signsgd, signum, stochastic-sign): a *frame* of ``4 + B`` bytes,
+  ``B = ceil(d / 8)``: the row's number of zeros ``z`` (int32, little-endian) then the
+  bits of ``m > 0`` (:mod:`signvote.packing`). Only a row with zeros sends a second
+  payload, which says where they are: their indices (int32) when ``4 z < B``, else the
+  ``B`` bytes of the bits of ``m != 0``. So a message costs 1 bit per coordinate, plus
+  ``min(32 z, d)`` bits with ``z`` zeros, and carries exactly the ternary value (NaN is
+  read as 0, abstaining). A ternary aggregate (majority vote) returns the same way, any
+  other aggregate as fp32.
 - **real-valued rules** (sgd): fp32 rows of ``4 d`` bytes.
 
 Two layouts:
 
 - ``server`` (the paper's): rank 0 is a trusted server, ranks ``1..n`` the workers. The
-  workers' frames are gathered at the server, which aggregates (the majority vote straight
-  from the bits, :func:`signvote.packing.packed_vote`) and broadcasts the aggregate.
+  workers' frames are gathered at the server, each zero payload follows point to point,
+  the server aggregates (the majority vote straight from the bits,
+  :func:`signvote.packing.packed_vote`) and broadcasts the aggregate.
 - ``peer`` (decentralised): ranks ``0..n-1`` are the workers; every rank all-gathers every
-  frame and aggregates itself. The mean of fp32 rows is an all-reduce, as DDP does.
+  frame, then (when any row has zeros) every zero payload, padded to the largest, and
+  aggregates itself. The mean of fp32 rows is an all-reduce, as DDP does.
 
-Every size is fixed by ``d`` and the rule before training starts; a frame is checked on
-arrival (a flag other than 0 or 1 reads as 1, bits beyond ``d`` and positive bits of zero
-coordinates are cleared), so a worker cannot make another rank misread its message.
+Every size follows from ``d``, the rule and the frames' zero counts, which every receiver
+reads before it posts a receive. A frame is checked on arrival: a zero count outside
+``[0, d]`` is clamped, indices outside ``[0, d)`` are dropped, bits beyond ``d`` and
+positive bits of zero coordinates are cleared. Any byte string of the right size decodes
+to a ternary row, so a worker cannot make another rank misread its message.
 
 Bytes are counted as payload (no transport headers): a gather or point-to-point send
 moves its buffer once; a broadcast is counted as the root sending its buffer to each of
@@ -36,6 +42,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -44,6 +51,8 @@ from signvote import packing
 from signvote.aggregators.basic import MajorityVote, Mean, Sum
 
 LAYOUTS = ("server", "peer")
+HEADER = 4
+"""Bytes of a frame's header: the row's zero count, int32 little-endian."""
 
 
 @dataclass
@@ -59,34 +68,104 @@ class Traffic:
 
 
 def frame_bytes(dim: int) -> int:
-    """The size of a sign frame: the flag byte and ``ceil(d / 8)`` bytes of bits."""
-    return 1 + -(-dim // 8)
+    """The size of a sign frame: the header and ``ceil(d / 8)`` bytes of bits."""
+    return HEADER + -(-dim // 8)
+
+
+def zeros_bytes(zeros: int, dim: int) -> int:
+    """The size of the payload that locates ``zeros`` zeros: 0 without zeros, their
+    int32 indices when that is smaller than the ``ceil(d / 8)`` bytes of a bit mask, else
+    the bit mask."""
+    mask = -(-dim // 8)
+    if zeros <= 0:
+        return 0
+    return 4 * zeros if 4 * zeros < mask else mask
 
 
 def encode_signs(row: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The frame ``[1 + B]`` uint8 of a message row ``[d]`` and its zero bits ``[B]`` (None
-    when the row has no zeros and only the frame travels)."""
-    packed = packing.pack_signs(row.reshape(1, -1))
-    flag = torch.tensor([0 if packed.nonzero is None else 1], dtype=torch.uint8)
-    frame = torch.cat([flag, packed.positive[0]])
-    return frame, (None if packed.nonzero is None else packed.nonzero[0])
+    """The frame ``[4 + B]`` uint8 of a message row ``[d]`` and its zero payload
+    (:func:`zeros_bytes`; None when the row has no zeros and only the frame travels)."""
+    m = row.detach().reshape(-1).to(torch.float32).numpy()
+    positive, negative = m > 0, m < 0
+    zeros = m.size - np.count_nonzero(positive) - np.count_nonzero(negative)
+    header = np.array([zeros], dtype="<i4").view(np.uint8)
+    frame = torch.from_numpy(np.concatenate(
+        [header, np.packbits(positive, bitorder="little")]))
+    if zeros == 0:
+        return frame, None
+    nonzero = positive | negative
+    if 4 * zeros < -(-m.size // 8):
+        payload = np.flatnonzero(~nonzero).astype("<i4").view(np.uint8)
+    else:
+        payload = np.packbits(nonzero, bitorder="little")
+    return frame, torch.from_numpy(payload)
 
 
-def decode_signs(frames: Tensor, nonzero: Tensor | None, dim: int) -> packing.PackedSigns:
-    """The checked packed rows of ``frames[k, 1 + B]`` and their zero bits ``[k, B]`` (None:
-    no zeros in any row): padding bits cleared, the zero bits of a row whose flag is clear
-    ignored, a positive bit where the zero bit says 0 cleared."""
+def zero_counts(frames: Tensor, dim: int) -> list[int]:
+    """The zero count of each frame of ``frames[k, 4 + B]``, clamped to ``[0, d]``."""
+    counts = np.ascontiguousarray(frames[:, :HEADER].numpy()).view("<i4")[:, 0]
+    return np.clip(counts, 0, dim).tolist()
+
+
+def decode_signs(frames: Tensor, payloads: list[Tensor | None], dim: int
+                 ) -> packing.PackedSigns:
+    """The checked packed rows of ``frames[k, 4 + B]`` and their zero payloads (None for
+    a row without zeros; longer payloads are read up to :func:`zeros_bytes`)."""
     valid = _valid_bits(dim)
-    positive = frames[:, 1:] & valid
-    if nonzero is not None:
-        nonzero = torch.where(has_zeros(frames).unsqueeze(1), nonzero & valid, valid)
-        positive = positive & nonzero
-    return packing.PackedSigns(positive, nonzero, dim)
+    positive = frames[:, HEADER:] & valid
+    counts = zero_counts(frames, dim)
+    if not any(counts):
+        return packing.PackedSigns(positive, None, dim)
+    nonzero = valid.repeat(len(counts), 1)
+    for i, (zeros, payload) in enumerate(zip(counts, payloads, strict=True)):
+        if zeros:
+            nonzero[i] = _nonzero_bits(payload[:zeros_bytes(zeros, dim)], zeros, dim) & valid
+    return packing.PackedSigns(positive & nonzero, nonzero, dim)
 
 
-def has_zeros(frames: Tensor) -> Tensor:
-    """The flags of ``frames[k, 1 + B]`` as booleans ``[k]`` (any nonzero byte is set)."""
-    return frames[:, 0] != 0
+def vote_from_frames(frames: Tensor, payloads: list[Tensor | None], dim: int) -> Tensor:
+    """The majority vote ``[d]`` (int8) of the rows of ``frames`` and their zero payloads:
+    ``packed_vote(decode_signs(frames, payloads, dim))``, without building a bit mask for
+    a row whose zeros come as indices. Per coordinate it counts the positive bits and the
+    rows that abstain; the sign of ``2 #positive - (n - #abstaining)`` is the vote."""
+    n = frames.shape[0]
+    positive = (frames[:, HEADER:] & _valid_bits(dim)).numpy()
+    count_type = np.uint8 if n < 1 << 7 else np.int64  # 2 n fits
+    plus = np.zeros(dim, dtype=count_type)
+    abstain = np.zeros(dim, dtype=count_type)
+    mask_bytes = -(-dim // 8)
+    for i, zeros in enumerate(zero_counts(frames, dim)):
+        row = positive[i]
+        if zeros:
+            payload = payloads[i][:zeros_bytes(zeros, dim)].numpy()
+            if 4 * zeros < mask_bytes:
+                index = np.ascontiguousarray(payload).view("<i4")
+                index = index[(index >= 0) & (index < dim)]
+                if index.size > 1 and not bool((index[1:] > index[:-1]).all()):
+                    index = np.unique(index)  # a repeated index must not abstain twice
+                row = row.copy()
+                np.bitwise_and.at(row, index >> 3,
+                                  ~np.left_shift(1, index & 7).astype(np.uint8))
+                abstain[index] += 1
+            else:
+                row = row & payload
+                abstain += 1 - np.unpackbits(payload, count=dim, bitorder="little")
+        plus += np.unpackbits(row, count=dim, bitorder="little")
+    twice = plus * count_type(2)
+    voters = count_type(n) - abstain
+    vote = (twice > voters).view(np.int8) - (twice < voters).view(np.int8)
+    return torch.from_numpy(vote)
+
+
+def _nonzero_bits(payload: Tensor, zeros: int, dim: int) -> Tensor:
+    """The bits of ``m != 0`` ``[B]`` from a zero payload (indices or bit mask)."""
+    if 4 * zeros >= -(-dim // 8):
+        return payload
+    index = np.ascontiguousarray(payload.numpy()).view("<i4")
+    index = index[(index >= 0) & (index < dim)]
+    nonzero = np.ones(dim, dtype=bool)
+    nonzero[index] = False
+    return torch.from_numpy(np.packbits(nonzero, bitorder="little"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,11 +176,6 @@ def _valid_bits(dim: int) -> Tensor:
     if dim % 8:
         valid[-1] = (1 << (dim % 8)) - 1
     return valid
-
-
-def all_nonzero(dim: int) -> Tensor:
-    """The zero bits ``[B]`` of a row without zeros (a new tensor)."""
-    return _valid_bits(dim).clone()
 
 
 class Exchange:
@@ -126,14 +200,13 @@ class Exchange:
         self.group = group
         self.workers = world - 1 if layout == "server" else world
         self.frame = frame_bytes(dim)
-        self.bits = self.frame - 1
         self.returns_signs = bool(getattr(aggregator, "returns_signs", False))
 
     def __call__(self, row: Tensor | None) -> Tensor:
         """The aggregate ``[d]`` of every worker's ``row[d]`` (None on the server rank)."""
         if self.layout == "server":
             if self.rank == 0:
-                v = self._aggregate(self._gather_at_server())
+                v = self._gather_at_server()
                 self._broadcast_result(v)
                 return v
             self._send_to_server(row)
@@ -141,66 +214,72 @@ class Exchange:
         return self._peer(row)
 
     # -- aggregation ------------------------------------------------------------------
-    def _aggregate(self, rows: Tensor | packing.PackedSigns) -> Tensor:
-        if isinstance(rows, packing.PackedSigns):
-            if type(self.aggregator) is MajorityVote:  # the vote straight from the bits
-                return packing.packed_vote(rows).to(torch.float32)
-            rows = packing.unpack_signs(rows)
+    def _aggregate(self, rows: Tensor) -> Tensor:
+        """The aggregate of fp32 rows ``[n, d]``."""
         return self.aggregator(rows)
+
+    def _aggregate_frames(self, frames: Tensor, payloads: list[Tensor | None]) -> Tensor:
+        """The aggregate of sign frames: the vote straight from the bits, or the
+        aggregator on the decoded ternary rows."""
+        if type(self.aggregator) is MajorityVote:
+            return vote_from_frames(frames, payloads, self.dim).to(torch.float32)
+        return self.aggregator(packing.unpack_signs(decode_signs(frames, payloads, self.dim)))
 
     # -- server layout ----------------------------------------------------------------
     def _send_to_server(self, row: Tensor) -> None:
         if self.sends_signs:
-            frame, nonzero = encode_signs(row)
+            frame, payload = encode_signs(row)
             dist.gather(frame, None, dst=0)
             self.traffic.add(sent=self.frame)
-            if nonzero is not None:
-                dist.send(nonzero, 0)
-                self.traffic.add(sent=self.bits)
+            if payload is not None:
+                dist.send(payload, 0)
+                self.traffic.add(sent=payload.numel())
         else:
             dist.gather(row.to(torch.float32).contiguous(), None, dst=0)
             self.traffic.add(sent=4 * self.dim)
 
-    def _gather_at_server(self) -> Tensor | packing.PackedSigns:
+    def _gather_at_server(self) -> Tensor:
+        """The server's aggregate of the workers' messages."""
         n = self.workers
         if not self.sends_signs:
             rows = [torch.empty(self.dim) for _ in range(self.world)]
             dist.gather(torch.zeros(self.dim), rows, dst=0)
             self.traffic.add(received=4 * self.dim * n)
-            return torch.stack(rows[1:])
+            return self._aggregate(torch.stack(rows[1:]))
         frames = [torch.empty(self.frame, dtype=torch.uint8) for _ in range(self.world)]
         dist.gather(torch.zeros(self.frame, dtype=torch.uint8), frames, dst=0)
         self.traffic.add(received=self.frame * n)
         stacked = torch.stack(frames[1:])
-        flags = has_zeros(stacked)
-        nonzero = None
-        if bool(flags.any()):
-            nonzero = all_nonzero(self.dim).repeat(n, 1)
-            for i in torch.nonzero(flags).flatten().tolist():
-                dist.recv(nonzero[i], i + 1)
-                self.traffic.add(received=self.bits)
-        return decode_signs(stacked, nonzero, self.dim)
+        payloads: list[Tensor | None] = []
+        for i, zeros in enumerate(zero_counts(stacked, self.dim)):
+            payload = None
+            if zeros:
+                payload = torch.empty(zeros_bytes(zeros, self.dim), dtype=torch.uint8)
+                dist.recv(payload, i + 1)
+                self.traffic.add(received=payload.numel())
+            payloads.append(payload)
+        return self._aggregate_frames(stacked, payloads)
 
     def _broadcast_result(self, v: Tensor | None) -> Tensor:
         root = self.rank == 0
         others = self.world - 1
         if self.returns_signs:
             if root:
-                frame, nonzero = encode_signs(v)
+                frame, payload = encode_signs(v)
             else:
-                frame, nonzero = torch.empty(self.frame, dtype=torch.uint8), None
+                frame, payload = torch.empty(self.frame, dtype=torch.uint8), None
             dist.broadcast(frame, 0)
             self._count_broadcast(self.frame, others)
-            if frame[0] != 0:
-                if nonzero is None:
-                    nonzero = torch.empty(self.bits, dtype=torch.uint8)
-                dist.broadcast(nonzero, 0)
-                self._count_broadcast(self.bits, others)
+            zeros = zero_counts(frame.unsqueeze(0), self.dim)[0]
+            if zeros:
+                if payload is None:
+                    payload = torch.empty(zeros_bytes(zeros, self.dim), dtype=torch.uint8)
+                dist.broadcast(payload, 0)
+                self._count_broadcast(payload.numel(), others)
             if root:
                 return v
-            packed = decode_signs(frame.unsqueeze(0), None if frame[0] == 0
-                                  else nonzero.unsqueeze(0), self.dim)
-            return packing.unpack_signs(packed)[0]
+            return packing.unpack_signs(decode_signs(frame.unsqueeze(0), [payload],
+                                                     self.dim))[0]
         out = v.to(torch.float32).contiguous() if root else torch.empty(self.dim)
         dist.broadcast(out, 0)
         self._count_broadcast(4 * self.dim, others)
@@ -230,12 +309,17 @@ class Exchange:
                 self.traffic.add(sent=size, received=size)
                 return total / self.world if type(self.aggregator) is Mean else total
             return self._aggregate(self._all_gather(row.contiguous()))
-        frame, nonzero = encode_signs(row)
+        frame, payload = encode_signs(row)
         frames = self._all_gather(frame)
-        zero_bits = None
-        if bool(has_zeros(frames).any()):
-            zero_bits = self._all_gather(all_nonzero(self.dim) if nonzero is None else nonzero)
-        return self._aggregate(decode_signs(frames, zero_bits, self.dim))
+        counts = zero_counts(frames, self.dim)
+        width = max(zeros_bytes(z, self.dim) for z in counts)
+        payloads: list[Tensor | None] = [None] * self.world
+        if width:  # every payload padded to the largest, read back to its own size
+            padded = torch.zeros(width, dtype=torch.uint8)
+            if payload is not None:
+                padded[:payload.numel()] = payload
+            payloads = list(self._all_gather(padded))
+        return self._aggregate_frames(frames, payloads)
 
 
 def fp32_allreduce_bytes(dim: int, world: int) -> int:
