@@ -13,6 +13,7 @@ the test accuracy after every epoch and, with ``--out FILE``, writes the final o
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 import torch
@@ -70,7 +71,10 @@ def main() -> int:
         runs.write_json(args.out, {"final_test_acc": accuracy, "epochs": c.epochs,
                                    "workers": world, "bytes_sent_per_step":
                                    state.traffic.sent / max(state.step, 1)})
-    del ddp_model  # DDP's reducer before its process group; then leave together
+    # Free DDP's reducer (it holds the process group; DDP has reference cycles, hence the
+    # collection) before the group: a group torn down at interpreter exit can abort.
+    del ddp_model
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -113,7 +113,9 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
 def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tmp_path, run_dist):
     import json
 
-    args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3)
+    # a stateful aggregator: its state must come back from the checkpoint too
+    args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3,
+                aggregator="weighted-majority-vote")
     argv = [*to_argv(args), "--checkpoint-every", "20", "--max-restarts", "1"]
     result = run_dist(argv, tmp_path / "dist", env={dist_engine.FAULT_ENV: "kill:2:50"})
     assert result.returncode == 0, result.stderr

@@ -23,7 +23,7 @@ rank draws its own coins (the simulator draws all workers' at once).
 
 Faults: rank 0 writes ``OUT/checkpoint.pt`` atomically every ``--checkpoint-every`` steps
 (every epoch by default) with the parameters, every worker's rule state, the random
-generators, the aggregator's state and the metrics so far. A run that starts (or is
+generators, the aggregator and attack objects and the metrics so far. A run that starts (or is
 restarted by torchrun, ``--max-restarts``) with a checkpoint of the same config resumes
 from it, so a killed worker costs the steps since the last checkpoint and changes nothing
 else. A rank that stops answering makes the others fail after ``--dist-timeout`` seconds
@@ -78,6 +78,8 @@ FAULT_ENV = "SIGNVOTE_FAULT"
 forever) at the start of global step STEP on rank RANK, in the first attempt only."""
 
 CHECKPOINT = "checkpoint.pt"
+STARTUP_TIMEOUT = timedelta(seconds=120)
+"""How long a rank waits for the others to start (the rendezvous store's timeout)."""
 NOT_TRAJECTORY = ("max_restarts", "dist_timeout", "checkpoint_every")
 """Config fields a checkpoint may differ in and still be resumed."""
 
@@ -163,8 +165,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
             f"valid: --nproc-per-node x --nnodes = {world_size(c)}")
     timeout = timedelta(seconds=c.dist_timeout)
     try:
-        dist.init_process_group("gloo", store=attempt_store(rank, world, timeout), rank=rank,
-                                world_size=world, timeout=timeout)
+        # the ranks start at different times: wait for them longer than for a step
+        store = attempt_store(rank, world, max(timeout, STARTUP_TIMEOUT))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                timeout=timeout)
     except RuntimeError as exc:
         raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     try:
@@ -216,7 +220,7 @@ class _Rank:
         masks = setup.blind_mask, setup.byzantine_mask
         self.blind = self.worker is not None and bool(masks[0][self.worker])
         self.byzantine = self.worker is not None and bool(masks[1][self.worker])
-        self.attack = attacks.build(c.attack) if c.byzantine else None
+        self.attack = setup.plan[-1][0] if c.byzantine else None
         data_level = getattr(self.attack, "data_level", False)
         self.message_attack = self.attack is not None and not data_level
         self.omniscient = self.message_attack and self.attack.knowledge == "omniscient"
@@ -265,7 +269,7 @@ class _Rank:
         scatter = None
         if is_leader:
             ctx = attacks.AttackContext(step, self.attack_generator,
-                                        self.setup.rule.sends_signs, self.setup.aggregator)
+                                        self.setup.rule.sends_signs, self.exchange.aggregator)
             crafted = self.attack(matrix, self.setup.byzantine_mask, ctx)
             scatter = [crafted[w].contiguous().to(torch.float32)
                        for w in torch.nonzero(self.setup.byzantine_mask).flatten().tolist()]
@@ -298,12 +302,13 @@ class _Rank:
 
     # -- checkpoints --------------------------------------------------------------------
     def _local_state(self, epoch_stats: dict[str, Any]) -> dict[str, Any]:
-        aggregator = self.setup.aggregator
         return {
             "rule_state": self.state,
             "rule_generator": self.rule_generator.get_state(),
             "attack_generator": self.attack_generator.get_state(),
-            "aggregator_state": getattr(aggregator, "state", None),
+            # whole objects: a stateful aggregator or chain (bucketing's generator included)
+            "aggregator": self.exchange.aggregator,
+            "attack": self.attack,
             "epoch": epoch_stats,
             "traffic": (self.traffic.sent, self.traffic.received),
             "side_traffic": (self.side_traffic.sent, self.side_traffic.received),
@@ -313,8 +318,8 @@ class _Rank:
         self.state = local["rule_state"]
         self.rule_generator.set_state(local["rule_generator"])
         self.attack_generator.set_state(local["attack_generator"])
-        if hasattr(self.setup.aggregator, "state"):
-            self.setup.aggregator.state = local["aggregator_state"]
+        self.exchange.aggregator = local["aggregator"]
+        self.attack = local["attack"]
         self.traffic.sent, self.traffic.received = local["traffic"]
         self.side_traffic.sent, self.side_traffic.received = local["side_traffic"]
         return local["epoch"]
