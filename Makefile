@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-cnn bench-byzfl clean
+.PHONY: venv demo test lint bench bench-cnn bench-dist bench-dist-netns bench-byzfl clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py
+
+bench-dist: $(STAMP)
+	$(BIN)/python benchmarks/bench_dist.py bytes
+
+# Needs root: it creates network namespaces, veth links and tc qdiscs (and deletes them).
+bench-dist-netns: $(STAMP)
+	$(BIN)/python benchmarks/bench_dist.py netns --hosts 4
+	$(BIN)/python benchmarks/bench_dist.py netns --hosts 2
 
 bench-cnn: $(STAMP)
 	$(BIN)/python benchmarks/bench_cnn.py --repeats 5

@@ -66,6 +66,8 @@ class MajorityVote:
 
     returns_signs = True
     """The aggregate is ternary, so it travels back to the workers bit-packed."""
+    reads_signs = True
+    """It reads messages through :func:`ternary_votes` itself (the wire's semantics)."""
 
     def __call__(self, messages: Tensor) -> Tensor:
         # = sign(ternary_votes(messages).sum(0)) in one pass fewer: nansum skips sign(NaN).

@@ -48,6 +48,8 @@ class WeightedMajorityVote(Stateful):
 
     returns_signs = True
     """The aggregate is ternary, so it travels back to the workers bit-packed."""
+    reads_signs = True
+    """It reads messages through :func:`ternary_votes` itself (the wire's semantics)."""
 
     def __init__(self, memory: float = 1.0) -> None:
         memory = to_float(memory, "memory", "weighted-majority-vote")

@@ -262,6 +262,8 @@ class _Rank:
             size = len(self.coalition_ranks)
             rows = [torch.empty(d) for _ in range(size)] if is_leader else None
             dist.gather(row.contiguous(), rows, dst=leader, group=self.coalition)
+            if not is_leader:
+                self.side_traffic.add(sent=4 * d)
             if is_leader:
                 matrix = torch.zeros(n, d)
                 workers = torch.nonzero(self.setup.byzantine_mask).flatten()

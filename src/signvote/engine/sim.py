@@ -90,7 +90,8 @@ class DataPath:
             ctx = attacks.AttackContext(step, self.generator, self.rule.sends_signs,
                                         self.aggregator)
             messages = attacks.apply_all(self.plan, messages, ctx)
-            if self.rule.sends_signs:  # only a ternary value survives the 1-2 bit wire
+            # only a ternary value survives the 1-2 bit wire (a vote reads it so itself)
+            if self.rule.sends_signs and not getattr(self.aggregator, "reads_signs", False):
                 messages = ternary_votes(messages)
         x = apply_update(x, self.aggregator(messages), lr, self.weight_decay)
         return x, state, honest
