@@ -60,6 +60,8 @@ CASES = {
     # fp32 rows gathered at the server, a robust aggregator, an omniscient attack.
     "server-sgd-median-ipm": dict(workers=3, byzantine=1, rule="sgd", aggregator="median",
                                   aggregator_f=1, attack="ipm", layout="server"),
+    # each worker's own coins, the same in both engines
+    "server-stochastic-sign": dict(workers=3, rule="stochastic-sign", layout="server"),
     # a stateful ternary aggregator and a data-level attack.
     "peer-signum-weighted-vote-label-flip": dict(workers=4, byzantine=1,
                                                  aggregator="weighted-majority-vote",

@@ -80,3 +80,15 @@ def test_stochastic_sign_is_unbiased_for_the_scaled_gradient(gen):
 def test_stochastic_sign_rejects_a_bad_bound():
     with pytest.raises(ValueError, match="bound B must be a finite number > 0, got -1"):
         rules.get("stochastic-sign", bound=-1.0)
+
+
+def test_stochastic_sign_with_a_generator_per_row_draws_each_row_from_its_own():
+    values = torch.linspace(-1, 1, 12).reshape(3, 4)
+    seeds = [5, 6, 7]
+    together = rules.stochastic_sign(values, 2.0, [torch.Generator().manual_seed(s)
+                                                   for s in seeds])
+    for i, s in enumerate(seeds):  # each row alone, from its own generator
+        alone = rules.stochastic_sign(values[i:i + 1], 2.0, torch.Generator().manual_seed(s))
+        assert torch.equal(together[i:i + 1], alone)
+    with pytest.raises(ValueError, match="one per row"):
+        rules.stochastic_sign(values, 2.0, [torch.Generator()])

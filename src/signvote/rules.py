@@ -16,12 +16,17 @@ ternary {-1, 0, +1}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from signvote.registry import to_positive
+
+Coins = torch.Generator | Sequence[torch.Generator] | None
+"""Where the stochastic sign's coins come from: one generator, one per row, or the global
+one."""
 
 RULES = ("sgd", "signsgd", "signum", "stochastic-sign")
 """The names of the worker rules, in the order --help lists them."""
@@ -55,9 +60,10 @@ class WorkerRule:
     bound: float | None = None
 
     def step(self, grads: Tensor, state: Tensor | None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+             generator: Coins = None) -> tuple[Tensor, Tensor | None]:
         """Messages ``M[n, d]`` from gradients ``G[n, d]``; returns ``(M, new_state)``.
-        ``generator`` draws the stochastic sign's coins (the global one if None)."""
+        ``generator`` draws the stochastic sign's coins: one for all, one per worker, or
+        None (the global one)."""
         if self.beta > 0:
             if state is None:  # m_0 = 0
                 state = torch.zeros_like(grads)
@@ -72,16 +78,26 @@ class WorkerRule:
 
 
 def stochastic_sign(values: Tensor, bound: float | None,
-                    generator: torch.Generator | None = None) -> Tensor:
+                    generator: Coins = None) -> Tensor:
     r"""``+1`` with probability :math:`(1 + v / B) / 2`, else ``-1``, independently per entry
     (:math:`v/B` clamped to [-1, 1]; ``B = None``: each row's largest ``|v|``, and a zero
-    row gives fair coins). Unbiased: :math:`E[M] = v / B` where :math:`|v| \le B`."""
+    row gives fair coins). Unbiased: :math:`E[M] = v / B` where :math:`|v| \le B`.
+
+    ``generator``: one generator for all coins, or one per row (each worker its own coins,
+    so that a worker draws the same coins in every engine), or None (the global one)."""
     if bound is None:
         scale = values.abs().amax(dim=1, keepdim=True)
     else:
         scale = torch.full((), float(bound), dtype=values.dtype)
     ratio = torch.where(scale > 0, values / scale, torch.zeros(())).clamp(-1.0, 1.0)
-    coins = torch.rand(values.shape, generator=generator, dtype=values.dtype)
+    if isinstance(generator, Sequence):
+        if len(generator) != values.shape[0]:
+            raise ValueError(f"stochastic sign: {len(generator)} generators for "
+                             f"{values.shape[0]} rows; valid: one per row")
+        coins = torch.stack([torch.rand(values.shape[1:], generator=g, dtype=values.dtype)
+                             for g in generator])
+    else:
+        coins = torch.rand(values.shape, generator=generator, dtype=values.dtype)
     return torch.where(coins < (1 + ratio) / 2, 1.0, -1.0).to(values.dtype)
 
 

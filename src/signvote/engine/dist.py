@@ -17,9 +17,9 @@ scattered back to the coalition's ranks, which send them as their messages.
 Layouts (``--layout``): ``server``, rank 0 a trusted server and ranks ``1..n`` the workers
 (``n + 1`` processes), or ``peer``, ranks ``0..n-1`` the workers, every one aggregating.
 For the same config and seed the parameters equal the simulator's after every step: bit
-for bit for sign rules and for the aggregators that gather rows, to float rounding for the
-mean (an all-reduce sums in another order). The stochastic sign is the exception: each
-rank draws its own coins (the simulator draws all workers' at once).
+for bit for sign rules (every worker draws the stochastic sign's coins from its own
+stream in both engines) and for the aggregators that gather rows, to float rounding for
+the mean (an all-reduce sums in another order).
 
 Faults: rank 0 writes ``OUT/checkpoint.pt`` atomically every ``--checkpoint-every`` steps
 (every epoch by default) with the parameters, every worker's rule state, the random
@@ -57,12 +57,12 @@ from signvote.engine import protocol
 from signvote.engine.gradients import worker_gradients
 from signvote.engine.sim import (
     ATTACK_STREAM,
-    RULE_STREAM,
     RunResult,
     RunSetup,
     _postfix,
     _progress_bar,
     apply_update,
+    coin_generators,
     epoch_row,
     finish_summary,
     learning_rate,
@@ -234,9 +234,7 @@ class _Rank:
                                          timeout=timedelta(seconds=c.dist_timeout))
                           if self.message_attack else None)
         self.attack_generator = torch.Generator().manual_seed(c.seed + ATTACK_STREAM)
-        worker_stream = 0 if self.worker is None else self.worker
-        self.rule_generator = torch.Generator().manual_seed(
-            c.seed + RULE_STREAM + 1000 * worker_stream)
+        self.rule_generators = coin_generators(c.seed, [self.worker or 0])
         self.state: Tensor | None = None
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
 
@@ -292,7 +290,8 @@ class _Rank:
                 targets = self.attack.poison_targets(targets, torch.tensor([True]),
                                                      s.n_classes)
             honest = worker_gradients(s.batched, x, inputs, targets, s.data.task)
-            messages, self.state = s.rule.step(honest.grads, self.state, self.rule_generator)
+            messages, self.state = s.rule.step(honest.grads, self.state,
+                                               self.rule_generators)
             if self.blind:
                 ctx = attacks.AttackContext(step, self.attack_generator, s.rule.sends_signs)
                 messages = s.plan[0][0](messages, torch.tensor([True]), ctx)
@@ -306,7 +305,7 @@ class _Rank:
     def _local_state(self, epoch_stats: dict[str, Any]) -> dict[str, Any]:
         return {
             "rule_state": self.state,
-            "rule_generator": self.rule_generator.get_state(),
+            "rule_generator": self.rule_generators[0].get_state(),
             "attack_generator": self.attack_generator.get_state(),
             # whole objects: a stateful aggregator or chain (bucketing's generator included)
             "aggregator": self.exchange.aggregator,
@@ -318,7 +317,7 @@ class _Rank:
 
     def _restore(self, local: dict[str, Any]) -> dict[str, Any]:
         self.state = local["rule_state"]
-        self.rule_generator.set_state(local["rule_generator"])
+        self.rule_generators[0].set_state(local["rule_generator"])
         self.attack_generator.set_state(local["attack_generator"])
         self.exchange.aggregator = local["aggregator"]
         self.attack = local["attack"]

@@ -62,7 +62,7 @@ class DataPath:
         task: ``classification`` or ``regression``.
         weight_decay: lambda of the update.
         generator: the adversaries' random generator (advanced by random attacks).
-        rule_generator: the workers' coins (stochastic sign).
+        rule_generators: each worker's coins (stochastic sign), :func:`coin_generators`.
         n_classes: the number of classes (None for regression), for data-level attacks.
     """
 
@@ -73,7 +73,7 @@ class DataPath:
     task: str
     weight_decay: float
     generator: torch.Generator
-    rule_generator: torch.Generator | None = None
+    rule_generators: list[torch.Generator] | None = None
     n_classes: int | None = None
 
     def step(
@@ -85,7 +85,7 @@ class DataPath:
         honest = worker_gradients(self.model, x, inputs,
                                   attacks.poison_targets(self.plan, targets, self.n_classes),
                                   self.task)
-        messages, state = self.rule.step(honest.grads, state, self.rule_generator)
+        messages, state = self.rule.step(honest.grads, state, self.rule_generators)
         if self.plan:
             ctx = attacks.AttackContext(step, self.generator, self.rule.sends_signs,
                                         self.aggregator)
@@ -109,6 +109,12 @@ class RunResult:
     @property
     def status(self) -> str:
         return self.summary["status"]
+
+
+def coin_generators(seed: int, workers: range | list[int]) -> list[torch.Generator]:
+    """The generators of the given workers' coins: worker ``i`` draws from
+    ``seed + RULE_STREAM + 1000 i`` in every engine."""
+    return [torch.Generator().manual_seed(seed + RULE_STREAM + 1000 * i) for i in workers]
 
 
 def choose_adversaries(
@@ -308,7 +314,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
     c, x = setup.config, setup.x
     path = DataPath(setup.batched, setup.rule, setup.plan, setup.aggregator, setup.data.task,
                     c.weight_decay, torch.Generator().manual_seed(c.seed + ATTACK_STREAM),
-                    torch.Generator().manual_seed(c.seed + RULE_STREAM), setup.n_classes)
+                    coin_generators(c.seed, range(c.workers)), setup.n_classes)
     if write:
         out = start_run_folder(setup)
 
