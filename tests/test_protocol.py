@@ -94,3 +94,12 @@ def test_the_vote_from_frames_equals_the_vote_of_the_decoded_rows(d, n, gen):
     junk[min(2, n - 1)][:8] = torch.tensor([1, 1], dtype=torch.int32).view(torch.uint8)
     want = packed_vote(protocol.decode_signs(garbage, junk, d))
     assert torch.equal(protocol.vote_from_frames(garbage, junk, d), want)
+
+
+@pytest.mark.parametrize("row", [torch.ones(7), torch.ones(9), torch.ones(8, dtype=torch.int64),
+                                 torch.ones(8, dtype=torch.complex64)])
+@pytest.mark.parametrize("layout", protocol.LAYOUTS)
+def test_a_message_of_the_wrong_size_or_type_is_refused_before_it_is_sent(row, layout):
+    exchange = protocol.Exchange(layout, 1, 3, 8, True, MajorityVote(), protocol.Traffic())
+    with pytest.raises(ValueError, match="a message must be 8 real numbers"):
+        exchange(row)  # no process group exists: nothing was sent

@@ -271,6 +271,9 @@ class _Rank:
             ctx = attacks.AttackContext(step, self.attack_generator,
                                         self.setup.rule.sends_signs, self.exchange.aggregator)
             crafted = self.attack(matrix, self.setup.byzantine_mask, ctx)
+            if crafted.shape != matrix.shape:
+                raise DistError(f"rank {self.rank}: attack {self.c.attack} returned messages "
+                                f"of shape {tuple(crafted.shape)}; valid: {tuple(matrix.shape)}")
             scatter = [crafted[w].contiguous().to(torch.float32)
                        for w in torch.nonzero(self.setup.byzantine_mask).flatten().tolist()]
         out = torch.empty(d)

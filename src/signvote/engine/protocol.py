@@ -203,7 +203,14 @@ class Exchange:
         self.returns_signs = bool(getattr(aggregator, "returns_signs", False))
 
     def __call__(self, row: Tensor | None) -> Tensor:
-        """The aggregate ``[d]`` of every worker's ``row[d]`` (None on the server rank)."""
+        """The aggregate ``[d]`` of every worker's ``row[d]`` (None on the server rank).
+
+        A row that is not ``d`` real numbers is refused here, before anything is sent: the
+        sizes on the wire follow from ``d`` alone."""
+        if row is not None and (row.numel() != self.dim or row.is_complex()
+                                or not row.is_floating_point()):
+            raise ValueError(f"a message must be {self.dim} real numbers; got "
+                             f"{tuple(row.shape)} {row.dtype}")
         if self.layout == "server":
             if self.rank == 0:
                 v = self._gather_at_server()
