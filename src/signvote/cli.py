@@ -105,6 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_options(train)
 
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of training runs in parallel, resumably",
+        description="Run every run of a sweep file (TOML: training options with underscores, "
+                    "any of them a list; the grid is the product of the lists) with the "
+                    "simulator, --jobs at a time, each in OUT/runs/ID. Started again, it runs "
+                    "only the runs that have not finished. Writes OUT/results.csv and "
+                    "OUT/results.parquet (one row per run and epoch).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example sweep file:\n  rule = [\"signsgd\", \"signum\"]\n"
+               "  byzantine = [0, 2, 4]\n  seed = [1, 2, 3]\n  epochs = 20")
+    sweep.add_argument("file", metavar="FILE", help="the sweep file (TOML)")
+    sweep.add_argument("--out", metavar="DIR", required=True, help="the sweep's folder")
+    sweep.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                       dest="overrides",
+                       help="override a key with a TOML value (repeatable): --set lr=1e-3, "
+                            "--set 'byzantine=[0, 4]'")
+    sweep.add_argument("--jobs", type=_parse_int, default=None, metavar="N",
+                       help="runs at a time (default: one per core)")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the runs and whether each is done; run nothing")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    results = commands.add_parser(
+        "results", help="summarize a sweep: final and best test metric over seeds",
+        description="Print one row per group of runs that differ only in their seed: the "
+                    "mean over seeds and the 95%% confidence half-width of the final and of "
+                    "the best value of --metric. Rewrites OUT/results.csv and "
+                    "OUT/results.parquet from the finished runs.")
+    results.add_argument("sweep_dir", metavar="DIR", help="the sweep's folder")
+    results.add_argument("--metric", default="test_acc",
+                         choices=("test_acc", "test_loss", "train_acc", "train_loss"),
+                         help="the metric (default: test_acc)")
+
     from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
 
     download = commands.add_parser(
@@ -171,6 +204,45 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def run_sweep(args: argparse.Namespace) -> int:
+    from signvote.experiment import grid, sweep
+
+    try:
+        configs = grid.load_grid(args.file, args.overrides)
+        if args.jobs is not None and args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        if args.dry_run:
+            for c in sweep.place(configs, args.out):
+                state = "done" if sweep.is_done(c) else "to run"
+                print(f"{c.out}\t{state}\t{c.rule}\t{c.aggregator}\tbyzantine={c.byzantine}"
+                      f"\tblind={c.blind}\tseed={c.seed}")
+            return 0
+        outcome = sweep.run_sweep(configs, args.out, args.jobs, progress=not args.quiet)
+    except (ConfigError, DatasetError) as exc:
+        fail(f"signvote sweep: error: {exc}")
+    except KeyboardInterrupt:
+        print("\nsignvote sweep: interrupted; run the same command again to finish",
+              file=sys.stderr)
+        return 130
+    print(f"{outcome['runs']} runs: {outcome['ran']} run now, {outcome['skipped']} already "
+          f"done; {outcome['rows']} rows in {args.out}/results.csv and results.parquet")
+    return 0
+
+
+def run_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from signvote.experiment import results
+
+    if not (Path(args.sweep_dir) / "runs").is_dir():
+        fail(f"signvote results: error: {args.sweep_dir!r} is not a sweep folder (it has no "
+             f"runs/ folder); valid: the --out of signvote sweep")
+    results.write_tables(args.sweep_dir)
+    rows = results.tidy_rows(args.sweep_dir)
+    print(results.format_summary(results.summarize(rows, args.metric)))
+    return 0
+
+
 def run_download(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -193,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_train(args, argv)
     if args.command == "download":
         return run_download(args)
+    if args.command == "sweep":
+        return run_sweep(args)
+    if args.command == "results":
+        return run_results(args)
     parser.print_help()
     return EXIT_USAGE
 

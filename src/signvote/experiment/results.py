@@ -1,0 +1,204 @@
+"""A sweep's results: one tidy table, and a summary over seeds.
+
+The tidy table has one row per run and evaluation (epoch): the run's id and status, every
+config field as a column, then the metrics of ``metrics.csv``. It is written as
+``SWEEP/results.csv`` and ``SWEEP/results.parquet``, atomically::
+
+    pandas.read_csv("sweep/results.csv")   # or pandas.read_parquet("sweep/results.parquet")
+
+Only finished runs (with a ``summary.json``) are read. :func:`summarize` groups the runs
+that differ only in their seed and reports, for the final epoch and for the best one
+separately (the best alone flatters), the mean over seeds and the half-width of its 95%
+confidence interval (Student's t).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from signvote.experiment import runs
+from signvote.experiment.config import FIELDS
+
+CONFIG_COLUMNS = tuple(k for k in FIELDS if k != "out")
+METRIC_TYPES = {"epoch": int, "step": int}
+
+
+def finished_runs(sweep_dir: str | Path) -> list[Path]:
+    """The folders of the sweep's finished runs, in the order of ``sweep.json``."""
+    sweep_dir = Path(sweep_dir)
+    listing = sweep_dir / "sweep.json"
+    if listing.exists():
+        ids = [r["id"] for r in json.loads(listing.read_text())["runs"]]
+        folders = [sweep_dir / "runs" / i for i in ids]
+    else:
+        folders = sorted((sweep_dir / "runs").glob("*"))
+    return [f for f in folders if (f / "summary.json").exists()]
+
+
+def _cell(name: str, text: str) -> Any:
+    if text == "":
+        return None
+    return METRIC_TYPES.get(name, float)(text)
+
+
+def tidy_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per finished run and epoch: ``run``, ``status``, the config, the metrics."""
+    rows = []
+    for folder in finished_runs(sweep_dir):
+        config = json.loads((folder / "config.json").read_text())
+        status = json.loads((folder / "summary.json").read_text())["status"]
+        base = {"run": folder.name, "status": status,
+                **{k: config.get(k) for k in CONFIG_COLUMNS}}
+        for metric in runs.read_metrics(folder / "metrics.csv"):
+            rows.append({**base, **{k: _cell(k, v) for k, v in metric.items()}})
+    return rows
+
+
+def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The columns of ``rows`` in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def write_tables(sweep_dir: str | Path) -> int:
+    """Write ``results.csv`` and ``results.parquet`` for the sweep; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sweep_dir = Path(sweep_dir)
+    rows = tidy_rows(sweep_dir)
+    columns = columns_of(rows) or ["run", "status", *CONFIG_COLUMNS, *runs.METRIC_COLUMNS]
+    runs.write_csv(sweep_dir / "results.csv", columns, rows)
+    table = pa.table({c: [row.get(c) for row in rows] for c in columns})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    runs.atomic_write_bytes(sweep_dir / "results.parquet", buffer.getvalue())
+    return len(rows)
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` (metrics typed, config cells as text)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- the summary over seeds --------------------------------------------------------------
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on the
+    CDF, which is a regularized incomplete beta function)."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _t_cdf(t: float, df: int) -> float:
+    x = df / (df + t * t)
+    tail = 0.5 * _betainc(df / 2, 0.5, x)
+    return 1 - tail if t >= 0 else tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _betainc(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log(1 - x)) / a
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + num * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1 - c * d) < 1e-15:
+            break
+    return front * (f - 1)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean and the half-width of its 95% confidence interval (None for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    half = t_quantile(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(
+        len(values))
+    return mean, half
+
+
+def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc"
+              ) -> list[dict[str, Any]]:
+    """One row per group of runs that differ only in ``seed``: the config fields that vary
+    between groups, the number of seeds, and the mean and 95% half-width over seeds of the
+    final and of the best ``metric`` (best: the highest accuracy, the lowest loss)."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_run.setdefault(row["run"], []).append(row)
+    higher_is_better = not metric.endswith("loss")
+    groups: dict[tuple, dict[str, Any]] = {}
+    for run_rows in by_run.values():
+        first = run_rows[0]
+        key = tuple((k, first[k]) for k in CONFIG_COLUMNS if k != "seed")
+        values = [r[metric] for r in run_rows if r[metric] is not None
+                  and math.isfinite(r[metric])]
+        group = groups.setdefault(key, {"final": [], "best": [], "seeds": 0})
+        group["seeds"] += 1
+        last = run_rows[-1][metric]
+        group["final"].append(float("nan") if last is None else last)
+        if values:
+            group["best"].append(max(values) if higher_is_better else min(values))
+    varying = [k for k in CONFIG_COLUMNS if k != "seed"
+               and len({dict(key)[k] for key in groups}) > 1]
+    summary = []
+    for key, group in groups.items():
+        final_mean, final_half = mean_ci95(group["final"])
+        best_mean, best_half = (mean_ci95(group["best"]) if group["best"]
+                                else (float("nan"), None))
+        summary.append({**{k: dict(key)[k] for k in varying}, "seeds": group["seeds"],
+                        f"final_{metric}": final_mean, "final_ci95": final_half,
+                        f"best_{metric}": best_mean, "best_ci95": best_half})
+    return summary
+
+
+def format_summary(summary: Sequence[dict[str, Any]]) -> str:
+    """``summary`` as a Markdown table (numbers to 4 significant digits, ± the 95% CI)."""
+    if not summary:
+        return "(no finished runs)"
+    metric_keys = [k for k in summary[0] if k.startswith(("final_", "best_"))
+                   and not k.endswith("ci95")]
+    config_keys = [k for k in summary[0] if k not in metric_keys
+                   and not k.endswith("ci95")]
+    lines = ["| " + " | ".join(config_keys + metric_keys) + " |",
+             "|" + "---|" * (len(config_keys) + len(metric_keys))]
+    for row in summary:
+        cells = [str(row[k]) for k in config_keys]
+        for k in metric_keys:
+            half = row[k.split("_")[0] + "_ci95"]
+            cells.append(f"{row[k]:.4g}" + ("" if half is None else f" ± {half:.2g}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

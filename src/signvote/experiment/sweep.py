@@ -1,0 +1,101 @@
+"""Run a grid of training runs in parallel, resumably.
+
+Every run of a sweep has its own folder ``SWEEP/runs/ID``, ``ID`` a hash of its resolved
+config (the folder is the same whichever order or sweep file produced it). A run is done
+when its ``summary.json`` exists: the simulator writes that file last, atomically, after
+``metrics.csv`` and ``params.pt``. A sweep started again (after Ctrl-C, a crash, or
+``kill -9``) runs only the runs that are not done; a run that was cut short is started
+over from nothing, so no half-written run is ever kept or read. ``SWEEP/sweep.json``
+lists the runs; the tidy tables ``results.csv`` and ``results.parquet`` are written at the
+end (:mod:`signvote.experiment.results`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from signvote.experiment import runs
+from signvote.experiment.config import ConfigError, TrainConfig
+
+
+def run_id(config: TrainConfig) -> str:
+    """A short hash of the resolved config (its folder excluded)."""
+    fields = {k: v for k, v in config.to_dict().items() if k != "out"}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig]:
+    """The configs with ``out`` set to their folder in the sweep; duplicates dropped."""
+    seen, placed = set(), []
+    for c in configs:
+        if c.engine != "sim":
+            raise ConfigError(f"--engine {c.engine}: a sweep runs the simulator, several runs "
+                              f"at a time; valid: sim (run the distributed engine with "
+                              f"signvote train)")
+        rid = run_id(c)
+        if rid not in seen:
+            seen.add(rid)
+            placed.append(dataclasses.replace(c, out=str(Path(sweep_dir) / "runs" / rid)))
+    return placed
+
+
+def is_done(config: TrainConfig) -> bool:
+    """True when the run's folder holds a finished run (its ``summary.json``)."""
+    return (Path(config.out) / "summary.json").exists()
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig) -> str:
+    from signvote.engine.sim import train
+
+    return train(config, progress=False).status
+
+
+def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run every config of the grid that is not done, ``jobs`` at a time (default: one per
+    core), then write the tidy tables; returns counts of what happened."""
+    from signvote.experiment import results
+
+    sweep_dir = Path(sweep_dir)
+    placed = place(configs, sweep_dir)
+    runs.write_json(sweep_dir / "sweep.json", {
+        "runs": [{"id": Path(c.out).name, "config": c.to_dict()} for c in placed]})
+    todo = [c for c in placed if not is_done(c)]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(placed), initial=len(placed) - len(todo), desc="runs",
+                   unit="run", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    statuses: dict[str, int] = {}
+    if todo:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with futures.ProcessPoolExecutor(
+                max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker, initargs=(threads,)) as pool:
+            for future in futures.as_completed([pool.submit(_train, c) for c in todo]):
+                status = future.result()
+                statuses[status] = statuses.get(status, 0) + 1
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    table = results.write_tables(sweep_dir)
+    return {"runs": len(placed), "ran": len(todo), "skipped": len(placed) - len(todo),
+            "statuses": statuses, "rows": table}

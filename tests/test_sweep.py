@@ -1,0 +1,154 @@
+"""Sweep files, grids, resumable sweeps and their results."""
+
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from signvote.experiment import grid, results, sweep
+from signvote.experiment.config import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_grid_is_the_product_of_its_lists_with_the_seed_fastest(tmp_path):
+    path = write(tmp_path, 'rule = ["sgd", "signum"]\nbyzantine = [0, 1, 2]\n'
+                           'seed = [7, 8]\nepochs = 2\n')
+    runs = grid.load_grid(path)
+    want = list(itertools.product(["sgd", "signum"], [0, 1, 2], [7, 8]))
+    assert [(r.rule, r.byzantine, r.seed) for r in runs] == want
+    assert all(r.epochs == 2 for r in runs)
+    assert runs[0].aggregator == "mean" and runs[-1].aggregator == "majority-vote"  # resolved
+
+
+def test_overrides_replace_keys_with_toml_values(tmp_path):
+    path = write(tmp_path, 'rule = ["sgd", "signum"]\nseed = [1, 2]\n')
+    runs = grid.load_grid(path, ["rule=signsgd", "seed=[3, 4, 5]", "lr=1e-3"])
+    assert [(r.rule, r.seed, r.lr) for r in runs] == [("signsgd", s, 1e-3) for s in (3, 4, 5)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lrr = 1\n", "unknown key 'lrr'; valid keys: dataset"),
+    ("byzantine = [0, 1.5]\n", "key byzantine[1]: expected a whole number, got 1.5"),
+    ("lr = \"fast\"\n", "key lr: expected float, got 'fast'"),
+    ("rule = [\"sgd\", 3]\n", "key rule[1]: expected str, got 3"),
+    ("seed = []\n", "key 'seed' is an empty list"),
+    ("[rule]\nname = \"sgd\"\n", "key 'rule' is a table"),
+    ("out = \"x\"\n", "unknown key 'out'"),
+    ("byzantine = [0, 12]\n", "grid point byzantine=12: --byzantine 12"),
+    ("rule = \"adam\"\n", "grid point (the only one): --rule: unknown value 'adam'"),
+    ("rule = [\n", "cannot be read"),
+])
+def test_schema_errors_name_the_key_path_and_the_expected_type(text, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        grid.load_grid(write(tmp_path, text))
+
+
+def test_a_bad_override_is_refused():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        grid.parse_override("lr")
+
+
+def test_a_sweep_refuses_the_distributed_engine(tmp_path):
+    runs = grid.load_grid(write(tmp_path, 'engine = "dist"\n'))
+    with pytest.raises(ConfigError, match="a sweep runs the simulator"):
+        sweep.place(runs, tmp_path / "out")
+
+
+SWEEP = 'rule = ["signsgd", "signum"]\nbyzantine = [0, 1, 2]\nseed = [1, 2]\nepochs = 25\n'
+
+
+def sweep_command(path: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "signvote", "sweep", str(path), "--out", str(out),
+            "--jobs", "2", "--quiet"]
+
+
+def rows_without_time(out: Path) -> list[dict]:
+    rows = results.read_table(out / "results.csv")
+    for row in rows:
+        row.pop("wall_s")
+    return rows
+
+
+def test_a_sweep_killed_with_sigkill_resumes_to_the_rows_of_an_uninterrupted_one(
+        tmp_path, run_bounded):
+    path = write(tmp_path, SWEEP)
+    whole = run_bounded(sweep_command(path, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(sweep_command(path, out), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("runs/*/summary.json"))) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes
+        proc.wait()
+    done = len(list(out.glob("runs/*/summary.json")))
+    assert 2 <= done < 12, "the kill came too late to test anything"
+    assert not (out / "results.csv").exists()
+    resumed = run_bounded(sweep_command(path, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{12 - done} run now, {done} already done" in resumed.stdout
+    rows = rows_without_time(out)
+    assert rows == rows_without_time(tmp_path / "whole")
+    keys = [(r["run"], r["epoch"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 12 * 25
+    import pyarrow.parquet as pq
+
+    parquet = pq.read_table(out / "results.parquet").to_pylist()
+    assert [(r["run"], r["epoch"], r["test_acc"]) for r in parquet] == [
+        (r["run"], int(r["epoch"]), float(r["test_acc"])) for r in rows]
+
+
+def test_t_quantiles_match_the_printed_table():
+    # two-sided 95% critical values of Student's t, from any statistics table
+    for df, value in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (20, 2.086),
+                      (100, 1.984)]:
+        assert results.t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
+
+
+def test_the_summary_is_the_mean_and_t_interval_over_seeds_of_final_and_best():
+    accs = {1: [0.5, 0.9, 0.8], 2: [0.6, 0.7, 0.75], 3: [0.4, 0.95, 0.85]}  # seed -> epochs
+    rows = [{"run": f"r{seed}", **{k: None for k in results.CONFIG_COLUMNS}, "seed": seed,
+             "rule": "signum", "epoch": e + 1, "test_acc": acc}
+            for seed, series in accs.items() for e, acc in enumerate(series)]
+    (summary,) = results.summarize(rows)
+    finals = [s[-1] for s in accs.values()]
+    bests = [max(s) for s in accs.values()]
+    assert summary["seeds"] == 3
+    assert summary["final_test_acc"] == pytest.approx(statistics.fmean(finals))
+    assert summary["final_ci95"] == pytest.approx(4.303 * statistics.stdev(finals) / 3 ** 0.5,
+                                                  rel=1e-3)
+    assert summary["best_test_acc"] == pytest.approx(statistics.fmean(bests))
+    assert summary["best_ci95"] == pytest.approx(4.303 * statistics.stdev(bests) / 3 ** 0.5,
+                                                 rel=1e-3)
+
+
+def test_results_command_prints_the_summary(tmp_path, capsys):
+    from signvote.cli import main
+
+    path = write(tmp_path, 'rule = ["signsgd", "signum"]\nseed = [1, 2]\nepochs = 2\n')
+    assert main(["sweep", str(path), "--out", str(tmp_path / "s"), "--jobs", "1",
+                 "--quiet"]) == 0
+    assert main(["results", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "| rule | momentum | seeds | final_test_acc | best_test_acc |" in out
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"][0]["config"][
+        "epochs"] == 2
+    with pytest.raises(SystemExit):
+        main(["results", str(tmp_path / "nothing")])
