@@ -138,6 +138,52 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=("test_acc", "test_loss", "train_acc", "train_loss"),
                          help="the metric (default: test_acc)")
 
+    from signvote.experiment.reproduce import FIGURES, SCALES
+
+    reproduce = commands.add_parser(
+        "reproduce", help="one of the paper's figures: runs, figure and REPORT.md",
+        description="Run the paper's grid for FIGURE with its settings (DistSGD, SignSGD, "
+                    "Signum x 0-4 adversaries of 10 workers), draw it in the paper's layout "
+                    "(OUT/FIGURE.png and .svg) and write OUT/REPORT.md, our numbers beside "
+                    "the paper's. The runs are a resumable sweep in OUT/FIGURE.")
+    reproduce.add_argument("figure", metavar="FIGURE", choices=(*FIGURES, "all"),
+                           help="one of: " + ", ".join(FIGURES) + ", all")
+    reproduce.add_argument("--out", metavar="DIR", default="runs/reproduce",
+                           help="folder of the sweeps, figures and REPORT.md (default: "
+                                "runs/reproduce)")
+    reproduce.add_argument("--scale", choices=SCALES, default=None,
+                           help="full: the paper's settings; reduced: fewer epochs (logreg "
+                                "20) or smallcnn for 3 epochs (MNIST), said on the figure "
+                                "(default: full for logreg, reduced for MNIST)")
+    reproduce.add_argument("--seeds", type=_parse_int, nargs="+", default=[8005],
+                           metavar="S", help="seeds; the curves show their mean and range "
+                                             "(default: 8005, the paper's)")
+    reproduce.add_argument("--dataset", default=None, metavar="NAME",
+                           help="train on another dataset (e.g. fashion-mnist where MNIST "
+                                "is not on disk); said on the figure")
+    reproduce.add_argument("--data-dir", metavar="DIR", default=None,
+                           help="folder with the dataset's IDX files")
+    reproduce.add_argument("--jobs", type=_parse_int, default=None, metavar="N",
+                           help="runs at a time (default: one per core)")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    plot = commands.add_parser(
+        "plot", help="draw a sweep: the paper's layout, or an aggregator x attack heatmap",
+        description="Draw a sweep's results/tidy table as PNG and SVG: --kind paper (columns "
+                    "DistSGD, SignSGD, Signum; rows test loss and accuracy; one curve per "
+                    "number of adversaries, a band over seeds) or --kind heatmap (final "
+                    "accuracy of every rule/aggregator x attack, each row's worst attack "
+                    "boxed).")
+    plot.add_argument("sweep_dir", metavar="DIR", help="the sweep's folder")
+    plot.add_argument("--kind", choices=("paper", "heatmap"), default="paper",
+                      help="the figure (default: paper)")
+    plot.add_argument("--adversary", choices=("byzantine", "blind"), default="byzantine",
+                      help="--kind paper: the curves are per number of these (default: "
+                           "byzantine)")
+    plot.add_argument("--title", default="", help="the figure's title")
+    plot.add_argument("--output", metavar="STEM", default=None,
+                      help="write STEM.png and STEM.svg (default: DIR/KIND)")
+
     from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
 
     download = commands.add_parser(
@@ -243,6 +289,47 @@ def run_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_reproduce(args: argparse.Namespace) -> int:
+    from signvote.experiment import reproduce
+
+    names = list(reproduce.FIGURES) if args.figure == "all" else [args.figure]
+    try:
+        if args.jobs is not None and args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        for name in names:
+            section = reproduce.reproduce(name, args.out, args.scale, args.seeds,
+                                          args.dataset, args.data_dir, args.jobs,
+                                          progress=not args.quiet)
+            print(f"{name}: {args.out}/{name}.png, .svg ({section['scale']} scale, "
+                  f"{section['wall_s']} s)")
+    except (ConfigError, DatasetError) as exc:
+        fail(f"signvote reproduce: error: {exc}")
+    except KeyboardInterrupt:
+        print("\nsignvote reproduce: interrupted; run the same command again to finish",
+              file=sys.stderr)
+        return 130
+    print(f"report: {args.out}/REPORT.md")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from signvote.experiment import plots, results
+
+    if not (Path(args.sweep_dir) / "runs").is_dir():
+        fail(f"signvote plot: error: {args.sweep_dir!r} is not a sweep folder (it has no "
+             f"runs/ folder); valid: the --out of signvote sweep")
+    rows = results.tidy_rows(args.sweep_dir)
+    if not rows:
+        fail(f"signvote plot: error: {args.sweep_dir!r} has no finished run yet")
+    fig = (plots.paper_figure(rows, args.adversary, args.title) if args.kind == "paper"
+           else plots.heatmap(rows, args.title))
+    paths = plots.save(fig, args.output or Path(args.sweep_dir) / args.kind)
+    print(" ".join(str(p) for p in paths))
+    return 0
+
+
 def run_download(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -269,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_sweep(args)
     if args.command == "results":
         return run_results(args)
+    if args.command == "reproduce":
+        return run_reproduce(args)
+    if args.command == "plot":
+        return run_plot(args)
     parser.print_help()
     return EXIT_USAGE
 
