@@ -106,6 +106,7 @@ def test_config_file_with_command_line_override(tmp_path, capsys):
     ('epochs = "3"\n', "key 'epochs': expected a whole number, got '3'"),
     ("lr = true\n", "key 'lr': expected float"),
     ("epochs = [\n", "cannot be read"),
+    ("tensorboard = 1\n", "key 'tensorboard': expected true or false, got 1"),
 ])
 def test_bad_config_files(text, message, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
@@ -145,3 +146,15 @@ def test_train_takes_aggregator_and_attack_specs(tmp_path, capsys):
     assert config["aggregator"] == "nnm+krum" and config["aggregator_f"] == 2
     assert config["attack"] == "alie(z=1.0)"
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_tensorboard_without_its_package_is_refused_in_one_line(tmp_path, capsys,
+                                                                 monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    code, _, stderr = run_cli(["train", "--quiet", "--tensorboard", "--out",
+                               str(tmp_path / "run")], capsys)
+    assert code == 2 and "--tensorboard needs the tensorboard package" in stderr

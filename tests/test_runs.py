@@ -57,3 +57,18 @@ def test_a_run_killed_mid_way_leaves_only_complete_files(tmp_path):
     assert len(rows) >= 3
     assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
     assert all(r["wall_s"] != "" for r in rows)
+
+
+def test_tensorboard_logs_every_epochs_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from signvote.engine.sim import train
+    from signvote.experiment.config import TrainConfig
+
+    result = train(TrainConfig(workers=4, epochs=3, tensorboard=True, out=str(tmp_path)),
+                   progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for key in ("train_loss", "test_loss", "test_acc", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(r["epoch"], pytest.approx(r[key])) for r in result.metrics]

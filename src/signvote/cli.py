@@ -66,6 +66,10 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     for name, spec in FIELDS.items():
         flags = [f"--{name.replace('_', '-')}"] + ([SHORT[name]] if name in SHORT else [])
         kind = base_type(name)
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, action="store_true",
+                                default=argparse.SUPPRESS, help=spec.metadata["help"])
+            continue
         parse = {int: _parse_int, float: _parse_float, str: str}[kind]
         help_text = spec.metadata["help"]
         if spec.default is not None:

@@ -380,6 +380,8 @@ class _Rank:
         bar = _progress_bar(c.epochs, progress)
         if bar is not None:
             bar.update(len(metrics))
+        board = (runs.TensorBoardLog(out / "tensorboard") if self.rank == 0 and c.tensorboard
+                 else None)
         diverged = False
         for epoch in range(step // per_epoch_steps, c.epochs):
             lr = learning_rate(c, epoch)
@@ -412,6 +414,8 @@ class _Rank:
             if self.rank == 0:
                 metrics.append(row)
                 runs.write_metrics(out / "metrics.csv", metrics)
+                if board is not None:
+                    board.log(row)
                 if bar is not None:
                     bar.set_postfix_str(_postfix(row), refresh=False)
                     bar.update(1)
@@ -422,6 +426,8 @@ class _Rank:
                 self._save(out, step, x, metrics, epoch_stats, time.perf_counter() - t0)
         if bar is not None:
             bar.close()
+        if board is not None:
+            board.close()
         totals = self._traffic_totals()
         if self.rank != 0:
             return None

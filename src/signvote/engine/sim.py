@@ -323,6 +323,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
     step = 0
     t0 = time.perf_counter()
     bar = _progress_bar(c.epochs, progress)
+    board = runs.TensorBoardLog(out / "tensorboard") if write and c.tensorboard else None
     for epoch in range(c.epochs):
         lr = learning_rate(c, epoch)
         if epoch == 0 or not setup.fixed_order:
@@ -341,6 +342,8 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         metrics.append(row)
         if write:
             runs.write_metrics(out / "metrics.csv", metrics)
+        if board is not None:
+            board.log(row)
         if bar is not None:
             bar.set_postfix_str(_postfix(row), refresh=False)
             bar.update(1)
@@ -348,6 +351,8 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             break
     if bar is not None:
         bar.close()
+    if board is not None:
+        board.close()
     summary = finish_summary(setup.summary, metrics, step, t0, not finite)
     if write:
         write_results(out, setup, x, summary)

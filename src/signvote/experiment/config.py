@@ -10,6 +10,7 @@ the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class TrainConfig:
                              "a failure, resuming from the last checkpoint")
     dist_timeout: float = _opt(300.0, "--engine dist: seconds a rank waits for another before "
                                "the run fails")
+    tensorboard: bool = _opt(False, "also log every epoch's metrics for TensorBoard in "
+                             "OUT/tensorboard (needs pip install 'signvote[tensorboard]')")
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,9 +109,9 @@ def choices_of(name: str) -> tuple[str, ...] | None:
 
 
 def base_type(name: str) -> type:
-    """The field's type without ``None``: int, float or str."""
+    """The field's type without ``None``: bool, int, float or str."""
     annotation = str(FIELDS[name].type)
-    for t in (int, float, str):
+    for t in (bool, int, float, str):
         if annotation.startswith(t.__name__):
             return t
     raise TypeError(annotation)
@@ -118,13 +121,15 @@ def coerce(name: str, value: Any, where: str) -> Any:
     """``value`` checked against field ``name``'s type (ints accepted for floats)."""
     t = base_type(name)
     ok = (
-        (t is int and isinstance(value, int) and not isinstance(value, bool))
+        (t is bool and isinstance(value, bool))
+        or (t is int and isinstance(value, int) and not isinstance(value, bool))
         or (t is float and isinstance(value, int | float) and not isinstance(value, bool))
         or (t is str and isinstance(value, str))
     )
     if not ok:
         raise ConfigError(
-            f"{where}: expected {'a whole number' if t is int else t.__name__}, "
+            f"{where}: expected "
+            f"{ {int: 'a whole number', bool: 'true or false'}.get(t, t.__name__)}, "
             f"got {value!r} ({type(value).__name__})"
         )
     return float(value) if t is float else value
@@ -230,6 +235,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
             attack.check(c.workers, c.byzantine)
     except ValueError as exc:
         raise ConfigError(f"--attack {c.attack}: {exc}") from None
+    _need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+          "--tensorboard needs the tensorboard package, which is not installed; valid: "
+          "pip install 'signvote[tensorboard]', or leave --tensorboard out")
     out = c.out or f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_blind{c.blind}_seed{c.seed}"
     return dataclasses.replace(
         c, model=model, momentum=momentum, lr=lr, batch_size=batch_size,

@@ -95,3 +95,22 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
     """The rows of a ``metrics.csv`` as dictionaries of strings."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+class TensorBoardLog:
+    """Every epoch's metrics as TensorBoard scalars in ``FOLDER`` (``--tensorboard``), one
+    tag per metric column, the epoch as the step."""
+
+    def __init__(self, folder: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        for key, value in row.items():
+            if key not in ("epoch", "step") and isinstance(value, int | float):
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
