@@ -152,3 +152,13 @@ def test_results_command_prints_the_summary(tmp_path, capsys):
         "epochs"] == 2
     with pytest.raises(SystemExit):
         main(["results", str(tmp_path / "nothing")])
+
+
+def test_a_missing_dataset_is_reported_before_any_run_starts(tmp_path):
+    from signvote.data import DatasetError
+
+    runs = grid.load_grid(write(tmp_path, f'dataset = "mnist"\ndata_dir = "{tmp_path}/none"\n'
+                                          'seed = [1, 2]\n'))
+    with pytest.raises(DatasetError, match="IDX files not found"):
+        sweep.run_sweep(runs, tmp_path / "out", jobs=1, progress=False)
+    assert not list((tmp_path / "out").glob("runs/*"))

@@ -307,7 +307,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
             print(f"{name}: {args.out}/{name}.png, .svg ({section['scale']} scale, "
                   f"{section['wall_s']} s)")
     except (ConfigError, DatasetError) as exc:
-        fail(f"signvote reproduce: error: {exc}")
+        hint = (" (or reproduce on another dataset: --dataset fashion-mnist)"
+                if isinstance(exc, DatasetError) else "")
+        fail(f"signvote reproduce: error: {exc}{hint}")
     except KeyboardInterrupt:
         print("\nsignvote reproduce: interrupted; run the same command again to finish",
               file=sys.stderr)

@@ -52,6 +52,20 @@ def is_done(config: TrainConfig) -> bool:
     return (Path(config.out) / "summary.json").exists()
 
 
+def check_datasets(configs: list[TrainConfig]) -> None:
+    """Load each dataset the runs need once, here, so that a missing one is reported before
+    any run starts (raises :class:`signvote.data.DatasetError`)."""
+    from signvote.data import REGRESSION
+    from signvote.data import load as load_dataset
+
+    seen = set()
+    for c in configs:
+        key = (c.dataset, c.data_dir)
+        if key not in seen and c.dataset not in ("logreg", *REGRESSION):
+            seen.add(key)
+            load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
+
+
 def _start_worker(threads: int) -> None:
     import torch
 
@@ -75,6 +89,7 @@ def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | Non
     runs.write_json(sweep_dir / "sweep.json", {
         "runs": [{"id": Path(c.out).name, "config": c.to_dict()} for c in placed]})
     todo = [c for c in placed if not is_done(c)]
+    check_datasets(todo)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     bar = None
     if progress:
