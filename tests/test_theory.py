@@ -1,0 +1,99 @@
+"""The paper's bounds against exact values, brute force and Monte Carlo."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from signvote import theory
+
+
+@pytest.mark.parametrize("noise", theory.NOISES, ids=lambda n: n.name)
+def test_each_noise_has_mean_0_variance_1_and_its_exact_tail(noise):
+    gen = torch.Generator().manual_seed(11)
+    xi = noise.sample(400_000, gen)
+    assert abs(float(xi.mean())) < 0.02 and abs(float(xi.var()) - 1) < 0.05
+    for s in (0.0, 0.3, 1.0, 1.5):
+        # binomial standard error of a frequency from 400k draws: at most 0.0008
+        assert abs(float((xi <= -s).double().mean()) - noise.left_tail(s)) < 0.004
+
+
+def brute_force_failure(workers, p, adversaries, mode):
+    """Sum over every right/wrong pattern of the workers (2^M terms)."""
+    total = 0.0
+    for pattern in itertools.product((0, 1), repeat=workers):
+        prob = 1.0
+        for i, right in enumerate(pattern):
+            if i < adversaries and mode == "byzantine":
+                prob *= 1.0 if right == 0 else 0.0  # always wrong
+                continue
+            q = (1 - p) if i < adversaries else p  # blind: inverted
+            prob *= q if right else 1 - q
+        if 2 * sum(pattern) <= workers:
+            total += prob
+    return total
+
+
+@pytest.mark.parametrize("mode", theory.MODES)
+@pytest.mark.parametrize("workers, adversaries", [(1, 0), (4, 1), (5, 2), (7, 3), (8, 0)])
+@pytest.mark.parametrize("p", [0.3, 0.6, 0.9])
+def test_the_exact_vote_failure_equals_a_brute_force(mode, workers, adversaries, p):
+    assert theory.vote_failure_exact(workers, p, adversaries, mode) == pytest.approx(
+        brute_force_failure(workers, p, adversaries, mode), abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", theory.MODES)
+@pytest.mark.parametrize("workers, adversaries, p", [(11, 3, 0.7), (31, 10, 0.8),
+                                                     (10, 4, 0.65)])
+def test_the_exact_vote_failure_matches_monte_carlo(mode, workers, adversaries, p):
+    gen = torch.Generator().manual_seed(5)
+    trials = 200_000
+    exact = theory.vote_failure_exact(workers, p, adversaries, mode)
+    drawn = theory.vote_failure_monte_carlo(workers, p, adversaries, mode, trials, gen)
+    assert abs(drawn - exact) < 5 * math.sqrt(exact * (1 - exact) / trials) + 1e-4
+
+
+def test_every_bound_is_above_the_exact_value_where_its_assumptions_hold():
+    checks = theory.check_all()
+    assert len(checks) == 2 * len(theory.NOISES) + 2 * 4 * 5
+    for check in checks:
+        if check.assumptions_hold:
+            assert check.holds, (check.bound, check.case, check.violations[:3])
+            assert 0 < check.tightest_ratio <= 1 + 1e-9
+
+
+def test_lemma_1_fails_on_an_asymmetric_noise_outside_its_assumptions():
+    (check,) = [c for c in theory.check_all() if c.bound == "Lemma 1"
+                and c.case.startswith("exponential - 1")]
+    assert not check.assumptions_hold and not check.holds
+    s, exact, bound = check.violations[0]
+    assert s == 0 and exact == pytest.approx(1 - math.exp(-1)) and bound == 0.5
+
+
+def test_the_checker_reports_a_bound_that_is_too_small():
+    gaussian = theory.NOISES[0]
+    check = theory.check_bound(lambda s: 0.9 * gaussian.left_tail(s), gaussian.left_tail,
+                               theory.SNR_GRID, "too small", "gaussian")
+    assert not check.holds
+    assert len(check.violations) == sum(gaussian.left_tail(s) > 0 for s in theory.SNR_GRID)
+
+
+def test_lemma_bounds_at_known_points():
+    assert theory.lemma1_sign_error(0.0) == 0.5
+    assert theory.lemma1_sign_error(2.0) == pytest.approx(2 / 36)
+    assert theory.lemma1bis_sign_error(1.0) == 0.5
+
+
+def test_the_tolerable_fraction_is_where_the_exact_vote_turns():
+    p = 0.8  # limit 1 - 1/(2p) = 0.375
+    assert theory.tolerable_fraction(p) == pytest.approx(0.375)
+    m = 400
+    below = theory.vote_failure_exact(m, p, int(0.30 * m), "byzantine")
+    above = theory.vote_failure_exact(m, p, int(0.45 * m), "byzantine")
+    assert below < 0.01 and above > 0.99
+    f = theory.tolerable_byzantine(m, p)
+    assert abs(f / m - 0.375) < 0.02
+    assert theory.vote_failure_exact(m, p, f, "byzantine") < 0.5
+    assert theory.vote_failure_exact(m, p, f + 1, "byzantine") >= 0.5
+    assert theory.tolerable_fraction(0.4) == 0.0
