@@ -97,3 +97,19 @@ def test_the_tolerable_fraction_is_where_the_exact_vote_turns():
     assert theory.vote_failure_exact(m, p, f, "byzantine") < 0.5
     assert theory.vote_failure_exact(m, p, f + 1, "byzantine") >= 0.5
     assert theory.tolerable_fraction(0.4) == 0.0
+
+
+def test_the_theory_command_writes_figures_and_a_report(tmp_path, capsys):
+    import json
+
+    from signvote.cli import main
+
+    assert main(["theory", "--out", str(tmp_path)]) == 0
+    assert "52 bounds checked, 1 fail somewhere" in capsys.readouterr().out
+    for name in ("sign_error", "vote_failure", "tolerance"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / f"{name}.svg").stat().st_size > 0
+    report = (tmp_path / "THEORY.md").read_text()
+    assert "| Lemma 1 | exponential - 1 (asymmetric) | no | NO | 31 of 251 |" in report
+    checks = json.loads((tmp_path / "checks.json").read_text())["checks"]
+    assert sum(not c["holds"] for c in checks) == 1

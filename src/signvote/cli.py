@@ -188,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--output", metavar="STEM", default=None,
                       help="write STEM.png and STEM.svg (default: DIR/KIND)")
 
+    theory = commands.add_parser(
+        "theory", help="the paper's bounds beside exact values: figures and THEORY.md",
+        description="Check every bound of the paper (Lemmas 1 and 1bis on six noises, "
+                    "Theorems 2 and 2bis on the majority vote) against exact values, draw "
+                    "OUT/sign_error, OUT/vote_failure and OUT/tolerance (PNG and SVG) and "
+                    "write OUT/THEORY.md and OUT/checks.json.")
+    theory.add_argument("--out", metavar="DIR", default="runs/theory",
+                        help="output folder (default: runs/theory)")
+
     from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
 
     download = commands.add_parser(
@@ -366,6 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_reproduce(args)
     if args.command == "plot":
         return run_plot(args)
+    if args.command == "theory":
+        from signvote.experiment import theory_report
+
+        result = theory_report.write(args.out)
+        print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere (see "
+              f"{args.out}/THEORY.md)")
+        return 0
     parser.print_help()
     return EXIT_USAGE
 

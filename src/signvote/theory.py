@@ -200,7 +200,7 @@ class Check:
     assumptions_hold: bool
     points: int
     violations: list[tuple[float, float, float]]  # (argument, exact, bound)
-    tightest_ratio: float  # max exact / bound over the grid (1 = tight)
+    tightest_ratio: float  # max exact / bound where the bound is below 1 (1 = reached)
 
     @property
     def holds(self) -> bool:
@@ -216,7 +216,7 @@ def check_bound(bound: Callable[[float], float], exact: Callable[[float], float]
         b, e = bound(x), exact(x)
         if e > b + tolerance:
             violations.append((x, e, b))
-        if b > 0:
+        if 0 < b < 1:  # a bound of 1 says nothing; its ratio would flatter
             ratio = max(ratio, e / b)
     return Check(name, case, assumptions_hold, len(grid), violations, ratio)
 
