@@ -113,3 +113,48 @@ def test_the_theory_command_writes_figures_and_a_report(tmp_path, capsys):
     assert "| Lemma 1 | exponential - 1 (asymmetric) | no | NO | 31 of 251 |" in report
     checks = json.loads((tmp_path / "checks.json").read_text())["checks"]
     assert sum(not c["holds"] for c in checks) == 1
+
+
+def test_measure_step_against_a_loop():
+    gen = torch.Generator().manual_seed(2)
+    d, h = 40, 5
+    full = torch.randn(d, generator=gen)
+    full[3] = 0.0  # not counted
+    grads = full + torch.randn(h, d, generator=gen)
+    messages = torch.sign(grads)
+    messages[0, 5] = 0.0
+    vote = torch.sign(messages.sum(0))
+    got = theory.measure_step(full, grads, messages, vote)
+    live = [j for j in range(d) if full[j] != 0]
+    agree = sum(float(torch.sign(messages[i, j]) == torch.sign(full[j]))
+                for i in range(h) for j in live) / (h * len(live))
+    wrong = sum(float(torch.sign(vote[j]) != torch.sign(full[j])) for j in live) / len(live)
+    snr = sorted(abs(float(grads[:, j].double().mean())) / float(grads[:, j].double().std())
+                 for j in live)
+    assert got["theory_p"] == pytest.approx(agree)
+    assert got["theory_vote_wrong"] == pytest.approx(wrong)
+    assert got["theory_snr_median"] == pytest.approx(snr[(len(snr) - 1) // 2])  # lower median
+
+
+def test_training_records_the_measurements_and_the_vote_fails_more_under_attack(tmp_path):
+    from signvote.engine.sim import train
+    from signvote.experiment.config import TrainConfig
+
+    clean = train(TrainConfig(workers=10, epochs=2, measure_theory=True, seed=3,
+                              out=str(tmp_path / "a")), progress=False)
+    attacked = train(TrainConfig(workers=10, epochs=2, measure_theory=True, seed=3,
+                                 byzantine=4, out=str(tmp_path / "b")), progress=False)
+    header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0]
+    assert header.endswith("theory_p,theory_vote_wrong,theory_snr_median")
+    for result in (clean, attacked):
+        for row in result.metrics:
+            assert 0.5 < row["theory_p"] < 1 and 0 <= row["theory_vote_wrong"] < 0.5
+            assert row["theory_snr_median"] > 0
+    assert attacked.metrics[-1]["theory_vote_wrong"] > clean.metrics[-1]["theory_vote_wrong"]
+
+
+def test_measuring_is_the_simulators():
+    from signvote.experiment.config import ConfigError, TrainConfig, resolve
+
+    with pytest.raises(ConfigError, match="--measure-theory is measured by the simulator"):
+        resolve(TrainConfig(engine="dist", measure_theory=True))

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 SQRT3 = math.sqrt(3.0)
 MODES = ("blind", "byzantine")
@@ -243,3 +244,41 @@ def check_all() -> list[Check]:
                     lambda f, m=m, p=p, mode=mode: vote_failure_exact(m, p, int(f), mode),
                     counts, theorem, f"M={m}, p={p}"))
     return checks
+
+
+# --- measured during training ---------------------------------------------------------------
+
+MEASURE_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median")
+"""What ``--measure-theory`` adds to every epoch of ``metrics.csv`` (means over the epoch's
+steps): the empirical p, the fraction of coordinates on which the vote is wrong, and the
+median over coordinates of the estimated S."""
+
+
+def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tensor,
+                 vote: Tensor) -> dict[str, float]:
+    """One step's measurements against the full-batch gradient ``full_grad[d]``, on the
+    coordinates where it is not 0.
+
+    - ``theory_p``: the fraction of (honest worker, coordinate) pairs on which the honest
+      worker's message (its sign, before any attack) has the sign of the full gradient.
+    - ``theory_vote_wrong``: the fraction of coordinates on which the aggregate ``vote``
+      does not have that sign (0 counts as wrong, as in :func:`vote_failure_exact`).
+    - ``theory_snr_median``: the median over coordinates of ``|mean_i g_i| / std_i g_i``
+      over the honest workers' minibatch gradients ``honest_grads[h, d]`` (needs h >= 2;
+      NaN otherwise).
+    """
+    truth = torch.sign(full_grad)
+    live = truth != 0
+    if not bool(live.any()):
+        nan = float("nan")
+        return dict.fromkeys(MEASURE_COLUMNS, nan)
+    agree = (torch.sign(honest_messages[:, live]) == truth[live]).double().mean()
+    wrong = (torch.sign(vote[live]) != truth[live]).double().mean()
+    if honest_grads.shape[0] >= 2:
+        g = honest_grads[:, live].double()
+        snr = g.mean(0).abs() / g.std(0).clamp_min(1e-300)
+        snr_median = float(snr.median())
+    else:
+        snr_median = float("nan")
+    return {"theory_p": float(agree), "theory_vote_wrong": float(wrong),
+            "theory_snr_median": snr_median}

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 import signvote
-from signvote import aggregators, attacks, models, rules
+from signvote import aggregators, attacks, models, rules, theory
 from signvote.aggregators.basic import ternary_votes
 from signvote.data import Dataset, partition
 from signvote.data import load as load_dataset
@@ -82,10 +82,20 @@ class DataPath:
     ) -> tuple[Tensor, Tensor | None, WorkerStep]:
         """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
         returns the new parameters, the new rule state and the honest step statistics."""
+        x, state, honest, _, _ = self.step_observed(x, state, inputs, targets, lr, step)
+        return x, state, honest
+
+    def step_observed(
+        self, x: Tensor, state: Tensor | None, inputs: Tensor, targets: Tensor, lr: float,
+        step: int,
+    ) -> tuple[Tensor, Tensor | None, WorkerStep, Tensor, Tensor]:
+        """:meth:`step`, also returning the workers' own messages (before any attack) and
+        the aggregate."""
         honest = worker_gradients(self.model, x, inputs,
                                   attacks.poison_targets(self.plan, targets, self.n_classes),
                                   self.task)
-        messages, state = self.rule.step(honest.grads, state, self.rule_generators)
+        own, state = self.rule.step(honest.grads, state, self.rule_generators)
+        messages = own
         if self.plan:
             ctx = attacks.AttackContext(step, self.generator, self.rule.sends_signs,
                                         self.aggregator)
@@ -93,8 +103,8 @@ class DataPath:
             # only a ternary value survives the 1-2 bit wire (a vote reads it so itself)
             if self.rule.sends_signs and not getattr(self.aggregator, "reads_signs", False):
                 messages = ternary_votes(messages)
-        x = apply_update(x, self.aggregator(messages), lr, self.weight_decay)
-        return x, state, honest
+        direction = self.aggregator(messages)
+        return apply_update(x, direction, lr, self.weight_decay), state, honest, own, direction
 
 
 @dataclass
@@ -329,9 +339,15 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
         if epoch == 0 or not setup.fixed_order:
             inputs, targets = setup.walk(epoch)  # [n, per_epoch, ...]
         batch_losses, batch_correct, seen = [], [], 0
+        measured: list[dict[str, float]] = []
         for start in setup.starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
-            x, state, honest = path.step(x, state, xb, yb, lr, step)
+            if c.measure_theory:
+                x_before = x
+                x, state, honest, own, vote = path.step_observed(x, state, xb, yb, lr, step)
+                measured.append(measure(setup, x_before, honest, own, vote))
+            else:
+                x, state, honest = path.step(x, state, xb, yb, lr, step)
             batch_losses.append(honest.losses)
             if honest.correct is not None:
                 batch_correct.append(honest.correct)
@@ -339,6 +355,8 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             step += 1
         row, finite = epoch_row(epoch, step, batch_losses, batch_correct, seen, x, setup, lr,
                                 t0)
+        for key in theory.MEASURE_COLUMNS if measured else ():
+            row[key] = math.fsum(m[key] for m in measured) / len(measured)
         metrics.append(row)
         if write:
             runs.write_metrics(out / "metrics.csv", metrics)
@@ -365,6 +383,17 @@ def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any]
     runs.write_params(out / "params.pt",
                       {k: v.clone() for k, v in setup.layout.unflatten(x).items()})
     runs.write_json(out / "summary.json", summary)
+
+
+def measure(setup: RunSetup, x: Tensor, honest: WorkerStep, own: Tensor, vote: Tensor
+            ) -> dict[str, float]:
+    """:func:`signvote.theory.measure_step` at parameters ``x``: the full-batch gradient of
+    the whole training set against the honest workers' gradients and messages."""
+    data = setup.data
+    full = worker_gradients(setup.batched, x, data.train_x[None], data.train_y[None],
+                            data.task).grads[0]
+    keep = ~(setup.blind_mask | setup.byzantine_mask)
+    return theory.measure_step(full, honest.grads[keep], own[keep], vote)
 
 
 def partition_table(part: partition.Partition, data: Dataset, blind_mask: Tensor,

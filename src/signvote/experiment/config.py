@@ -85,6 +85,10 @@ class TrainConfig:
                              "a failure, resuming from the last checkpoint")
     dist_timeout: float = _opt(300.0, "--engine dist: seconds a rank waits for another before "
                                "the run fails")
+    measure_theory: bool = _opt(False, "measure the theory's quantities every step (the "
+                                "simulator; costs a full-batch gradient a step): the "
+                                "empirical p, the fraction of wrong vote coordinates and "
+                                "the median signal-to-noise ratio, in metrics.csv")
     tensorboard: bool = _opt(False, "also log every epoch's metrics for TensorBoard in "
                              "OUT/tensorboard (needs pip install 'signvote[tensorboard]')")
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")
@@ -235,6 +239,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
             attack.check(c.workers, c.byzantine)
     except ValueError as exc:
         raise ConfigError(f"--attack {c.attack}: {exc}") from None
+    _need(not c.measure_theory or c.engine == "sim",
+          "--measure-theory is measured by the simulator; valid: --engine sim")
     _need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
           "--tensorboard needs the tensorboard package, which is not installed; valid: "
           "pip install 'signvote[tensorboard]', or leave --tensorboard out")

@@ -83,12 +83,16 @@ TRAFFIC_COLUMNS = ("bytes_sent_per_worker", "bytes_received_per_worker")
 in the epoch (mean over the workers)."""
 
 
+THEORY_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median")
+"""Extra columns of ``--measure-theory`` (:data:`signvote.theory.MEASURE_COLUMNS`)."""
+
+
 def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write all metric rows as CSV, atomically: columns :data:`METRIC_COLUMNS`, then
-    :data:`TRAFFIC_COLUMNS` when the rows have them."""
+    :data:`TRAFFIC_COLUMNS` and :data:`THEORY_COLUMNS` when the rows have them."""
     rows = list(rows)
-    traffic = TRAFFIC_COLUMNS if rows and TRAFFIC_COLUMNS[0] in rows[0] else ()
-    write_csv(path, METRIC_COLUMNS + traffic, rows)
+    extra = tuple(c for c in TRAFFIC_COLUMNS + THEORY_COLUMNS if rows and c in rows[0])
+    write_csv(path, METRIC_COLUMNS + extra, rows)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
