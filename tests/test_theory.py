@@ -158,3 +158,35 @@ def test_measuring_is_the_simulators():
 
     with pytest.raises(ConfigError, match="--measure-theory is measured by the simulator"):
         resolve(TrainConfig(engine="dist", measure_theory=True))
+
+
+def test_observed_breakdown_is_the_smallest_fraction_where_the_vote_is_mostly_wrong():
+    from signvote.experiment.theory_report import observed_breakdowns
+
+    rows = []
+    wrong = {0: 0.1, 1: 0.2, 2: 0.55, 3: 0.45, 4: 0.9}  # non-monotone on purpose
+    for byz, w in wrong.items():
+        for epoch, scale in ((1, 0.0), (2, 1.0)):  # only the last epoch counts
+            rows.append({"run": f"s{byz}", "rule": "signsgd", "workers": 10,
+                         "byzantine": byz, "epoch": epoch, "theory_p": 0.8 if byz == 0
+                         else 0.6, "theory_vote_wrong": w * scale})
+    rows.append({"run": "m0", "rule": "signum", "workers": 10, "byzantine": 0, "epoch": 1,
+                 "theory_p": 0.9, "theory_vote_wrong": 0.0})
+    got = {o["rule"]: o for o in observed_breakdowns(rows)}
+    assert got["signsgd"]["breakdown"] == 0.2 and got["signsgd"]["p"] == 0.8
+    assert got["signsgd"]["predicted"] == pytest.approx(1 - 1 / 1.6)
+    assert got["signum"]["breakdown"] is None and got["signum"]["largest_tested"] == 0.0
+
+
+def test_the_theory_command_marks_a_sweeps_breakdown(tmp_path, capsys):
+    from signvote.cli import main
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('rule = "signsgd"\nworkers = 4\nbyzantine = [0, 2]\nepochs = 1\n'
+                          "measure_theory = true\n")
+    assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "s"), "--jobs", "1",
+                 "--quiet"]) == 0
+    assert main(["theory", "--out", str(tmp_path / "t"), "--sweep", str(tmp_path / "s")]) == 0
+    report = (tmp_path / "t" / "THEORY.md").read_text()
+    # 2 Byzantine of 4: the 2 honest votes can at best tie, so the vote is never right
+    assert "| signsgd |" in report and report.rstrip().endswith("| 0.50 |")

@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "write OUT/THEORY.md and OUT/checks.json.")
     theory.add_argument("--out", metavar="DIR", default="runs/theory",
                         help="output folder (default: runs/theory)")
+    theory.add_argument("--sweep", metavar="DIR", default=None,
+                        help="a sweep run with measure_theory = true over Byzantine counts: "
+                             "mark its observed breakdown at its measured p")
 
     from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
 
@@ -376,9 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plot":
         return run_plot(args)
     if args.command == "theory":
+        from pathlib import Path
+
         from signvote.experiment import theory_report
 
-        result = theory_report.write(args.out)
+        if args.sweep is not None and not (Path(args.sweep) / "runs").is_dir():
+            fail(f"signvote theory: error: --sweep {args.sweep!r} is not a sweep folder")
+        result = theory_report.write(args.out, args.sweep)
         print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere (see "
               f"{args.out}/THEORY.md)")
         return 0

@@ -8,7 +8,8 @@
   alpha of adversaries and against p.
 - ``tolerance``: the largest tolerable Byzantine fraction against p. The limit
   ``1 - 1/(2p)`` of Theorem 2bis is drawn beside the exact largest fraction that keeps
-  the vote's failure below 1/2 for M = 10, 31 and 101.
+  the vote's failure below 1/2 for M = 10, 31 and 101, and (``--sweep``) the breakdown
+  observed in a sweep run with ``measure_theory = true`` at its measured p.
 """
 
 from __future__ import annotations
@@ -89,7 +90,40 @@ def vote_failure_figure(p: float = 0.7, workers: int = 31):
     return fig
 
 
-def tolerance_figure():
+def observed_breakdowns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """From a sweep run with ``measure_theory = true`` over Byzantine counts: per rule, the
+    measured p (last epoch, no adversary; mean over seeds) and the smallest Byzantine
+    fraction at which the vote was wrong on half the coordinates or more (the theory's
+    failure event) in the last epoch, or None when no tested fraction got there."""
+    last: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("theory_p") is None:
+            continue
+        if row["run"] not in last or int(row["epoch"]) > int(last[row["run"]]["epoch"]):
+            last[row["run"]] = row
+    out = []
+    for rule in sorted({r["rule"] for r in last.values()}):
+        mine = [r for r in last.values() if r["rule"] == rule]
+        clean = [float(r["theory_p"]) for r in mine if int(r["byzantine"]) == 0]
+        if not clean:
+            continue
+        by_fraction: dict[float, list[float]] = {}
+        for r in mine:
+            fraction = int(r["byzantine"]) / int(r["workers"])
+            by_fraction.setdefault(fraction, []).append(float(r["theory_vote_wrong"]))
+        broken = [a for a, wrong in sorted(by_fraction.items())
+                  if sum(wrong) / len(wrong) >= 0.5]
+        out.append({"rule": rule, "p": sum(clean) / len(clean),
+                    "breakdown": broken[0] if broken else None,
+                    "largest_tested": max(by_fraction),
+                    "predicted": theory.tolerable_fraction(sum(clean) / len(clean)),
+                    "predicted_exact": theory.tolerable_byzantine(
+                        int(mine[0]["workers"]), sum(clean) / len(clean)) / int(
+                        mine[0]["workers"])})
+    return out
+
+
+def tolerance_figure(observed: list[dict[str, Any]] | None = None):
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ps = _grid(0.5, 0.99, 60)
@@ -98,6 +132,15 @@ def tolerance_figure():
     for m in (10, 31, 101):
         ax.step(ps, [max(theory.tolerable_byzantine(m, p), 0) / m for p in ps], where="post",
                 label=f"exact, M={m} (failure < 1/2)")
+    for point in observed or ():
+        if point["breakdown"] is not None:
+            ax.plot(point["p"], point["breakdown"], "o", color="red")
+            ax.annotate(f"{point['rule']}: broke at {point['breakdown']:.2f}",
+                        (point["p"], point["breakdown"]), fontsize=7)
+        else:
+            ax.plot(point["p"], point["largest_tested"], "^", color="red")
+            ax.annotate(f"{point['rule']}: held to {point['largest_tested']:.2f}",
+                        (point["p"], point["largest_tested"]), fontsize=7)
     ax.set_xlabel("p (an honest sign is right)")
     ax.set_ylabel("tolerable Byzantine fraction")
     ax.grid(alpha=0.3)
@@ -106,20 +149,27 @@ def tolerance_figure():
     return fig
 
 
-def write(out: str | Path) -> dict[str, Any]:
-    """Draw the three figures into ``out`` and write ``THEORY.md`` and ``checks.json``."""
+def write(out: str | Path, sweep_dir: str | Path | None = None) -> dict[str, Any]:
+    """Draw the three figures into ``out`` and write ``THEORY.md`` and ``checks.json``;
+    with ``sweep_dir`` (a sweep with ``measure_theory = true``), mark its observed
+    breakdowns on the tolerance figure and list them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    observed = []
+    if sweep_dir is not None:
+        from signvote.experiment import results
+
+        observed = observed_breakdowns(results.tidy_rows(sweep_dir))
     for name, fig in (("sign_error", sign_error_figure()),
                       ("vote_failure", vote_failure_figure()),
-                      ("tolerance", tolerance_figure())):
+                      ("tolerance", tolerance_figure(observed))):
         plots.save(fig, out / name)
     checks = theory.check_all()
     records = [{"bound": c.bound, "case": c.case, "assumptions_hold": c.assumptions_hold,
                 "points": c.points, "holds": c.holds, "violations": len(c.violations),
                 "first_violation": list(c.violations[0]) if c.violations else None,
                 "tightest_ratio": round(c.tightest_ratio, 4)} for c in checks]
-    runs.write_json(out / "checks.json", {"checks": records})
+    runs.write_json(out / "checks.json", {"checks": records, "observed": observed})
     lines = [
         "# The paper's theory in numbers", "",
         "Written by `signvote theory`. Figures: `sign_error.png`, `vote_failure.png`, "
@@ -150,5 +200,24 @@ def write(out: str | Path) -> dict[str, Any]:
             "S = 0, because its median is below its mean. The form that holds for every "
             "noise of variance sigma^2 is Lemma 1bis, 1 / (1 + S^2) (Cantelli), which held "
             "on every noise here."]
+    if sweep_dir is not None:
+        lines += ["", f"## Observed in training (`{sweep_dir}`)", "",
+                  "The measured p is the fraction of coordinates on which an honest worker's "
+                  "message has the full-batch gradient's sign (last epoch, no adversary). "
+                  "The breakdown is the smallest Byzantine fraction whose vote was wrong on "
+                  "half the coordinates or more.", "",
+                  "The exact column is the largest fraction whose binomial failure "
+                  "probability, at the measured p and this M, stays below 1/2 (every "
+                  "coordinate assumed to have the same p).", "",
+                  "| rule | measured p | 1 - 1/(2p) | exact at this M | observed breakdown |",
+                  "|---|---|---|---|---|"]
+        for o in observed:
+            seen = (f"{o['breakdown']:.2f}" if o["breakdown"] is not None
+                    else f"none up to {o['largest_tested']:.2f}")
+            lines.append(f"| {o['rule']} | {o['p']:.3f} | {o['predicted']:.3f} | "
+                         f"{o['predicted_exact']:.2f} | {seen} |")
+        if not observed:
+            lines.append("(no run of the sweep has the measurements: set measure_theory = "
+                         "true)")
     runs.atomic_write_text(out / "THEORY.md", "\n".join(lines) + "\n")
-    return {"checks": len(records), "failed": len(failed)}
+    return {"checks": len(records), "failed": len(failed), "observed": observed}
