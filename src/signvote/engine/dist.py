@@ -59,7 +59,6 @@ from signvote.engine.sim import (
     ATTACK_STREAM,
     RunResult,
     RunSetup,
-    _postfix,
     _progress_bar,
     apply_update,
     coin_generators,
@@ -67,6 +66,7 @@ from signvote.engine.sim import (
     finish_summary,
     learning_rate,
     prepare,
+    record_epoch,
     start_run_folder,
     write_results,
 )
@@ -412,13 +412,7 @@ class _Rank:
             row, finite = self._epoch_end(epoch, step, epoch_stats, x, lr, t0)
             epoch_stats = _empty_epoch()
             if self.rank == 0:
-                metrics.append(row)
-                runs.write_metrics(out / "metrics.csv", metrics)
-                if board is not None:
-                    board.log(row)
-                if bar is not None:
-                    bar.set_postfix_str(_postfix(row), refresh=False)
-                    bar.update(1)
+                record_epoch(row, metrics, out, board, bar)
             if not finite:
                 diverged = True
                 break

@@ -357,14 +357,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
                                 t0)
         for key in theory.MEASURE_COLUMNS if measured else ():
             row[key] = math.fsum(m[key] for m in measured) / len(measured)
-        metrics.append(row)
-        if write:
-            runs.write_metrics(out / "metrics.csv", metrics)
-        if board is not None:
-            board.log(row)
-        if bar is not None:
-            bar.set_postfix_str(_postfix(row), refresh=False)
-            bar.update(1)
+        record_epoch(row, metrics, out if write else None, board, bar)
         if not finite:
             break
     if bar is not None:
@@ -383,6 +376,20 @@ def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any]
     runs.write_params(out / "params.pt",
                       {k: v.clone() for k, v in setup.layout.unflatten(x).items()})
     runs.write_json(out / "summary.json", summary)
+
+
+def record_epoch(row: dict[str, Any], metrics: list[dict[str, Any]], out: Path | None,
+                 board: runs.TensorBoardLog | None, bar) -> None:
+    """Append an epoch's row and show it: ``OUT/metrics.csv`` (when ``out``), TensorBoard,
+    the progress bar."""
+    metrics.append(row)
+    if out is not None:
+        runs.write_metrics(out / "metrics.csv", metrics)
+    if board is not None:
+        board.log(row)
+    if bar is not None:
+        bar.set_postfix_str(_postfix(row), refresh=False)
+        bar.update(1)
 
 
 def measure(setup: RunSetup, x: Tensor, honest: WorkerStep, own: Tensor, vote: Tensor
