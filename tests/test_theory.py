@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import statistics
 
 import pytest
 import torch
@@ -145,12 +146,16 @@ def test_training_records_the_measurements_and_the_vote_fails_more_under_attack(
     attacked = train(TrainConfig(workers=10, epochs=2, measure_theory=True, seed=3,
                                  byzantine=4, out=str(tmp_path / "b")), progress=False)
     header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0]
-    assert header.endswith("theory_p,theory_vote_wrong,theory_snr_median")
+    assert header.endswith("theory_p,theory_vote_wrong,theory_snr_median,"
+                           "theory_vote_wrong_predicted")
     for result in (clean, attacked):
         for row in result.metrics:
             assert 0.5 < row["theory_p"] < 1 and 0 <= row["theory_vote_wrong"] < 0.5
             assert row["theory_snr_median"] > 0
     assert attacked.metrics[-1]["theory_vote_wrong"] > clean.metrics[-1]["theory_vote_wrong"]
+    # the binomial at each coordinate's own p predicts the measured wrong-vote fraction
+    for row in attacked.metrics:
+        assert abs(row["theory_vote_wrong_predicted"] - row["theory_vote_wrong"]) < 0.05
 
 
 def test_measuring_is_the_simulators():
@@ -190,3 +195,34 @@ def test_the_theory_command_marks_a_sweeps_breakdown(tmp_path, capsys):
     report = (tmp_path / "t" / "THEORY.md").read_text()
     # 2 Byzantine of 4: the 2 honest votes can at best tie, so the vote is never right
     assert "| signsgd |" in report and report.rstrip().endswith("| 0.50 |")
+
+
+@pytest.mark.parametrize("workers, blind, byzantine", [(5, 0, 0), (6, 2, 0), (7, 0, 3),
+                                                       (8, 2, 2), (4, 1, 1)])
+def test_the_per_coordinate_failure_equals_the_scalar_one_and_a_brute_force(
+        workers, blind, byzantine):
+    ps = torch.tensor([0.2, 0.55, 0.7, 0.95])
+    got = theory.vote_failure_per_coordinate(workers, ps, blind, byzantine)
+    for p, value in zip(ps.tolist(), got.tolist(), strict=True):
+        # brute force over every right/wrong pattern of the non-Byzantine voters
+        voters = [p] * (workers - blind - byzantine) + [1 - p] * blind
+        want = 0.0
+        for pattern in itertools.product((0, 1), repeat=len(voters)):
+            prob = math.prod(q if r else 1 - q for q, r in zip(voters, pattern, strict=True))
+            if 2 * sum(pattern) <= workers:
+                want += prob
+        assert value == pytest.approx(want, abs=1e-12)
+        if blind == 0:
+            assert value == pytest.approx(
+                theory.vote_failure_exact(workers, p, byzantine, "byzantine"), abs=1e-12)
+        if byzantine == 0:
+            assert value == pytest.approx(
+                theory.vote_failure_exact(workers, p, blind, "blind"), abs=1e-12)
+
+
+def test_the_prediction_averages_the_failure_over_coordinates():
+    agree = torch.tensor([9, 5, 0, 3])
+    live = torch.tensor([10, 10, 0, 4])  # the third coordinate was never counted
+    want = statistics.fmean(theory.vote_failure_exact(5, p, 1, "byzantine")
+                            for p in (0.9, 0.5, 0.75))
+    assert theory.predicted_vote_wrong(agree, live, 5, 0, 1) == pytest.approx(want)

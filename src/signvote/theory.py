@@ -145,6 +145,23 @@ def vote_failure_exact(workers: int, p: float, adversaries: int, mode: str) -> f
     return math.fsum(prob for k, prob in enumerate(right) if 2 * k <= workers)
 
 
+def vote_failure_per_coordinate(workers: int, p: Tensor, blind: int = 0,
+                                byzantine: int = 0) -> Tensor:
+    """:func:`vote_failure_exact` for a tensor of per-coordinate ``p`` at once, with
+    ``blind`` and ``byzantine`` adversaries together (float64; the distribution of the
+    right votes built by convolving one worker at a time)."""
+    p = p.double()
+    right = torch.zeros(*p.shape, workers + 1, dtype=torch.float64)
+    right[..., 0] = 1.0
+    honest = workers - blind - byzantine
+    for q in [p] * honest + [1 - p] * blind:  # each voter right with probability q
+        q = q.unsqueeze(-1)
+        shifted = torch.cat([torch.zeros_like(right[..., :1]), right[..., :-1]], dim=-1)
+        right = right * (1 - q) + shifted * q
+    fails = torch.arange(workers + 1) * 2 <= workers
+    return right[..., fails].sum(-1)
+
+
 def vote_failure_monte_carlo(workers: int, p: float, adversaries: int, mode: str,
                              trials: int, gen: torch.Generator) -> float:
     """The failure frequency of ``trials`` simulated votes (the definition, drawn)."""
@@ -248,10 +265,12 @@ def check_all() -> list[Check]:
 
 # --- measured during training ---------------------------------------------------------------
 
-MEASURE_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median")
+MEASURE_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median",
+                   "theory_vote_wrong_predicted")
 """What ``--measure-theory`` adds to every epoch of ``metrics.csv`` (means over the epoch's
-steps): the empirical p, the fraction of coordinates on which the vote is wrong, and the
-median over coordinates of the estimated S."""
+steps): the empirical p, the fraction of coordinates on which the vote is wrong, the
+median over coordinates of the estimated S, and the wrong-vote fraction the exact binomial
+predicts from each coordinate's own empirical p (:func:`predicted_vote_wrong`)."""
 
 
 def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tensor,
@@ -282,3 +301,16 @@ def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tenso
         snr_median = float("nan")
     return {"theory_p": float(agree), "theory_vote_wrong": float(wrong),
             "theory_snr_median": snr_median}
+
+
+def predicted_vote_wrong(agree: Tensor, live: Tensor, workers: int, blind: int,
+                         byzantine: int) -> float:
+    """The mean over coordinates of the exact failure probability at each coordinate's own
+    p: ``agree[d]`` counts the honest (worker, step) pairs that agreed with the full
+    gradient's sign, ``live[d]`` the pairs counted. The heterogeneity of p across
+    coordinates is what a single mean p hides."""
+    seen = live > 0
+    if not bool(seen.any()):
+        return float("nan")
+    p = agree[seen].double() / live[seen].double()
+    return float(vote_failure_per_coordinate(workers, p, blind, byzantine).mean())

@@ -340,12 +340,13 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             inputs, targets = setup.walk(epoch)  # [n, per_epoch, ...]
         batch_losses, batch_correct, seen = [], [], 0
         measured: list[dict[str, float]] = []
+        agreement = torch.zeros(2, setup.layout.dim, dtype=torch.int64)  # agreed, counted
         for start in setup.starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
             if c.measure_theory:
                 x_before = x
                 x, state, honest, own, vote = path.step_observed(x, state, xb, yb, lr, step)
-                measured.append(measure(setup, x_before, honest, own, vote))
+                measured.append(measure(setup, x_before, honest, own, vote, agreement))
             else:
                 x, state, honest = path.step(x, state, xb, yb, lr, step)
             batch_losses.append(honest.losses)
@@ -355,8 +356,11 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             step += 1
         row, finite = epoch_row(epoch, step, batch_losses, batch_correct, seen, x, setup, lr,
                                 t0)
-        for key in theory.MEASURE_COLUMNS if measured else ():
+        for key in theory.MEASURE_COLUMNS[:3] if measured else ():
             row[key] = math.fsum(m[key] for m in measured) / len(measured)
+        if measured:
+            row["theory_vote_wrong_predicted"] = theory.predicted_vote_wrong(
+                agreement[0], agreement[1], c.workers, c.blind, c.byzantine)
         record_epoch(row, metrics, out if write else None, board, bar)
         if not finite:
             break
@@ -392,14 +396,20 @@ def record_epoch(row: dict[str, Any], metrics: list[dict[str, Any]], out: Path |
         bar.update(1)
 
 
-def measure(setup: RunSetup, x: Tensor, honest: WorkerStep, own: Tensor, vote: Tensor
-            ) -> dict[str, float]:
+def measure(setup: RunSetup, x: Tensor, honest: WorkerStep, own: Tensor, vote: Tensor,
+            agreement: Tensor) -> dict[str, float]:
     """:func:`signvote.theory.measure_step` at parameters ``x``: the full-batch gradient of
-    the whole training set against the honest workers' gradients and messages."""
+    the whole training set against the honest workers' gradients and messages. Adds each
+    coordinate's agreeing and counted (honest worker) pairs to ``agreement[2, d]``."""
     data = setup.data
     full = worker_gradients(setup.batched, x, data.train_x[None], data.train_y[None],
                             data.task).grads[0]
     keep = ~(setup.blind_mask | setup.byzantine_mask)
+    truth = torch.sign(full)
+    agree = torch.sign(own[keep]) == truth
+    live = (truth != 0).expand_as(agree)
+    agreement[0] += (agree & live).sum(0)
+    agreement[1] += live.sum(0)
     return theory.measure_step(full, honest.grads[keep], own[keep], vote)
 
 

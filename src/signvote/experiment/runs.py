@@ -83,7 +83,8 @@ TRAFFIC_COLUMNS = ("bytes_sent_per_worker", "bytes_received_per_worker")
 in the epoch (mean over the workers)."""
 
 
-THEORY_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median")
+THEORY_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median",
+                  "theory_vote_wrong_predicted")
 """Extra columns of ``--measure-theory`` (:data:`signvote.theory.MEASURE_COLUMNS`)."""
 
 

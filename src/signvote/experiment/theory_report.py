@@ -108,14 +108,21 @@ def observed_breakdowns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not clean:
             continue
         by_fraction: dict[float, list[float]] = {}
+        predicted: dict[float, list[float]] = {}
         for r in mine:
             fraction = int(r["byzantine"]) / int(r["workers"])
             by_fraction.setdefault(fraction, []).append(float(r["theory_vote_wrong"]))
+            if r.get("theory_vote_wrong_predicted") is not None:
+                predicted.setdefault(fraction, []).append(
+                    float(r["theory_vote_wrong_predicted"]))
         broken = [a for a, wrong in sorted(by_fraction.items())
                   if sum(wrong) / len(wrong) >= 0.5]
         out.append({"rule": rule, "p": sum(clean) / len(clean),
                     "breakdown": broken[0] if broken else None,
                     "largest_tested": max(by_fraction),
+                    "vote_wrong": {a: sum(w) / len(w) for a, w in sorted(by_fraction.items())},
+                    "vote_wrong_predicted": {a: sum(w) / len(w)
+                                             for a, w in sorted(predicted.items())},
                     "predicted": theory.tolerable_fraction(sum(clean) / len(clean)),
                     "predicted_exact": theory.tolerable_byzantine(
                         int(mine[0]["workers"]), sum(clean) / len(clean)) / int(
@@ -219,5 +226,16 @@ def write(out: str | Path, sweep_dir: str | Path | None = None) -> dict[str, Any
         if not observed:
             lines.append("(no run of the sweep has the measurements: set measure_theory = "
                          "true)")
+        for o in observed:
+            if not o["vote_wrong_predicted"]:
+                continue
+            lines += ["", f"{o['rule']}: the wrong-vote fraction measured in the last epoch, "
+                      "and predicted by the exact binomial at each coordinate's own "
+                      "empirical p.", "",
+                      "| Byzantine fraction | measured | predicted |", "|---|---|---|"]
+            for a, w in o["vote_wrong"].items():
+                pred = o["vote_wrong_predicted"].get(a)
+                lines.append(f"| {a:.2f} | {w:.3f} | "
+                             f"{'-' if pred is None else f'{pred:.3f}'} |")
     runs.atomic_write_text(out / "THEORY.md", "\n".join(lines) + "\n")
     return {"checks": len(records), "failed": len(failed), "observed": observed}
