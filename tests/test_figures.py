@@ -36,7 +36,7 @@ def test_the_paper_layout_has_the_papers_columns_rows_and_curves():
     want = [sum(0.5 + 0.1 * e - 0.1 + 0.01 * s for s in (1, 2)) / 2 for e in (1, 2, 3)]
     assert list(signum_acc.get_ydata()) == pytest.approx(want)
     assert signum_acc.get_label() == "20% byzantine"
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
 
 
 def test_the_heatmap_boxes_each_rows_worst_attack(tmp_path):

@@ -67,19 +67,28 @@ class Traffic:
         self.received += received
 
 
+def mask_bytes(dim: int) -> int:
+    """``B = ceil(d / 8)``: the bytes of one bit per coordinate."""
+    return -(-dim // 8)
+
+
 def frame_bytes(dim: int) -> int:
-    """The size of a sign frame: the header and ``ceil(d / 8)`` bytes of bits."""
-    return HEADER + -(-dim // 8)
+    """The size of a sign frame: the header and ``B`` bytes of bits."""
+    return HEADER + mask_bytes(dim)
+
+
+def zeros_as_indices(zeros: int, dim: int) -> bool:
+    """True when ``zeros`` zeros travel as int32 indices: when those are smaller than a
+    ``B``-byte bit mask."""
+    return 4 * zeros < mask_bytes(dim)
 
 
 def zeros_bytes(zeros: int, dim: int) -> int:
-    """The size of the payload that locates ``zeros`` zeros: 0 without zeros, their
-    int32 indices when that is smaller than the ``ceil(d / 8)`` bytes of a bit mask, else
-    the bit mask."""
-    mask = -(-dim // 8)
+    """The size of the payload that locates ``zeros`` zeros: 0 without zeros, else their
+    indices or the bit mask (:func:`zeros_as_indices`)."""
     if zeros <= 0:
         return 0
-    return 4 * zeros if 4 * zeros < mask else mask
+    return 4 * zeros if zeros_as_indices(zeros, dim) else mask_bytes(dim)
 
 
 def encode_signs(row: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -94,7 +103,7 @@ def encode_signs(row: Tensor) -> tuple[Tensor, Tensor | None]:
     if zeros == 0:
         return frame, None
     nonzero = positive | negative
-    if 4 * zeros < -(-m.size // 8):
+    if zeros_as_indices(zeros, m.size):
         payload = np.flatnonzero(~nonzero).astype("<i4").view(np.uint8)
     else:
         payload = np.packbits(nonzero, bitorder="little")
@@ -133,14 +142,12 @@ def vote_from_frames(frames: Tensor, payloads: list[Tensor | None], dim: int) ->
     count_type = np.uint8 if n < 1 << 7 else np.int64  # 2 n fits
     plus = np.zeros(dim, dtype=count_type)
     abstain = np.zeros(dim, dtype=count_type)
-    mask_bytes = -(-dim // 8)
     for i, zeros in enumerate(zero_counts(frames, dim)):
         row = positive[i]
         if zeros:
             payload = payloads[i][:zeros_bytes(zeros, dim)].numpy()
-            if 4 * zeros < mask_bytes:
-                index = np.ascontiguousarray(payload).view("<i4")
-                index = index[(index >= 0) & (index < dim)]
+            if zeros_as_indices(zeros, dim):
+                index = _zero_indices(payload, dim)
                 if index.size > 1 and not bool((index[1:] > index[:-1]).all()):
                     index = np.unique(index)  # a repeated index must not abstain twice
                 row = row.copy()
@@ -157,12 +164,17 @@ def vote_from_frames(frames: Tensor, payloads: list[Tensor | None], dim: int) ->
     return torch.from_numpy(vote)
 
 
+def _zero_indices(payload: np.ndarray, dim: int) -> np.ndarray:
+    """The int32 indices of an index payload, those outside ``[0, d)`` dropped."""
+    index = np.ascontiguousarray(payload).view("<i4")
+    return index[(index >= 0) & (index < dim)]
+
+
 def _nonzero_bits(payload: Tensor, zeros: int, dim: int) -> Tensor:
     """The bits of ``m != 0`` ``[B]`` from a zero payload (indices or bit mask)."""
-    if 4 * zeros >= -(-dim // 8):
+    if not zeros_as_indices(zeros, dim):
         return payload
-    index = np.ascontiguousarray(payload.numpy()).view("<i4")
-    index = index[(index >= 0) & (index < dim)]
+    index = _zero_indices(payload.numpy(), dim)
     nonzero = np.ones(dim, dtype=bool)
     nonzero[index] = False
     return torch.from_numpy(np.packbits(nonzero, bitorder="little"))
@@ -172,7 +184,7 @@ def _nonzero_bits(payload: Tensor, zeros: int, dim: int) -> Tensor:
 def _valid_bits(dim: int) -> Tensor:
     """``[B]`` uint8 with the bits of coordinates ``0..dim-1`` set (padding clear); cached,
     so never written to."""
-    valid = torch.full((-(-dim // 8),), 255, dtype=torch.uint8)
+    valid = torch.full((mask_bytes(dim),), 255, dtype=torch.uint8)
     if dim % 8:
         valid[-1] = (1 << (dim % 8)) - 1
     return valid

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from signvote.experiment import runs
+from signvote.experiment import results, runs
 
 OPTIMIZERS = (("DistSGD", "sgd"), ("SignSGD", "signsgd"), ("Signum", "signum"))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no screen)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen
@@ -59,7 +60,7 @@ def curves(rows: Sequence[dict[str, Any]], rule: str, adversary: str, metric: st
 def paper_figure(rows: Sequence[dict[str, Any]], adversary: str = "byzantine",
                  title: str = "", note: str = ""):
     """The paper's layout for the runs of ``rows`` (a tidy table); returns the Figure."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True, squeeze=False)
     workers = {int(r["workers"]) for r in rows}
     n = workers.pop() if len(workers) == 1 else None
@@ -89,10 +90,7 @@ def final_accuracy_grid(rows: Sequence[dict[str, Any]]
                         ) -> tuple[list[str], list[str], list[list[float]]]:
     """Aggregators (rows), attacks (columns) and the mean final test accuracy over seeds
     (NaN where a run diverged or is missing)."""
-    last: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row["run"] not in last or int(row["epoch"]) > int(last[row["run"]]["epoch"]):
-            last[row["run"]] = row
+    last = results.last_rows(rows)
     cells: dict[tuple[str, str], list[float]] = {}
     for row in last.values():
         name = f"{row['rule']} / {row['aggregator']}"
@@ -116,7 +114,7 @@ def worst_attacks(grid: Sequence[Sequence[float]]) -> list[int | None]:
 
 def heatmap(rows: Sequence[dict[str, Any]], title: str = ""):
     """Final test accuracy of every aggregator x attack; returns the Figure."""
-    plt = _pyplot()
+    plt = pyplot()
     aggregators, attack_names, grid = final_accuracy_grid(rows)
     worst = worst_attacks(grid)
     columns = [*attack_names, "worst"]
@@ -150,5 +148,5 @@ def save(fig, stem: str | Path) -> list[Path]:
         path = Path(f"{stem}.{suffix}")
         runs.atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return paths

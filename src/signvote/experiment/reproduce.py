@@ -139,10 +139,7 @@ def final_table(rows: list[dict[str, Any]], adversary: str
                 ) -> dict[str, list[dict[str, float | None]]]:
     """Per optimizer, per adversary count 0-4: the mean final test accuracy (%) and loss
     over seeds."""
-    last: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row["run"] not in last or int(row["epoch"]) > int(last[row["run"]]["epoch"]):
-            last[row["run"]] = row
+    last = results.last_rows(rows)
     table = {}
     for label, options in RULES:
         cells = []

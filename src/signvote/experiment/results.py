@@ -86,9 +86,18 @@ def write_tables(sweep_dir: str | Path) -> int:
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``results.csv`` (metrics typed, config cells as text)."""
+    """The rows of a ``results.csv``, every cell as text."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def last_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each run's row of its last epoch, by run id."""
+    last: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["run"] not in last or int(row["epoch"]) > int(last[row["run"]]["epoch"]):
+            last[row["run"]] = row
+    return last
 
 
 # --- the summary over seeds --------------------------------------------------------------

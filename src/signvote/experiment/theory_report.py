@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from signvote import theory
-from signvote.experiment import plots, runs
+from signvote.experiment import plots, results, runs
 
 
 def _grid(lo: float, hi: float, n: int) -> list[float]:
@@ -26,7 +26,7 @@ def _grid(lo: float, hi: float, n: int) -> list[float]:
 
 
 def sign_error_figure():
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     noises = theory.NOISES
     fig, axes = plt.subplots(2, (len(noises) + 1) // 2, figsize=(13, 7), squeeze=False)
     snr = theory.SNR_GRID
@@ -47,7 +47,7 @@ def sign_error_figure():
 
 
 def vote_failure_figure(p: float = 0.7, workers: int = 31):
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(14, 7), squeeze=False)
     for row, mode in enumerate(theory.MODES):
         ax = axes[row][0]  # against M
@@ -95,12 +95,7 @@ def observed_breakdowns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     measured p (last epoch, no adversary; mean over seeds) and the smallest Byzantine
     fraction at which the vote was wrong on half the coordinates or more (the theory's
     failure event) in the last epoch, or None when no tested fraction got there."""
-    last: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row.get("theory_p") is None:
-            continue
-        if row["run"] not in last or int(row["epoch"]) > int(last[row["run"]]["epoch"]):
-            last[row["run"]] = row
+    last = results.last_rows([row for row in rows if row.get("theory_p") is not None])
     out = []
     for rule in sorted({r["rule"] for r in last.values()}):
         mine = [r for r in last.values() if r["rule"] == rule]
@@ -131,7 +126,7 @@ def observed_breakdowns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def tolerance_figure(observed: list[dict[str, Any]] | None = None):
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ps = _grid(0.5, 0.99, 60)
     ax.plot(ps, [theory.tolerable_fraction(p) for p in ps], color="black",
@@ -164,8 +159,6 @@ def write(out: str | Path, sweep_dir: str | Path | None = None) -> dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     observed = []
     if sweep_dir is not None:
-        from signvote.experiment import results
-
         observed = observed_breakdowns(results.tidy_rows(sweep_dir))
     for name, fig in (("sign_error", sign_error_figure()),
                       ("vote_failure", vote_failure_figure()),
