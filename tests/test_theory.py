@@ -105,15 +105,33 @@ def test_the_theory_command_writes_figures_and_a_report(tmp_path, capsys):
 
     from signvote.cli import main
 
-    assert main(["theory", "--out", str(tmp_path)]) == 0
-    assert "52 bounds checked, 1 fail somewhere" in capsys.readouterr().out
-    for name in ("sign_error", "vote_failure", "tolerance"):
+    assert main(["theory", "--out", str(tmp_path), "--rate-repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "52 bounds checked, 1 fail somewhere" in out
+    assert "(0 within their assumptions)" in out
+    for name in ("sign_error", "vote_failure", "tolerance", "rates"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
         assert (tmp_path / f"{name}.svg").stat().st_size > 0
     report = (tmp_path / "THEORY.md").read_text()
     assert "| Lemma 1 | exponential - 1 (asymmetric) | no | NO | 31 of 251 |" in report
-    checks = json.loads((tmp_path / "checks.json").read_text())["checks"]
-    assert sum(not c["holds"] for c in checks) == 1
+    written = json.loads((tmp_path / "checks.json").read_text())
+    assert sum(not c["holds"] for c in written["checks"]) == 1
+    # every rate case and panel point, once per bound; only Theorem 2 on Byzantine fails
+    assert len(written["rates"]) == 3 * (len(theory.RATE_CASES) + 4 * 4)
+    failed = [r for r in written["rates"] if not r["holds"]]
+    assert failed and all(r["bound"] == "Theorem 2" and r["mode"] == "byzantine"
+                          and not r["assumptions_hold"] for r in failed)
+    assert "## Convergence rates" in report and "| quadratic, gaussian, sigma=10" in report
+    assert not (tmp_path / "vote_wrong.png").exists()  # only with --sweep
+
+
+def test_the_theory_command_refuses_one_rate_repeat(tmp_path, capsys):
+    from signvote.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["theory", "--out", str(tmp_path), "--rate-repeats", "1"])
+    assert stop.value.code != 0
+    assert "--rate-repeats 1: need at least 2" in capsys.readouterr().err
 
 
 def test_measure_step_against_a_loop():
@@ -191,8 +209,10 @@ def test_the_theory_command_marks_a_sweeps_breakdown(tmp_path, capsys):
                           "measure_theory = true\n")
     assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "s"), "--jobs", "1",
                  "--quiet"]) == 0
-    assert main(["theory", "--out", str(tmp_path / "t"), "--sweep", str(tmp_path / "s")]) == 0
+    assert main(["theory", "--out", str(tmp_path / "t"), "--sweep", str(tmp_path / "s"),
+                 "--rate-repeats", "2"]) == 0
     report = (tmp_path / "t" / "THEORY.md").read_text()
+    assert (tmp_path / "t" / "vote_wrong.png").stat().st_size > 0
     # 2 Byzantine of 4: the 2 honest votes can at best tie, so the vote is never right
     (row,) = [line for line in report.splitlines() if line.startswith("| signsgd |")]
     assert row.endswith("| 0.50 |")  # the observed breakdown

@@ -191,14 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     theory = commands.add_parser(
         "theory", help="the paper's bounds beside exact values: figures and THEORY.md",
         description="Check every bound of the paper (Lemmas 1 and 1bis on six noises, "
-                    "Theorems 2 and 2bis on the majority vote) against exact values, draw "
-                    "OUT/sign_error, OUT/vote_failure and OUT/tolerance (PNG and SVG) and "
-                    "write OUT/THEORY.md and OUT/checks.json.")
+                    "Theorems 2 and 2bis on the majority vote) against exact values, and "
+                    "the convergence-rate bounds against simulated votes; draw "
+                    "OUT/sign_error, OUT/vote_failure, OUT/tolerance and OUT/rates (PNG "
+                    "and SVG; with --sweep also OUT/vote_wrong) and write OUT/THEORY.md "
+                    "and OUT/checks.json.")
     theory.add_argument("--out", metavar="DIR", default="runs/theory",
                         help="output folder (default: runs/theory)")
     theory.add_argument("--sweep", metavar="DIR", default=None,
                         help="a sweep run with measure_theory = true over Byzantine counts: "
                              "mark its observed breakdown at its measured p")
+    theory.add_argument("--rate-repeats", metavar="N", type=int, default=10,
+                        help="independent simulated runs per rate-bound case, at least 2 "
+                             "(default: 10)")
 
     from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
 
@@ -385,9 +390,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.sweep is not None and not (Path(args.sweep) / "runs").is_dir():
             fail(f"signvote theory: error: --sweep {args.sweep!r} is not a sweep folder")
-        result = theory_report.write(args.out, args.sweep)
-        print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere (see "
-              f"{args.out}/THEORY.md)")
+        if args.rate_repeats < 2:
+            fail(f"signvote theory: error: --rate-repeats {args.rate_repeats}: need at "
+                 "least 2 (a standard error needs two runs)")
+        result = theory_report.write(args.out, args.sweep, args.rate_repeats)
+        print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere; "
+              f"{result['rate_checks']} rate checks, {result['rates_failed']} fail "
+              f"({result['rates_failed_within_assumptions']} within their assumptions) "
+              f"(see {args.out}/THEORY.md)")
         return 0
     parser.print_help()
     return EXIT_USAGE
