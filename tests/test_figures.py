@@ -88,6 +88,7 @@ def test_the_logistic_byzantine_figure_reproduces_the_papers_ordering(tmp_path):
     assert (tmp_path / "logreg-byzantine.svg").exists()
     report = (tmp_path / "REPORT.md").read_text()
     assert "DOES NOT HOLD" not in report and "| Signum | ours |" in report
+    assert "every rate bound holds: 54 of 54" in report and "WITHIN" not in report
     rows = results.tidy_rows(tmp_path / "logreg-byzantine")
     assert len(rows) == 15 * 80
     assert json.loads((tmp_path / "logreg-byzantine" / "report.json").read_text())[
