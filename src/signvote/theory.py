@@ -29,9 +29,13 @@ failure, since a zero does not move the parameter the right way.
     :math:`\mathrm{Var} Z = M p (1 - p)`. It needs :math:`\alpha < 1/2`.
   - Byzantine (Theorem 2bis): :math:`Z \sim \mathrm{Bin}((1-\alpha) M, p)`. It needs
     :math:`\alpha < 1 - \frac{1}{2p}` (:func:`tolerable_fraction`).
-  The papers' convergence rates follow from these per-coordinate failure probabilities.
-  This module checks the probabilities, which are the part numbers can test.
 - :func:`vote_failure_exact`: the exact failure probability, a binomial sum.
+- Convergence rates. :func:`theorem2_rate` is Theorem 2 of Bernstein, Zhao,
+  Azizzadenesheli & Anandkumar, "signSGD with Majority Vote is Communication Efficient and
+  Byzantine Fault Tolerant" (ICLR 2019), for blind adversaries. :func:`vote_rate_bound`
+  is our derivation of a rate for Byzantine (or blind) adversaries through Theorem 2bis's
+  vote bound; the report's own rate was not available to us. Both are checked on
+  simulated votes (:func:`simulate_vote_descent`, :func:`rate_check`).
 """
 
 from __future__ import annotations
