@@ -162,3 +162,40 @@ def test_a_missing_dataset_is_reported_before_any_run_starts(tmp_path):
     with pytest.raises(DatasetError, match="IDX files not found"):
         sweep.run_sweep(runs, tmp_path / "out", jobs=1, progress=False)
     assert not list((tmp_path / "out").glob("runs/*"))
+
+
+def test_a_run_id_hashes_only_the_fields_that_differ_from_the_defaults():
+    import hashlib
+
+    from signvote.experiment.config import TrainConfig
+
+    assert sweep.run_id(TrainConfig()) == hashlib.sha1(b"{}").hexdigest()[:12]
+    assert sweep.run_id(TrainConfig(out="a")) == sweep.run_id(TrainConfig(out="b"))
+    assert sweep.run_id(TrainConfig(workers=5)) == hashlib.sha1(
+        b'{"workers": 5}').hexdigest()[:12]
+
+
+def test_an_old_run_folder_is_reused_and_a_run_under_another_default_is_not(
+        tmp_path, capsys):
+    from signvote.cli import main
+
+    path = write(tmp_path, 'rule = "signsgd"\nworkers = 3\nbyzantine = [0, 1]\nepochs = 1\n')
+    out = tmp_path / "s"
+    assert main(["sweep", str(path), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
+    folders = sorted(out.glob("runs/*"))
+    assert len(folders) == 2
+    # as an older signvote wrote it: without the fields added since (kept at defaults)
+    for folder in folders:
+        stored = json.loads((folder / "config.json").read_text())
+        del stored["measure_theory"], stored["tensorboard"]
+        (folder / "config.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
+    assert "0 run now, 2 already done" in capsys.readouterr().out
+    # a run made when a default was different (here: the learning-rate decay)
+    stored = json.loads((folders[0] / "config.json").read_text())
+    stored["lr_decay_rate"] = 0.5
+    (folders[0] / "config.json").write_text(json.dumps(stored))
+    assert main(["sweep", str(path), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
+    assert "1 run now, 1 already done" in capsys.readouterr().out
+    assert json.loads((folders[0] / "config.json").read_text())["lr_decay_rate"] == 0.1

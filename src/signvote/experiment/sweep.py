@@ -1,9 +1,13 @@
 """Run a grid of training runs in parallel, resumably.
 
-Every run of a sweep has its own folder ``SWEEP/runs/ID``, ``ID`` a hash of its resolved
-config (the folder is the same whichever order or sweep file produced it). A run is done
-when its ``summary.json`` exists: the simulator writes that file last, atomically, after
-``metrics.csv`` and ``params.pt``. A sweep started again (after Ctrl-C, a crash, or
+Every run of a sweep has its own folder ``SWEEP/runs/ID``, ``ID`` a hash of the fields of
+its resolved config that differ from :class:`TrainConfig`'s defaults (the folder is the
+same whichever order or sweep file produced it, and a field added to the schema later,
+with a default that keeps the old behaviour, leaves every existing ID as it was). A run
+is done when its ``summary.json`` exists, the simulator's last file, written atomically
+after ``metrics.csv`` and ``params.pt``, and the ``config.json`` beside it is this run's
+config (a field it lacks read at its default): a changed default never reuses a run made
+under the old one. A sweep started again (after Ctrl-C, a crash, or
 ``kill -9``) runs only the runs that are not done; a run that was cut short is started
 over from nothing, so no half-written run is ever kept or read. ``SWEEP/sweep.json``
 lists the runs; the tidy tables ``results.csv`` and ``results.parquet`` are written at the
@@ -26,10 +30,16 @@ from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig
 
 
+def _differences(config: TrainConfig) -> dict[str, Any]:
+    """The config's fields that differ from the defaults, its folder excluded."""
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if k != "out" and v != defaults[k]}
+
+
 def run_id(config: TrainConfig) -> str:
-    """A short hash of the resolved config (its folder excluded)."""
-    fields = {k: v for k, v in config.to_dict().items() if k != "out"}
-    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    """A short hash of the resolved config's fields that differ from the defaults."""
+    return hashlib.sha1(json.dumps(_differences(config), sort_keys=True).encode()
+                        ).hexdigest()[:12]
 
 
 def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig]:
@@ -48,8 +58,19 @@ def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig
 
 
 def is_done(config: TrainConfig) -> bool:
-    """True when the run's folder holds a finished run (its ``summary.json``)."""
-    return (Path(config.out) / "summary.json").exists()
+    """True when the run's folder holds a finished run (its ``summary.json``) of this very
+    config: its ``config.json``, with the fields it lacks at their defaults, has the same
+    fields as ``config`` (the folder aside)."""
+    folder = Path(config.out)
+    if not (folder / "summary.json").exists():
+        return False
+    try:
+        stored = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    defaults = TrainConfig().to_dict()
+    return all(stored.get(k, defaults[k]) == v
+               for k, v in config.to_dict().items() if k != "out")
 
 
 def check_datasets(configs: list[TrainConfig]) -> None:
