@@ -5,7 +5,7 @@
   probability that a worker's sign is wrong against S, beside Lemma 1 and Lemma 1bis.
 - ``vote_failure``: the exact failure probability of the majority vote beside the bound
   of Theorem 2 (blind) or 2bis (Byzantine). It is drawn against M, against the fraction
-  alpha of adversaries and against p.
+  alpha of adversaries (with the failure frequency of simulated votes) and against p.
 - ``tolerance``: the largest tolerable Byzantine fraction against p. The limit
   ``1 - 1/(2p)`` of Theorem 2bis is drawn beside the exact largest fraction that keeps
   the vote's failure below 1/2 for M = 10, 31 and 101, and (``--sweep``) the breakdown
@@ -55,8 +55,9 @@ def sign_error_figure():
     return fig
 
 
-def vote_failure_figure(p: float = 0.7, workers: int = 31):
+def vote_failure_figure(p: float = 0.7, workers: int = 31, seed: int = 0):
     plt = plots.pyplot()
+    gen = torch.Generator().manual_seed(seed)
     fig, axes = plt.subplots(2, 3, figsize=(14, 7), squeeze=False)
     for row, mode in enumerate(theory.MODES):
         ax = axes[row][0]  # against M
@@ -78,6 +79,10 @@ def vote_failure_figure(p: float = 0.7, workers: int = 31):
         ax.plot([f / workers for f in counts],
                 [theory.vote_failure_bound(workers, p, f / workers, mode) for f in counts],
                 "--", label="Theorem 2" + ("bis" if mode == "byzantine" else ""))
+        drawn = counts[::3]
+        ax.plot([f / workers for f in drawn],
+                [theory.vote_failure_monte_carlo(workers, p, f, mode, 20_000, gen)
+                 for f in drawn], "x", color="red", label="simulated votes (20k each)")
         ax.set_xlabel("fraction of adversaries alpha")
         ax.set_title(f"{mode}, M={workers}, p={p}", fontsize=9)
         ax.legend(fontsize=7)
