@@ -34,6 +34,16 @@ def _grid(lo: float, hi: float, n: int) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
+def _probability_axes(ax, title: str, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """Title, labels, a 0..1 y axis, a grid and the legend."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def sign_error_figure():
     plt = plots.pyplot()
     noises = theory.NOISES
@@ -44,12 +54,7 @@ def sign_error_figure():
         ax.plot(snr, [theory.lemma1_sign_error(s) for s in snr], "--",
                 label="Lemma 1" + ("" if noise.symmetric_unimodal else " (assumptions fail)"))
         ax.plot(snr, [theory.lemma1bis_sign_error(s) for s in snr], ":", label="Lemma 1bis")
-        ax.set_title(noise.name, fontsize=10)
-        ax.set_xlabel("S = |g| / sigma")
-        ax.set_ylabel("P[sign wrong]")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _probability_axes(ax, noise.name, "S = |g| / sigma", "P[sign wrong]", 7)
     fig.suptitle("A worker's sign error: exact against the lemmas' bounds")
     fig.tight_layout()
     return fig
@@ -184,12 +189,8 @@ def vote_wrong_figure(observed: list[dict[str, Any]]):
         ax.plot(fractions, [theory.vote_failure_exact(m, o["p"], round(a * m), "byzantine")
                             for a in fractions], ":", label=f"exact, one p = {o['p']:.3f}")
         ax.axhline(0.5, color="grey", lw=0.8)
-        ax.set_title(f"{o['rule']}, M = {m}", fontsize=10)
-        ax.set_xlabel("Byzantine fraction")
-        ax.set_ylabel("fraction of coordinates with the vote wrong")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _probability_axes(ax, f"{o['rule']}, M = {m}", "Byzantine fraction",
+                          "fraction of coordinates with the vote wrong", 8)
     fig.suptitle("The vote in training: measured against the binomial predictions")
     fig.tight_layout()
     return fig
