@@ -292,7 +292,9 @@ def theorem2_rate(*, l1_smoothness: float, sigma_l1: float, f_gap: float, worker
 
     Bernstein, Zhao, Azizzadenesheli & Anandkumar, "signSGD with Majority Vote is
     Communication Efficient and Byzantine Fault Tolerant" (ICLR 2019), Theorem 2, as
-    printed in the submitted version; Akoun & Meyer's Theorem 2 is this result. Under
+    printed in the version submitted for review, the one text of it we could read. Akoun
+    & Meyer's Theorem 2 is the rate with blind adversaries; we could not read their text
+    to compare its printed form with this one. Under
     Assumptions 1-4 (lower bound, smoothness, variance bound, unimodal noise symmetric
     about its mean), with momentum and weight decay off, the schedule of
     :func:`theorem2_schedule`, and a fraction :math:`\alpha < 1/2` of the M workers

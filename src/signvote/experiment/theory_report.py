@@ -358,8 +358,10 @@ def _rate_lines(checks: list[theory.RateCheck], repeats: int) -> list[str]:
         "error) in d = 10 coordinates with L_i = 1 (`signvote.theory.simulate_vote_descent`"
         "). Blind adversaries send their own sign negated; Byzantine ones send -sign(g) on "
         "every coordinate.", "",
-        "- Theorem 2: Bernstein et al., ICLR 2019, Theorem 2 as printed; Akoun & Meyer's "
-        "Theorem 2. For blind adversaries and noise that is unimodal and symmetric.",
+        "- Theorem 2: Bernstein et al., ICLR 2019, Theorem 2 as printed in the version "
+        "submitted for review (Akoun & Meyer's Theorem 2 is the same result; their text was "
+        "not available to compare). For blind adversaries and noise that is unimodal and "
+        "symmetric.",
         "- derived: `signvote.theory.vote_rate_bound`, our derivation of a rate for Theorem "
         "2bis (the report's own rate was not available), for blind or Byzantine "
         "adversaries, with a worker's sign error bounded by Lemma 1 (symmetric unimodal "
