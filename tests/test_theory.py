@@ -152,7 +152,19 @@ def test_measure_step_against_a_loop():
                  for j in live)
     assert got["theory_p"] == pytest.approx(agree)
     assert got["theory_vote_wrong"] == pytest.approx(wrong)
-    assert got["theory_snr_median"] == pytest.approx(snr[(len(snr) - 1) // 2])  # lower median
+    last = len(snr) - 1
+    assert got["theory_snr_median"] == pytest.approx(snr[last // 2])  # lower median
+    assert got["theory_snr_q10"] == pytest.approx(snr[int(0.1 * last)])
+    assert got["theory_snr_q90"] == pytest.approx(snr[int(0.9 * last)])
+    assert got["theory_snr_above_critical"] == pytest.approx(
+        sum(s > 2 / math.sqrt(3) for s in snr) / len(snr))
+    assert set(got) == set(theory.MEASURE_STEP_COLUMNS)
+
+
+def test_the_metrics_writer_knows_the_theory_columns():
+    from signvote.experiment import runs
+
+    assert runs.THEORY_COLUMNS == theory.MEASURE_COLUMNS
 
 
 def test_training_records_the_measurements_and_the_vote_fails_more_under_attack(tmp_path):
@@ -164,12 +176,13 @@ def test_training_records_the_measurements_and_the_vote_fails_more_under_attack(
     attacked = train(TrainConfig(workers=10, epochs=2, measure_theory=True, seed=3,
                                  byzantine=4, out=str(tmp_path / "b")), progress=False)
     header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0]
-    assert header.endswith("theory_p,theory_vote_wrong,theory_snr_median,"
-                           "theory_vote_wrong_predicted")
+    assert header.endswith(",".join(theory.MEASURE_COLUMNS))
     for result in (clean, attacked):
         for row in result.metrics:
             assert 0.5 < row["theory_p"] < 1 and 0 <= row["theory_vote_wrong"] < 0.5
-            assert row["theory_snr_median"] > 0
+            assert 0 < row["theory_snr_q10"] <= row["theory_snr_median"] <= row[
+                "theory_snr_q90"]
+            assert 0 <= row["theory_snr_above_critical"] <= 1
     assert attacked.metrics[-1]["theory_vote_wrong"] > clean.metrics[-1]["theory_vote_wrong"]
     # the binomial at each coordinate's own p predicts the measured wrong-vote fraction
     for row in attacked.metrics:

@@ -546,12 +546,19 @@ RATE_CASES = (
 
 # --- measured during training ---------------------------------------------------------------
 
-MEASURE_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median",
-                   "theory_vote_wrong_predicted")
-"""What ``--measure-theory`` adds to every epoch of ``metrics.csv`` (means over the epoch's
-steps): the empirical p, the fraction of coordinates on which the vote is wrong, the
-median over coordinates of the estimated S, and the wrong-vote fraction the exact binomial
-predicts from each coordinate's own empirical p (:func:`predicted_vote_wrong`)."""
+CRITICAL_SNR = 2 / SQRT3
+"""Where Lemma 1 changes form: above it the sign error is at most 2 / (9 S^2) (Bernstein et
+al. call it the critical SNR)."""
+
+MEASURE_STEP_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median",
+                        "theory_snr_q10", "theory_snr_q90", "theory_snr_above_critical")
+"""What :func:`measure_step` returns for one step."""
+
+MEASURE_COLUMNS = (*MEASURE_STEP_COLUMNS, "theory_vote_wrong_predicted")
+"""What ``--measure-theory`` adds to every epoch of ``metrics.csv``: the columns of
+:func:`measure_step` as means over the epoch's steps, then the wrong-vote fraction the
+exact binomial predicts from each coordinate's own empirical p over the epoch
+(:func:`predicted_vote_wrong`)."""
 
 
 def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tensor,
@@ -563,9 +570,12 @@ def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tenso
       worker's message (its sign, before any attack) has the sign of the full gradient.
     - ``theory_vote_wrong``: the fraction of coordinates on which the aggregate ``vote``
       does not have that sign (0 counts as wrong, as in :func:`vote_failure_exact`).
-    - ``theory_snr_median``: the median over coordinates of ``|mean_i g_i| / std_i g_i``
-      over the honest workers' minibatch gradients ``honest_grads[h, d]`` (needs h >= 2;
-      NaN otherwise).
+    - ``theory_snr_median``, ``theory_snr_q10``, ``theory_snr_q90``: the median, 10% and
+      90% quantiles (the lower order statistic) over coordinates of the estimated S,
+      ``|mean_i g_i| / std_i g_i`` over the honest workers' minibatch gradients
+      ``honest_grads[h, d]`` (needs h >= 2; NaN otherwise).
+    - ``theory_snr_above_critical``: the fraction of coordinates whose estimated S exceeds
+      :data:`CRITICAL_SNR`, where Lemma 1's bound falls as 1 / S^2.
     """
     truth = torch.sign(full_grad)
     live = truth != 0
@@ -574,14 +584,18 @@ def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tenso
         return dict.fromkeys(MEASURE_COLUMNS, nan)
     agree = (torch.sign(honest_messages[:, live]) == truth[live]).double().mean()
     wrong = (torch.sign(vote[live]) != truth[live]).double().mean()
+    out = {"theory_p": float(agree), "theory_vote_wrong": float(wrong)}
     if honest_grads.shape[0] >= 2:
         g = honest_grads[:, live].double()
-        snr = g.mean(0).abs() / g.std(0).clamp_min(1e-300)
-        snr_median = float(snr.median())
+        snr = (g.mean(0).abs() / g.std(0).clamp_min(1e-300)).sort().values
+        last = snr.numel() - 1
+        out |= {"theory_snr_median": float(snr[last // 2]),
+                "theory_snr_q10": float(snr[int(0.1 * last)]),
+                "theory_snr_q90": float(snr[int(0.9 * last)]),
+                "theory_snr_above_critical": float((snr > CRITICAL_SNR).double().mean())}
     else:
-        snr_median = float("nan")
-    return {"theory_p": float(agree), "theory_vote_wrong": float(wrong),
-            "theory_snr_median": snr_median}
+        out |= dict.fromkeys(MEASURE_STEP_COLUMNS[2:], float("nan"))
+    return out
 
 
 def predicted_vote_wrong(agree: Tensor, live: Tensor, workers: int, blind: int,

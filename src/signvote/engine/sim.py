@@ -356,7 +356,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
             step += 1
         row, finite = epoch_row(epoch, step, batch_losses, batch_correct, seen, x, setup, lr,
                                 t0)
-        for key in theory.MEASURE_COLUMNS[:3] if measured else ():
+        for key in theory.MEASURE_STEP_COLUMNS if measured else ():
             row[key] = math.fsum(m[key] for m in measured) / len(measured)
         if measured:
             row["theory_vote_wrong_predicted"] = theory.predicted_vote_wrong(

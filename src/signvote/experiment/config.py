@@ -87,8 +87,9 @@ class TrainConfig:
                                "the run fails")
     measure_theory: bool = _opt(False, "measure the theory's quantities every step (the "
                                 "simulator; costs a full-batch gradient a step): the "
-                                "empirical p, the fraction of wrong vote coordinates and "
-                                "the median signal-to-noise ratio, in metrics.csv")
+                                "empirical p, the fraction of wrong vote coordinates, "
+                                "quantiles of the signal-to-noise ratio and the vote's "
+                                "predicted failure, in metrics.csv")
     tensorboard: bool = _opt(False, "also log every epoch's metrics for TensorBoard in "
                              "OUT/tensorboard (needs pip install 'signvote[tensorboard]')")
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")

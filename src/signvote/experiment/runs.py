@@ -83,9 +83,11 @@ TRAFFIC_COLUMNS = ("bytes_sent_per_worker", "bytes_received_per_worker")
 in the epoch (mean over the workers)."""
 
 
-THEORY_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median",
+THEORY_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median", "theory_snr_q10",
+                  "theory_snr_q90", "theory_snr_above_critical",
                   "theory_vote_wrong_predicted")
-"""Extra columns of ``--measure-theory`` (:data:`signvote.theory.MEASURE_COLUMNS`)."""
+"""Extra columns of ``--measure-theory``: :data:`signvote.theory.MEASURE_COLUMNS`, spelt
+out here so that this module does not import torch (a test checks they agree)."""
 
 
 def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
