@@ -158,7 +158,10 @@ def test_the_rate_checker_reports_a_bound_that_is_too_small():
 
 def test_unknown_names_are_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="valid: quadratic, soft absolute value"):
-        theory.rate_check(theory.RateCase("cubic", "gaussian", "blind", 5, 0, 4), 1,
+        theory.rate_check(theory.RateCase("cubic", "gaussian", "blind", 5, 0, 4), 2,
+                          torch.Generator())
+    with pytest.raises(ValueError, match="repeats 1: need at least 2"):
+        theory.rate_check(theory.RateCase("quadratic", "gaussian", "blind", 5, 0, 4), 1,
                           torch.Generator())
     with pytest.raises(ValueError, match="valid: blind, byzantine"):
         theory.vote_rate_bound(l1_smoothness=1, sigma_l1=1, f_gap=1, workers=5,

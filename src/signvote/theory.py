@@ -519,7 +519,11 @@ def rate_check(case: RateCase, repeats: int, gen: torch.Generator,
                bounds: Callable[[RateCase, float], dict[str, tuple[float, bool]]]
                = rate_bounds) -> list[RateCheck]:
     """Simulate ``case`` (:func:`simulate_vote_descent`, ``repeats`` runs) and compare the
-    measured left side with every bound that ``bounds(case, f_gap)`` returns."""
+    measured left side with every bound that ``bounds(case, f_gap)`` returns; ``repeats``
+    must be at least 2, for the standard error the verdict needs."""
+    if repeats < 2:
+        raise ValueError(f"repeats {repeats}: need at least 2 (a standard error needs two "
+                         "runs)")
     lip = torch.ones(case.dim, dtype=torch.float64)
     run = simulate_vote_descent(
         _by_name(OBJECTIVES, case.objective), lip, case.sigma * lip, case.start * lip,
