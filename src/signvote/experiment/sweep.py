@@ -68,6 +68,8 @@ def is_done(config: TrainConfig) -> bool:
         stored = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(stored, dict):
+        return False
     defaults = TrainConfig().to_dict()
     return all(stored.get(k, defaults[k]) == v
                for k, v in config.to_dict().items() if k != "out")
