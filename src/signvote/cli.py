@@ -58,6 +58,18 @@ def _parse_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobs`` and ``--quiet`` of the commands that run a grid of runs."""
+    parser.add_argument("--jobs", type=_parse_int, default=None, metavar="N",
+                        help="runs at a time (default: one per core)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _check_jobs(jobs: int | None) -> None:
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="TOML file of options (names with underscores); the command line "
@@ -125,11 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                        dest="overrides",
                        help="override a key with a TOML value (repeatable): --set lr=1e-3, "
                             "--set 'byzantine=[0, 4]'")
-    sweep.add_argument("--jobs", type=_parse_int, default=None, metavar="N",
-                       help="runs at a time (default: one per core)")
+    _add_pool_options(sweep)
     sweep.add_argument("--dry-run", action="store_true",
                        help="list the runs and whether each is done; run nothing")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
 
     results = commands.add_parser(
         "results", help="summarize a sweep: final and best test metric over seeds",
@@ -167,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "is not on disk); said on the figure")
     reproduce.add_argument("--data-dir", metavar="DIR", default=None,
                            help="folder with the dataset's IDX files")
-    reproduce.add_argument("--jobs", type=_parse_int, default=None, metavar="N",
-                           help="runs at a time (default: one per core)")
-    reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_pool_options(reproduce)
 
     plot = commands.add_parser(
         "plot", help="draw a sweep: the paper's layout, or an aggregator x attack heatmap",
@@ -276,8 +284,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     try:
         configs = grid.load_grid(args.file, args.overrides)
-        if args.jobs is not None and args.jobs < 1:
-            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        _check_jobs(args.jobs)
         if args.dry_run:
             for c in sweep.place(configs, args.out):
                 state = "done" if sweep.is_done(c) else "to run"
@@ -315,8 +322,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     names = list(reproduce.FIGURES) if args.figure == "all" else [args.figure]
     try:
-        if args.jobs is not None and args.jobs < 1:
-            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        _check_jobs(args.jobs)
         for name in names:
             section = reproduce.reproduce(name, args.out, args.scale, args.seeds,
                                           args.dataset, args.data_dir, args.jobs,

@@ -71,12 +71,14 @@ def lemma1bis_sign_error(snr: float) -> float:
 @dataclass(frozen=True)
 class Noise:
     """Noise of mean 0 and variance 1: its name, whether it is symmetric and unimodal
-    (Lemma 1's assumptions), ``left_tail(s) = P[xi <= -s]`` exactly, and a sampler."""
+    (Lemma 1's assumptions), ``left_tail(s) = P[xi <= -s]`` exactly, a sampler, and
+    whether it is ``stable``: the mean of n draws is then one draw divided by sqrt(n)."""
 
     name: str
     symmetric_unimodal: bool
     left_tail: Callable[[float], float]
     sample: Callable[[int, torch.Generator], torch.Tensor]
+    stable: bool = False
 
 
 def _t3_cdf(t: float) -> float:
@@ -94,7 +96,7 @@ def _student_t3(n: int, gen: torch.Generator) -> torch.Tensor:
 
 NOISES = (
     Noise("gaussian", True, lambda s: 0.5 * math.erfc(s / math.sqrt(2)),
-          lambda n, g: torch.randn(n, generator=g, dtype=torch.float64)),
+          lambda n, g: torch.randn(n, generator=g, dtype=torch.float64), stable=True),
     Noise("uniform", True, lambda s: max(0.0, (SQRT3 - s) / (2 * SQRT3)),
           lambda n, g: (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * SQRT3),
     Noise("laplace", True, lambda s: 0.5 * math.exp(-s * math.sqrt(2)),
@@ -392,7 +394,7 @@ def _mean_noise(noise: Noise, shape: tuple[int, ...], batch: int,
                 gen: torch.Generator) -> Tensor:
     """The mean of ``batch`` independent draws of ``noise``, for every entry of ``shape``."""
     count = math.prod(shape)
-    if noise.name == "gaussian":  # the mean of n standard normals is normal / sqrt(n)
+    if noise.stable:
         return noise.sample(count, gen).reshape(shape) / math.sqrt(batch)
     total = torch.zeros(count, dtype=torch.float64)
     for _ in range(batch):
