@@ -24,7 +24,9 @@ per host. Every step, side by side and in turn, it times
   message) and ``total`` (the step, barrier included).
 
 Medians over ``--steps`` steps (after one warm-up) go to stdout and
-``benchmarks/results/dist.json``. The namespaces are deleted at the end, also on error.
+``benchmarks/results/dist.json`` (``--results FILE`` elsewhere). The namespaces are deleted
+at the end, also on error. ``bytes --smoke`` computes the table for one small model (a
+check that the script still works).
 """
 
 from __future__ import annotations
@@ -239,10 +241,14 @@ def netns(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the JSON file the results are merged into")
     commands = parser.add_subparsers(dest="command", required=True)
     b = commands.add_parser("bytes", help="the size table")
     b.add_argument("--dims", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
     b.add_argument("--worlds", type=int, nargs="+", default=[4, 10])
+    b.add_argument("--smoke", action="store_true",
+                   help="one model of 1,000 parameters, 2 and 4 processes: a quick check")
     n = commands.add_parser("netns", help="time steps on namespaces shaped to --rate")
     n.add_argument("--hosts", type=int, default=4)
     n.add_argument("--rate", default="1gbit")
@@ -257,8 +263,10 @@ def main() -> None:
     if args.command == "worker":
         worker(args)
         return
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if args.command == "bytes":
+        if args.smoke:
+            args.dims, args.worlds = [1_000], [2, 4]
         rows = bytes_table(args.dims, args.worlds)
         for row in rows:
             print(json.dumps(row))
@@ -271,10 +279,10 @@ def main() -> None:
         for key, value in result.items():
             print(f"{key}: {value}")
         results[f"netns_{args.hosts}_hosts"] = result
-    RESULTS.parent.mkdir(exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     from signvote.experiment.runs import write_json
 
-    write_json(RESULTS, results)
+    write_json(args.results, results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
    step (``nn.Module`` forward/backward on the same 10 x 12 samples + ``torch.optim.SGD``),
    timed side by side, interleaved, median over repeats.
 
-Run: ``make bench`` (or ``.venv/bin/python benchmarks/bench_sim.py [--repeats N]``).
+Run: ``make bench`` (or ``.venv/bin/python benchmarks/bench_sim.py [--repeats N]``);
+``--smoke`` measures once, on 1 epoch and blocks of 5 steps (a check that it still works).
 """
 
 from __future__ import annotations
@@ -30,22 +31,24 @@ from signvote.engine.sim import DataPath, choose_adversaries, train
 from signvote.experiment.config import TrainConfig
 
 
-def end_to_end(repeats: int) -> list[float]:
+def end_to_end(repeats: int, epochs: int = 80) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        train(TrainConfig(rule="signum", byzantine=4), progress=False, write=False)
+        train(TrainConfig(rule="signum", byzantine=4, epochs=epochs), progress=False,
+              write=False)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def command(repeats: int) -> list[float]:
+def command(repeats: int, epochs: int = 80) -> list[float]:
     times = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "signvote", "train", "--byzantine", "4",
-                            "--quiet", "--out", out], check=True, capture_output=True)
+                            "--epochs", str(epochs), "--quiet", "--out", out], check=True,
+                           capture_output=True)
             times.append(time.perf_counter() - t0)
     return times
 
@@ -94,18 +97,25 @@ def per_step(repeats: int, steps: int = 500) -> tuple[list[float], list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 repeat, 1 epoch, 5 steps a block: a quick check, not a result")
     args = parser.parse_args()
+    epochs, steps = (1, 5) if args.smoke else (80, 500)
+    if args.smoke:
+        args.repeats = 1
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python "
           f"{sys.version.split()[0]}")
-    e2e = end_to_end(args.repeats)
-    cmd = command(max(1, args.repeats // 2))
-    sims, plains = per_step(args.repeats)
+    e2e = end_to_end(args.repeats, epochs)
+    cmd = command(max(1, args.repeats // 2), epochs)
+    sims, plains = per_step(args.repeats, steps)
     ratios = [s / p for s, p in zip(sims, plains, strict=True)]
     print("| measurement | median | all runs |")
     print("|---|---|---|")
-    print(f"| train(): Signum, 4/10 Byzantine, 80 epochs | {statistics.median(e2e):.2f} s | "
+    print(f"| train(): Signum, 4/10 Byzantine, {epochs} epochs | {statistics.median(e2e):.2f} s | "
           + ", ".join(f"{t:.2f}" for t in e2e) + " |")
-    print(f"| `signvote train --byzantine 4` (whole command) | {statistics.median(cmd):.2f} s | "
+    what = "" if epochs == 80 else f" --epochs {epochs}"
+    print(f"| `signvote train --byzantine 4{what}` (whole command) | "
+          f"{statistics.median(cmd):.2f} s | "
           + ", ".join(f"{t:.2f}" for t in cmd) + " |")
     print(f"| simulator step (10 workers x 12 samples) | {1e6 * statistics.median(sims):.0f} us "
           f"| " + ", ".join(f"{1e6 * t:.0f}" for t in sims) + " |")
