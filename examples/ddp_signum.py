@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from signvote.data import partition
 from signvote.engine.ddp_hook import SignumVoteState, signum_vote_hook
 from signvote.engine.gradients import evaluate, per_sample_loss
-from signvote.engine.sim import learning_rate, prepare
+from signvote.engine.run import learning_rate, prepare
 from signvote.experiment import runs
 from signvote.experiment.config import TrainConfig
 

@@ -291,11 +291,19 @@ def test_geometric_median_equals_the_weiszfeld_loop_and_is_optimal(n, gen):
 def test_centered_clipping_equals_its_loop_and_carries_its_state(tau, iterations, gen):
     agg = aggregators.get("centered-clipping", tau=tau, iterations=iterations)
     v = torch.zeros(12, dtype=torch.float64)
-    for _ in range(3):
+    state = agg.init_state()
+    for step in range(3):
         x = continuous(gen, 7) + 2.0
         want = ref_centered_clipping(x, v, tau, iterations)
-        assert torch.allclose(aggregators.preview(agg, x), want)  # preview: no state change
-        assert torch.allclose(agg(x), want)
+        kept = None if state is None else state.clone()
+        assert torch.allclose(aggregators.preview(agg, x, state), want)  # changes nothing
+        if kept is not None:
+            assert torch.equal(state, kept)
+        got, state = agg.apply(x, state)
+        assert torch.allclose(got, want)
+        assert torch.equal(state, got)  # the state is the last aggregate
+        if step == 0:
+            assert torch.allclose(agg(x), want)  # a plain call starts from zero
         v = want
 
 
@@ -359,13 +367,17 @@ def test_weighted_majority_vote_equals_counting_and_uses_inverted_workers(gen):
         m = torch.where(noise, -truth, truth).repeat(1, 1)
         m[4:] = -m[4:]  # three inverters: mostly wrong
         history.append(m)
-    outputs = [agg(m) for m in history]
+    outputs, state = [], agg.init_state()
+    for m in history:
+        out, state = agg.apply(m, state)
+        outputs.append(out)
+    assert torch.equal(agg(history[0]), outputs[0])  # a plain call: from the initial state
     for got, want in zip(outputs, ref_weighted_vote(history), strict=True):
         assert torch.equal(got, want)
     plain = aggregators.get("majority-vote")(history[-1])
     # the inverters' signs are decoded, not discarded: more coordinates right than the vote
     assert (outputs[-1] == truth).sum() > (plain == truth).sum()
-    assert bool((aggregators.votes.llr_weights(*agg.state)[4:] < 0).all())
+    assert bool((aggregators.votes.llr_weights(*state)[4:] < 0).all())
 
 
 # ---------------------------------------------------------------- properties of every rule
@@ -509,3 +521,55 @@ def every_parameter():
 def test_every_parameter_rejects_a_wrong_value_with_a_value_error(registry, name, param):
     with pytest.raises(ValueError, match=f"{param}"):
         registry.get(name, **{param: "oops"})
+
+
+def test_a_chain_stage_keeps_its_own_f_and_the_others_take_the_runs(gen):
+    # nnm+krum(f=1) in a run with f = 3: nnm mixes over n - 3 neighbours, krum keeps f = 1
+    x = continuous(gen, 11)
+    chain = aggregators.build("nnm+krum(f=1)", f=3)
+    want = aggregators.get("krum", f=1)(ref_nnm(x, 11 - 3))
+    assert torch.allclose(chain(x), want)
+    # and a stage's own f is kept while the aggregator takes the run's
+    chain = aggregators.build("nnm(f=1)+krum", f=3)
+    assert torch.allclose(chain(x), aggregators.get("krum", f=3)(ref_nnm(x, 11 - 1)))
+
+
+def test_bucketing_state_is_its_generator_carried_explicitly(gen):
+    x = continuous(gen, 10)
+    chain = aggregators.build("bucketing(s=2, seed=5)+mean")
+    g = torch.Generator().manual_seed(5)
+    state = chain.init_state()
+    for _ in range(3):
+        order = torch.randperm(10, generator=g).tolist()
+        want = torch.stack([x[order[k:k + 2]].mean(0) for k in range(0, 10, 2)]).mean(0)
+        before = state[0][0].clone()
+        got, new = chain.apply(x, state)
+        assert torch.allclose(got, want)
+        assert torch.equal(state[0][0], before)  # the input state is not mutated
+        state = new
+    # the state is plain tensors: a checkpoint stores it without pickling an object
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=True)
+    assert torch.equal(chain.apply(x, restored)[0], chain.apply(x, state)[0])
+
+
+def test_every_registered_rule_declares_its_capabilities():
+    from signvote.contracts import (
+        Aggregator,
+        AggregatorCapabilities,
+        AttackCapabilities,
+        PreAggregatorCapabilities,
+    )
+
+    for name in aggregators.names():
+        agg = aggregators.get(name)
+        assert isinstance(agg.capabilities, AggregatorCapabilities), name
+        assert isinstance(agg, Aggregator), name
+    for name in aggregators.pre_names():
+        assert isinstance(aggregators.get_pre(name).capabilities, PreAggregatorCapabilities)
+    for name in attacks.names():
+        assert isinstance(attacks.get(name).capabilities, AttackCapabilities), name

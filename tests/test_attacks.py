@@ -5,6 +5,8 @@ import torch
 
 from signvote import attacks
 from signvote.attacks.basic import cancelling_votes
+from signvote.contracts import Preview
+from signvote.engine.step import AdversaryPlan
 
 
 def ctx(sign: bool = True, seed: int = 0) -> attacks.AttackContext:
@@ -138,6 +140,9 @@ def test_apply_all_runs_blind_before_byzantine():
     out = attacks.apply_all(plan, messages, ctx())
     # honest sum after inversion: -1 + 1 + 1 = 1 <= f = 1: the Byzantine votes -1
     assert out.flatten().tolist() == [-1.0, 1.0, 1.0, -1.0]
+    # the engines' typed plan runs the same stages in the same order
+    typed = AdversaryPlan(blind, byz, plan[0][0], plan[1][0])
+    assert torch.equal(typed.apply(messages, ctx()), out)
 
 
 # ---------------------------------------------------------------- the literature's attacks
@@ -257,13 +262,16 @@ def test_line_search_finds_the_peak_and_optimal_attacks_beat_their_fixed_version
     for name, fixed in (("optimal-alie", "alie"), ("optimal-ipm", "ipm")):
         for spec in ("trimmed-mean", "median", "centered-clipping"):
             agg = aggregators.build(spec, f=3)
-            c = attacks.AttackContext(0, torch.Generator(), False, agg)
-            state = getattr(agg, "state", None)
-            damage = [float((agg.preview(attacks.get(a)(m, mask, c)) if spec ==
-                             "centered-clipping" else agg(attacks.get(a)(m, mask, c)))
-                            .sub(honest_mean).norm()) for a in (name, fixed)]
+            # a stateful rule at a state of its own (centered clipping's last aggregate)
+            state = agg.apply(m, agg.init_state())[1]
+            kept = None if state is None else state.clone()
+            server = Preview(agg, state)
+            c = attacks.AttackContext(0, torch.Generator(), False, server)
+            damage = [float(server(attacks.get(a)(m, mask, c)).sub(honest_mean).norm())
+                      for a in (name, fixed)]
             assert damage[0] >= damage[1]
-            assert getattr(agg, "state", None) is state  # tuned without touching the state
+            if kept is not None:  # tuned without touching the state
+                assert torch.equal(state, kept)
 
 
 def best_flips(honest_sum: int, f: int) -> int:
@@ -297,9 +305,13 @@ def test_label_flip_flips_only_the_byzantine_targets():
     real = torch.tensor([[0.5, -1.0], [2.0, 3.0]])
     assert attack.poison_targets(real, byzantine(2, [0]), None).tolist() == [[-0.5, 1.0],
                                                                            [2.0, 3.0]]
-    plan = [(attacks.get("blind-inversion"), byzantine(3, [0])), (attack, mask)]
-    assert torch.equal(attacks.poison_targets(plan, targets, 10),
-                       attack.poison_targets(targets, mask, 10))
+    plan = AdversaryPlan(byzantine(3, [0]), mask, attacks.get("blind-inversion"), attack)
+    assert torch.equal(plan.poison(targets, 10), attack.poison_targets(targets, mask, 10))
+    # one worker's rows, as a distributed rank poisons its own batch
+    for w in range(3):
+        assert torch.equal(plan.poison(targets[[w]], 10, [w]),
+                           attack.poison_targets(targets, mask, 10)[[w]])
+    assert plan.message_attack is None and plan.data_attack is attack
 
 
 @pytest.mark.parametrize("name", MESSAGE_ATTACKS)

@@ -119,3 +119,50 @@ def test_dropout_draws_its_own_mask_for_every_worker(gen):
     grads = worker_gradients(BatchedModel(module, layout), x, batch, targets,
                              "classification").grads
     assert all(torch.allclose(grads[0], grads[i]) for i in range(1, 4))
+
+
+class Unused(nn.Module):
+    """A layer with a parameter its forward never reads (runs under vmap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.unused = nn.Parameter(torch.ones(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def loop_gradients_or_zero(module, x, inputs, targets):
+    """:func:`loop_gradients` with a parameter that gets no gradient read as zero."""
+    layout = ParamLayout.of(module)
+    rows = []
+    for i in range(inputs.shape[0]):
+        with torch.no_grad():
+            for p, v in zip(module.parameters(), layout.unflatten(x).values(), strict=True):
+                p.copy_(v)
+        module.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(module(inputs[i]), targets[i]).backward()
+        rows.append(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
+                               for p in module.parameters()]))
+    return torch.stack(rows)
+
+
+def test_a_parameter_no_layer_uses_gets_a_zero_gradient(gen):
+    # a large Linear (written straight into the gradient matrix) beside a parameter that
+    # no layer reads: its columns must be zero, not whatever memory held, and a layer's
+    # unused parameter (autograd's None gradient) must not crash the step
+    big = nn.Sequential(nn.Linear(300, 300), nn.Linear(300, 3), Unused())
+    big.register_parameter("orphan", nn.Parameter(torch.ones(5)))
+    layout = ParamLayout.of(big)
+    x = layout.flatten(big)
+    inputs = torch.randn(4, 6, 300, generator=gen)
+    targets = torch.randint(0, 3, (4, 6), generator=gen)
+    model = BatchedModel(big, layout)
+    for _ in range(3):  # freed memory full of NaN is what the next matrix would start from
+        junk = torch.full((4, layout.dim), float("nan"))
+        del junk
+        grads = worker_gradients(model, x, inputs, targets, "classification").grads
+        assert torch.isfinite(grads).all()
+        assert torch.allclose(grads, loop_gradients_or_zero(big, x, inputs, targets),
+                              atol=1e-5, rtol=1e-4)

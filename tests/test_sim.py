@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from signvote import aggregators, attacks
-from signvote.engine.sim import (
-    apply_update,
-    choose_adversaries,
-    learning_rate,
-    message_bytes,
-    train,
-)
+from signvote.engine.run import choose_adversaries, learning_rate, message_bytes
+from signvote.engine.sim import train
+from signvote.engine.step import apply_update
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
 

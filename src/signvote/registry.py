@@ -35,6 +35,10 @@ class Registry:
         """The registered names, sorted."""
         return sorted(self._factories)
 
+    def names_in_order(self) -> list[str]:
+        """The registered names, in the order they were registered."""
+        return list(self._factories)
+
     def factory(self, name: str) -> Callable[..., Any]:
         """The factory registered under ``name``; unknown names list the known ones."""
         try:

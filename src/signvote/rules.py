@@ -16,23 +16,36 @@ ternary {-1, 0, +1}.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from signvote.registry import to_positive
+from signvote.contracts import RuleCapabilities
+from signvote.registry import Registry, to_positive
 
 Coins = torch.Generator | Sequence[torch.Generator] | None
 """Where the stochastic sign's coins come from: one generator, one per row, or the global
 one."""
 
-RULES = ("sgd", "signsgd", "signum", "stochastic-sign")
-"""The names of the worker rules, in the order --help lists them."""
+REGISTRY = Registry("rule")
+"""The worker rules by name: each factory takes ``momentum`` (and ``bound`` where it has
+one) and declares its defaults (:func:`register`)."""
 
-DEFAULT_MOMENTUM = {"sgd": 0.0, "signsgd": 0.0, "signum": 0.9, "stochastic-sign": 0.0}
-DEFAULT_LR = {"sgd": 1e-3, "signsgd": 1e-4, "signum": 1e-4, "stochastic-sign": 1e-4}
+
+def register(name: str, *, default_lr: float, default_momentum: float
+             ) -> Callable[[Callable[..., WorkerRule]], Callable[..., WorkerRule]]:
+    """Register a rule factory under ``name`` with its default learning rate and momentum
+    (what ``--lr`` and ``--momentum`` default to for it). Adding a rule is this decorator
+    on one factory function."""
+
+    def decorate(factory: Callable[..., WorkerRule]) -> Callable[..., WorkerRule]:
+        factory.default_lr = default_lr  # type: ignore[attr-defined]
+        factory.default_momentum = default_momentum  # type: ignore[attr-defined]
+        return REGISTRY.register(name)(factory)
+
+    return decorate
 
 
 def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
@@ -58,6 +71,11 @@ class WorkerRule:
     sends_signs: bool
     stochastic: bool = False
     bound: float | None = None
+
+    @property
+    def capabilities(self) -> RuleCapabilities:
+        """What the rule declares: signs on the wire, coins, momentum state."""
+        return RuleCapabilities(self.sends_signs, self.stochastic, self.beta > 0)
 
     def step(self, grads: Tensor, state: Tensor | None,
              generator: Coins = None) -> tuple[Tensor, Tensor | None]:
@@ -101,6 +119,7 @@ def stochastic_sign(values: Tensor, bound: float | None,
     return torch.where(coins < (1 + ratio) / 2, 1.0, -1.0).to(values.dtype)
 
 
+@register("sgd", default_lr=1e-3, default_momentum=0.0)
 def sgd(momentum: float = 0.0) -> WorkerRule:
     """Distributed SGD: each worker sends its (momentum) gradient in fp32.
 
@@ -110,7 +129,8 @@ def sgd(momentum: float = 0.0) -> WorkerRule:
     return WorkerRule("sgd", float(momentum), sends_signs=False)
 
 
-def signsgd() -> WorkerRule:
+@register("signsgd", default_lr=1e-4, default_momentum=0.0)
+def signsgd(momentum: float = 0.0) -> WorkerRule:
     """SignSGD: each worker sends ``sign(g_i)``, one bit per coordinate.
 
     Bernstein, Wang, Azizzadenesheli & Anandkumar, "signSGD: Compressed Optimisation for
@@ -118,9 +138,12 @@ def signsgd() -> WorkerRule:
     Azizzadenesheli & Anandkumar, "signSGD with Majority Vote is Communication Efficient and
     Fault Tolerant", ICLR 2019.
     """
+    if momentum != 0.0:
+        raise ValueError("rule signsgd takes no momentum; use rule signum for momentum")
     return WorkerRule("signsgd", 0.0, sends_signs=True)
 
 
+@register("signum", default_lr=1e-4, default_momentum=0.9)
 def signum(momentum: float = 0.9) -> WorkerRule:
     """Signum: each worker sends the sign of its momentum, ``sign(m_i)``.
 
@@ -130,6 +153,7 @@ def signum(momentum: float = 0.9) -> WorkerRule:
     return WorkerRule("signum", float(momentum), sends_signs=True)
 
 
+@register("stochastic-sign", default_lr=1e-4, default_momentum=0.0)
 def stochastic_sign_rule(momentum: float = 0.0, bound: float | None = None) -> WorkerRule:
     """Stochastic sign: each worker sends ``+1`` with probability ``(1 + m_i / B) / 2`` and
     ``-1`` otherwise (:func:`stochastic_sign`), an unbiased 1-bit compression of its
@@ -143,18 +167,20 @@ def stochastic_sign_rule(momentum: float = 0.0, bound: float | None = None) -> W
                       bound=bound)
 
 
+RULES = tuple(REGISTRY.names_in_order())
+"""The names of the worker rules, in the order --help lists them (registration order)."""
+
+DEFAULT_MOMENTUM = {name: REGISTRY.factory(name).default_momentum for name in RULES}
+DEFAULT_LR = {name: REGISTRY.factory(name).default_lr for name in RULES}
+
+
 def get(name: str, momentum: float | None = None, bound: float | None = None) -> WorkerRule:
     """The worker rule ``name`` with ``momentum`` (None: the rule's default) and, for
-    ``stochastic-sign``, its bound ``B`` (None: per worker and step)."""
-    if name not in RULES:
-        raise ValueError(f"unknown rule {name!r}; known: {', '.join(RULES)}")
-    beta = DEFAULT_MOMENTUM[name] if momentum is None else momentum
-    if name == "signsgd":
-        if beta != 0.0:
-            raise ValueError("rule signsgd takes no momentum; use rule signum for momentum")
-        return signsgd()
-    if name == "signum":
-        return signum(beta)
-    if name == "stochastic-sign":
-        return stochastic_sign_rule(beta, bound)
-    return sgd(beta)
+    rules that take one (``stochastic-sign``), its bound ``B`` (None: per worker and
+    step)."""
+    factory = REGISTRY.factory(name)
+    beta = factory.default_momentum if momentum is None else momentum
+    params = {"momentum": beta}
+    if bound is not None:
+        params["bound"] = bound
+    return REGISTRY.get(name, **params)

@@ -11,10 +11,12 @@ or a spec, which puts pre-aggregators in front of an aggregator and hands every 
 fault bound ``f`` (``aggregators.build("nnm+krum", f=2)``, ``"bucketing(s=2)+median"``,
 ``"centered-clipping(tau=5)"``).
 
-Every aggregator is a pure function of its input: it never mutates the messages. The
-stateful ones (``centered-clipping``, ``weighted-majority-vote``, and ``bucketing``'s random
-generator) keep their state on the object, and ``preview(agg, messages)`` aggregates without
-touching it (what an attack that tunes itself against the aggregator calls).
+Every aggregator follows :class:`signvote.contracts.Aggregator` (the whole contract, in
+one place): it is a pure function of its input, declares its ``capabilities``, and keeps
+no state of its own. The stateful ones (``centered-clipping``, ``weighted-majority-vote``,
+and any chain with ``bucketing``, whose state is its generator's) map ``(messages, state)``
+to ``(aggregate, state)`` in ``apply``, starting from ``init_state()``; ``agg(messages)``
+aggregates from the initial state.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from typing import Any
 
 from torch import Tensor
 
+from signvote.contracts import Aggregator, PreAggregator, Preview, State
 from signvote.registry import Registry, parse_spec
 
 REGISTRY = Registry("aggregator")
 PRE_REGISTRY = Registry("pre-aggregator")
 
 
-def get(name: str, **params: Any) -> Any:
+def get(name: str, **params: Any) -> Aggregator:
     """The aggregator registered as ``name``, built with ``params`` (e.g. ``f=2``)."""
     return REGISTRY.get(name, **params)
 
@@ -40,7 +43,7 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
-def get_pre(name: str, **params: Any) -> Any:
+def get_pre(name: str, **params: Any) -> PreAggregator:
     """The pre-aggregator registered as ``name`` (``pre(messages, f) -> [n', d]``)."""
     return PRE_REGISTRY.get(name, **params)
 
@@ -55,10 +58,11 @@ def takes_f(registry: Registry, name: str) -> bool:
     return "f" in inspect.signature(registry.factory(name)).parameters
 
 
-def build(spec: str, f: int = 0) -> Any:
+def build(spec: str, f: int = 0) -> Aggregator:
     """The aggregator of ``spec`` (``"[pre+...+]aggregator"``, each stage ``name`` or
     ``name(key=value, ...)``), every stage that takes ``f`` getting ``f`` unless the spec
-    sets it. Unknown names or parameters raise ValueError listing the valid ones."""
+    sets it (each stage then keeps its own). Unknown names or parameters raise ValueError
+    listing the valid ones."""
     stages = parse_spec(spec, "aggregator")
     *pres, (last, last_params) = stages
     if last in PRE_REGISTRY.names():
@@ -76,20 +80,18 @@ def build(spec: str, f: int = 0) -> Any:
             raise ValueError(f"aggregator {spec!r}: {name!r} is an aggregator and can only "
                              f"be the last stage; pre-aggregators: {', '.join(pre_names())}")
         built.append(get_pre(name, **params))
-    return Chain(built, aggregator, getattr(aggregator, "f", f))
+    return Chain(built, aggregator, f)
 
 
-def preview(aggregator: Any, messages: Tensor) -> Tensor:
-    """``aggregator(messages)`` without changing the aggregator's state."""
-    peek = getattr(aggregator, "preview", None)
-    return peek(messages) if peek is not None else aggregator(messages)
+def preview(aggregator: Aggregator, messages: Tensor, state: State = None) -> Tensor:
+    """The aggregate of ``messages`` from ``state`` (None: the initial state); no state
+    is changed anywhere (aggregators keep none of their own)."""
+    return Preview(aggregator, aggregator.init_state() if state is None else state)(messages)
 
 
-def check(aggregator: Any, n: int) -> None:
+def check(aggregator: Aggregator, n: int) -> None:
     """Raise ValueError if ``aggregator`` cannot run on ``n`` workers with its ``f``."""
-    test = getattr(aggregator, "check", None)
-    if test is not None:
-        test(n)
+    aggregator.check(n)
 
 
 # Register the built-in rules.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from signvote.contracts import AggregatorBase, State
 from signvote.registry import to_int
 
 
@@ -113,24 +114,10 @@ def coordinate_median(messages: Tensor) -> Tensor:
     return median_of_sorted(sorted_columns(messages))
 
 
-class Stateful:
-    """Mixin of the aggregators that keep explicit state in ``self.state`` between calls."""
-
-    stateful = True
-    state: object = None
-
-    def preview(self, messages: Tensor) -> Tensor:
-        """The aggregate of ``messages`` without updating the state."""
-        state = self.state
-        try:
-            return self(messages)  # type: ignore[operator]
-        finally:
-            self.state = state
-
-
-class RobustAggregator:
+class RobustAggregator(AggregatorBase):
     """Base of the rules that take ``f``: checks ``n``, discards malformed rows, then calls
-    :meth:`aggregate` (``messages[n, d], f -> [d]``), which subclasses define."""
+    :meth:`aggregate` (``messages[n, d], f -> [d]``), which subclasses define; a stateful
+    rule defines :meth:`aggregate_state` instead (and ``init_state``)."""
 
     name = "robust"
     uses_gram = False
@@ -159,26 +146,33 @@ class RobustAggregator:
             f += 1
         return f
 
-    def __call__(self, messages: Tensor) -> Tensor:
+    def apply(self, messages: Tensor, state: State) -> tuple[Tensor, State]:
         self.check(messages.shape[0])
         if not self.uses_gram:
             rows, f, _ = well_formed(messages, self.f)
-            return self.run(rows, f)
+            return self.run(rows, f, state)
         g = gram(messages)
         rows, f, keep = well_formed(messages, self.f, torch.isfinite(g.diagonal()))
-        return self.run(rows, f, g if keep is None else g[keep][:, keep])
+        return self.run(rows, f, state, g if keep is None else g[keep][:, keep])
 
-    def run(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
-        """Aggregate well-formed ``messages`` with ``f`` (the coordinate-wise median when
-        fewer rows remain than the rule needs; zeros when none remain); ``g`` their Gram
-        matrix if already computed."""
+    def run(self, messages: Tensor, f: int, state: State = None,
+            g: Tensor | None = None) -> tuple[Tensor, State]:
+        """Aggregate well-formed ``messages`` with ``f`` from ``state`` (the coordinate-wise
+        median when fewer rows remain than the rule needs, zeros when none remain: the
+        state is then kept as it was); ``g`` their Gram matrix if already computed."""
         if messages.shape[0] == 0:
-            return torch.zeros(messages.shape[1], dtype=messages.dtype)
+            return torch.zeros(messages.shape[1], dtype=messages.dtype), state
         if messages.shape[0] < self.min_workers(f):
-            return coordinate_median(messages)
+            return coordinate_median(messages), state
         if self.uses_gram and g is None:
             g = gram(messages)
-        return self.aggregate(messages, f, g)
+        return self.aggregate_state(messages, f, g, state)
+
+    def aggregate_state(self, messages: Tensor, f: int, g: Tensor | None,
+                        state: State) -> tuple[Tensor, State]:
+        """The rule on ``n >= min_workers(f)`` well-formed rows from ``state``; the
+        stateless rules keep the state as it is and define :meth:`aggregate`."""
+        return self.aggregate(messages, f, g), state
 
     def aggregate(self, messages: Tensor, f: int,
                   g: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract

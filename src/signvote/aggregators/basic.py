@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
+from signvote.contracts import AggregatorBase, AggregatorCapabilities
 
 
 def ternary_votes(messages: Tensor) -> Tensor:
@@ -19,7 +20,7 @@ def ternary_votes(messages: Tensor) -> Tensor:
 
 
 @REGISTRY.register("mean")
-class Mean:
+class Mean(AggregatorBase):
     r"""Arithmetic mean of the messages: :math:`v = \frac{1}{n} \sum_{i=1}^{n} m_i`.
 
     The server rule of distributed SGD (e.g. Dean et al., "Large Scale Distributed Deep
@@ -30,12 +31,14 @@ class Mean:
         tensor([2., 3.])
     """
 
+    capabilities = AggregatorCapabilities(reduction="mean")
+
     def __call__(self, messages: Tensor) -> Tensor:
         return messages.mean(dim=0)
 
 
 @REGISTRY.register("sum")
-class Sum:
+class Sum(AggregatorBase):
     r"""Sum of the messages: :math:`v = \sum_{i=1}^{n} m_i`.
 
     What the paper's seed code applies for distributed SGD (an all-reduce SUM, then
@@ -46,12 +49,14 @@ class Sum:
         tensor([4., 6.])
     """
 
+    capabilities = AggregatorCapabilities(reduction="sum")
+
     def __call__(self, messages: Tensor) -> Tensor:
         return messages.sum(dim=0)
 
 
 @REGISTRY.register("majority-vote")
-class MajorityVote:
+class MajorityVote(AggregatorBase):
     r"""Coordinate-wise majority vote of the signs: :math:`v_j = \mathrm{sign}\big(\sum_i
     \mathrm{sign}(m_{ij})\big)`, a tie giving :math:`v_j = 0`.
 
@@ -64,10 +69,10 @@ class MajorityVote:
         tensor([1., 0., 0.])
     """
 
-    returns_signs = True
-    """The aggregate is ternary, so it travels back to the workers bit-packed."""
-    reads_signs = True
-    """It reads messages through :func:`ternary_votes` itself (the wire's semantics)."""
+    capabilities = AggregatorCapabilities(reads_signs=True, returns_signs=True,
+                                          reduction="vote")
+    """It reads messages through :func:`ternary_votes` itself (the wire's semantics); its
+    aggregate is ternary (it travels back bit-packed); the wire may count the bits."""
 
     def __call__(self, messages: Tensor) -> Tensor:
         # = sign(ternary_votes(messages).sum(0)) in one pass fewer: nansum skips sign(NaN).

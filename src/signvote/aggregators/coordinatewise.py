@@ -12,6 +12,7 @@ from signvote.aggregators.base import (
     median_of_sorted,
     sorted_columns,
 )
+from signvote.contracts import State
 
 
 class SortedRule(RobustAggregator):
@@ -25,15 +26,15 @@ class SortedRule(RobustAggregator):
     treated as malformed here only when it would make the result overflow.
     """
 
-    def __call__(self, messages: Tensor) -> Tensor:
+    def apply(self, messages: Tensor, state: State) -> tuple[Tensor, State]:
         self.check(messages.shape[0])
         columns = sorted_columns(messages)
         # one finite sum is the cheapest test (an overflowing one just takes the slow path)
         if bool(torch.isfinite((columns[0] + columns[-1]).sum())):
             result = self.from_sorted(columns, self.f)
             if bool(torch.isfinite(result.sum())):
-                return result
-        return super().__call__(messages)
+                return result, state
+        return super().apply(messages, state)
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         return self.from_sorted(sorted_columns(messages), f)

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
-from signvote.aggregators.base import RobustAggregator, Stateful, combine
+from signvote.aggregators.base import RobustAggregator, combine
+from signvote.contracts import AggregatorCapabilities
 from signvote.registry import to_int, to_positive
 
 
@@ -88,7 +89,7 @@ def centered_clipping_weights(g: Tensor, x_v0: Tensor, v0_sq: float, tau: float,
 
 
 @REGISTRY.register("centered-clipping")
-class CenteredClipping(Stateful, RobustAggregator):
+class CenteredClipping(RobustAggregator):
     r"""Centered clipping: from the previous aggregate :math:`v_0` (zero at first), repeat
     ``iterations`` (:math:`L`) times
 
@@ -96,7 +97,7 @@ class CenteredClipping(Stateful, RobustAggregator):
               \min\!\Big(1, \frac{\tau}{\|x_i - v_l\|}\Big),
 
     and return :math:`v_L`, which becomes the next call's :math:`v_0` (explicit state:
-    ``state``; :meth:`preview` aggregates without changing it). Karimireddy, He & Jaggi,
+    ``state`` in :meth:`apply`; a call ``agg(m)`` starts from zero). Karimireddy, He & Jaggi,
     "Learning from History for Byzantine Robust Optimization", ICML 2021. Needs
     :math:`n > 2f` (``f`` only sets that check).
 
@@ -107,23 +108,23 @@ class CenteredClipping(Stateful, RobustAggregator):
 
     name = "centered-clipping"
     uses_gram = True
+    capabilities = AggregatorCapabilities(stateful=True)
 
     def __init__(self, f: int = 0, tau: float = 10.0, iterations: int = 3) -> None:
         super().__init__(f)
         self.tau = to_positive(tau, "tau", self.name)
         self.iterations = to_int(iterations, "iterations", self.name, minimum=1)
-        self.state: Tensor | None = None
 
-    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
-        v0 = self.state
+    def aggregate_state(self, messages: Tensor, f: int, g: Tensor | None,
+                        state: Tensor | None) -> tuple[Tensor, Tensor]:
+        v0 = state
         if v0 is None or v0.shape != messages.shape[1:]:
             v0 = torch.zeros(messages.shape[1], dtype=messages.dtype)
         x_v0 = (messages @ v0.to(messages.dtype)).double()
         c, w = centered_clipping_weights(g, x_v0, float(v0.double() @ v0.double()),
                                          self.tau, self.iterations)
         v = combine(w, messages) + c * v0.to(messages.dtype)
-        self.state = v
-        return v
+        return v, v
 
 
 def caf_weights(g: Tensor, f: int) -> Tensor:

@@ -8,18 +8,24 @@ that depends on the messages (their distances or norms), so it costs one product
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from signvote.aggregators import PRE_REGISTRY
 from signvote.aggregators.base import (
-    RobustAggregator,
     check_f,
     gram,
     squared_distances,
     well_formed,
+)
+from signvote.contracts import (
+    Aggregator,
+    AggregatorBase,
+    AggregatorCapabilities,
+    PreAggregator,
+    PreAggregatorBase,
+    PreAggregatorCapabilities,
+    State,
 )
 from signvote.registry import to_int, to_positive
 
@@ -34,7 +40,7 @@ def nearest_neighbour_matrix(dist: Tensor, keep: int) -> Tensor:
 
 
 @PRE_REGISTRY.register("nnm")
-class NNM:
+class NNM(PreAggregatorBase):
     r"""Nearest-neighbour mixing: each message is replaced by the mean of its :math:`n - f`
     nearest messages (itself included; ties to the lower index),
 
@@ -62,15 +68,16 @@ class NNM:
 
 
 @PRE_REGISTRY.register("bucketing")
-class Bucketing:
+class Bucketing(PreAggregatorBase):
     r"""Bucketing: shuffle the messages, cut them into buckets of ``s`` (the last one may
     be smaller) and send each bucket's mean on,
 
     .. math:: y_k = \frac{1}{|B_k|} \sum_{i \in B_k} x_{\pi(i)}, \quad
               B_k = \{ks, \dots, \min(n, (k+1)s) - 1\},
 
-    :math:`\pi` a fresh random permutation each call (drawn from its own generator, seeded
-    by ``seed``: explicit state). Karimireddy, He & Jaggi, "Byzantine-Robust Learning on
+    :math:`\pi` a fresh random permutation each call, drawn from its own generator seeded
+    by ``seed``; the generator's state is the explicit state (:meth:`apply`; a call
+    ``pre(m)`` draws from the seeded start). Karimireddy, He & Jaggi, "Byzantine-Robust Learning on
     Heterogeneous Datasets via Bucketing", ICLR 2022.
 
     Example:
@@ -78,19 +85,30 @@ class Bucketing:
         torch.Size([2, 1])
     """
 
+    capabilities = PreAggregatorCapabilities(stateful=True)
+
     def __init__(self, s: int = 2, seed: int = 0) -> None:
         self.s = to_int(s, "s", "bucketing", minimum=1)
-        self.generator = torch.Generator().manual_seed(to_int(seed, "seed", "bucketing"))
+        self.seed = to_int(seed, "seed", "bucketing")
 
-    def __call__(self, messages: Tensor, f: int = 0) -> Tensor:
+    def init_state(self) -> Tensor:
+        """The state of the generator seeded with ``seed``."""
+        return torch.Generator().manual_seed(self.seed).get_state()
+
+    def output_rows(self, n: int) -> int:
+        return -(-n // self.s)
+
+    def apply(self, messages: Tensor, f: int, state: Tensor) -> tuple[Tensor, Tensor]:
         n = messages.shape[0]
-        order = torch.randperm(n, generator=self.generator)
-        buckets = -(-n // self.s)
+        generator = torch.Generator()
+        generator.set_state(state)
+        order = torch.randperm(n, generator=generator)
+        buckets = self.output_rows(n)
         w = torch.zeros(buckets, n, dtype=messages.dtype)
         bucket = torch.arange(n) // self.s
         sizes = torch.bincount(bucket, minlength=buckets).to(messages.dtype)
         w[bucket, order] = 1.0 / sizes[bucket]
-        return w @ messages
+        return w @ messages, generator.get_state()
 
 
 def clip_rows(messages: Tensor, threshold: Tensor | float) -> Tensor:
@@ -101,7 +119,7 @@ def clip_rows(messages: Tensor, threshold: Tensor | float) -> Tensor:
 
 
 @PRE_REGISTRY.register("clipping")
-class StaticClipping:
+class StaticClipping(PreAggregatorBase):
     r"""Static clipping: :math:`y_i = x_i \min(1, c / \|x_i\|)`.
 
     Norm clipping of the workers' messages, as in Karimireddy, He & Jaggi, ICML 2021 and
@@ -122,7 +140,7 @@ class StaticClipping:
 
 
 @PRE_REGISTRY.register("arc")
-class ARC:
+class ARC(PreAggregatorBase):
     r"""Adaptive robust clipping: the :math:`k = \lfloor 2 (f / n) (n - f) \rfloor` messages
     of largest norm are clipped to the norm of the largest one left alone,
 
@@ -153,51 +171,57 @@ class ARC:
         return clip_rows(messages, threshold)
 
 
-class Chain:
-    """Pre-aggregators then an aggregator: ``agg(pre_k(... pre_1(messages, f) ..., f))``.
+class Chain(AggregatorBase):
+    """Pre-aggregators then an aggregator: ``agg(pre_k(... pre_1(messages, f_1) ..., f_k))``.
 
     Malformed rows (``base.finite_rows``) are discarded once, before the first stage, and
-    ``f`` is lowered by their count, as for the robust aggregators alone.
+    every stage's ``f`` is lowered by their count, as for the robust aggregators alone.
+    Each stage runs with its own ``f`` when its spec sets one (``nnm(f=2)``), else with the
+    chain's; the final aggregator always with its own (``krum(f=1)`` in a run with f = 3
+    keeps f = 1, while ``nnm`` in front of it takes 3).
+
+    The state is ``(stage states, aggregator state)``.
 
     Attributes:
         stages: the pre-aggregators, in order.
         aggregator: the final aggregator.
-        f: the fault bound handed to every stage.
+        f: the chain's fault bound (the run's), for the stages that set none.
     """
 
-    def __init__(self, stages: list[Any], aggregator: Any, f: int) -> None:
+    def __init__(self, stages: list[PreAggregator], aggregator: Aggregator, f: int) -> None:
         self.stages, self.aggregator, self.f = list(stages), aggregator, check_f(f, "chain")
         self.name = "+".join([*(type(s).name for s in stages), type(aggregator).name])
+        caps = aggregator.capabilities
+        self.capabilities = AggregatorCapabilities(
+            returns_signs=caps.returns_signs,
+            stateful=caps.stateful or any(s.capabilities.stateful for s in self.stages))
+
+    def min_workers(self, f: int) -> int:
+        return 1
 
     def check(self, n: int) -> None:
         """Raise ValueError unless the final aggregator accepts the rows that ``n`` workers
         leave after the stages (bucketing divides them by ``s``)."""
-        if isinstance(self.aggregator, RobustAggregator):
-            rows = n
-            for stage in self.stages:
-                rows = -(-rows // stage.s) if isinstance(stage, Bucketing) else rows
-            self.aggregator.check(rows)
-
-    def __call__(self, messages: Tensor) -> Tensor:
-        self.check(messages.shape[0])
-        rows, f, _ = well_formed(messages, self.f)
-        if rows.shape[0] == 0:
-            return torch.zeros(messages.shape[1], dtype=messages.dtype)
+        rows = n
         for stage in self.stages:
-            rows = stage(rows, f)
-        if isinstance(self.aggregator, RobustAggregator):
-            return self.aggregator.run(rows, f)
-        return self.aggregator(rows)
+            rows = stage.output_rows(rows)
+        self.aggregator.check(rows)
 
-    def preview(self, messages: Tensor) -> Tensor:
-        """The output without changing any stage's state (random generator, history)."""
-        saved = [s.generator.get_state() for s in self.stages if isinstance(s, Bucketing)]
-        state = getattr(self.aggregator, "state", None)
-        try:
-            return self(messages)
-        finally:
-            for s, g in zip([s for s in self.stages if isinstance(s, Bucketing)], saved,
-                            strict=True):
-                s.generator.set_state(g)
-            if hasattr(self.aggregator, "state"):
-                self.aggregator.state = state
+    def init_state(self) -> State:
+        return (tuple(s.init_state() for s in self.stages), self.aggregator.init_state())
+
+    def apply(self, messages: Tensor, state: State) -> tuple[Tensor, State]:
+        self.check(messages.shape[0])
+        stage_states, agg_state = state
+        rows, _, keep = well_formed(messages, self.f)
+        dropped = 0 if keep is None else messages.shape[0] - rows.shape[0]
+        if rows.shape[0] == 0:
+            return torch.zeros(messages.shape[1], dtype=messages.dtype), state
+        new_states = []
+        for stage, stage_state in zip(self.stages, stage_states, strict=True):
+            f = max((self.f if stage.f is None else stage.f) - dropped, 0)
+            rows, stage_state = stage.apply(rows, f, stage_state)
+            new_states.append(stage_state)
+        f = max(self.aggregator.f - dropped, 0)
+        v, agg_state = self.aggregator.run(rows, f, agg_state)  # rows already well formed
+        return v, (tuple(new_states), agg_state)

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
-from signvote.aggregators.base import Stateful
 from signvote.aggregators.basic import ternary_votes
+from signvote.contracts import AggregatorBase, AggregatorCapabilities
 from signvote.registry import to_float
 
 
@@ -20,7 +20,7 @@ def llr_weights(agree: Tensor, total: Tensor) -> Tensor:
 
 
 @REGISTRY.register("weighted-majority-vote")
-class WeightedMajorityVote(Stateful):
+class WeightedMajorityVote(AggregatorBase):
     r"""Weighted majority vote with weights learned from agreement (sign decoding):
 
     .. math:: v_j = \mathrm{sign}\Big(\sum_i w_i\, \mathrm{sign}(m_{ij})\Big), \qquad
@@ -36,8 +36,8 @@ class WeightedMajorityVote(Stateful):
 
     Park & Lee, "SignSGD with Federated Defense: Harnessing Adversarial Attacks through
     Gradient Sign Decoding", ICML 2024 (signSGD-FD). Zeros and NaN abstain
-    (:func:`ternary_votes`). Explicit state: ``state = (agree, total)`` per worker row;
-    :meth:`preview` aggregates without updating it.
+    (:func:`ternary_votes`). Explicit state: ``state = (agree, total)`` per worker row,
+    None at the start (:meth:`apply`); a call ``vote(m)`` starts from it.
 
     Example:
         >>> vote = WeightedMajorityVote()
@@ -46,24 +46,22 @@ class WeightedMajorityVote(Stateful):
         tensor([ 1.,  1.,  1., -1.])
     """
 
-    returns_signs = True
-    """The aggregate is ternary, so it travels back to the workers bit-packed."""
-    reads_signs = True
-    """It reads messages through :func:`ternary_votes` itself (the wire's semantics)."""
+    capabilities = AggregatorCapabilities(reads_signs=True, returns_signs=True,
+                                          stateful=True)
 
     def __init__(self, memory: float = 1.0) -> None:
         memory = to_float(memory, "memory", "weighted-majority-vote")
         if not 0.0 < memory <= 1.0:
             raise ValueError(f"weighted-majority-vote: memory must be in (0, 1], got {memory}")
         self.memory = memory
-        self.state: tuple[Tensor, Tensor] | None = None
 
-    def __call__(self, messages: Tensor) -> Tensor:
+    def apply(self, messages: Tensor, state: tuple[Tensor, Tensor] | None
+              ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         votes = ternary_votes(messages)
         n = votes.shape[0]
-        if self.state is None or self.state[0].shape[0] != n:
-            self.state = (torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
-        agree, total = self.state
+        if state is None or state[0].shape[0] != n:
+            state = (torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
+        agree, total = state
         weights = llr_weights(agree, total)
         if not bool((weights != 0).any()):
             weights = torch.ones(n, dtype=torch.float64)
@@ -74,5 +72,4 @@ class WeightedMajorityVote(Stateful):
         counted = (votes.abs() @ decoded.abs()).double()
         agree = self.memory * agree + (counted + margin) / 2
         total = self.memory * total + counted
-        self.state = (agree, total)
-        return torch.sign(llr_weights(agree, total).to(votes.dtype) @ votes)
+        return torch.sign(llr_weights(agree, total).to(votes.dtype) @ votes), (agree, total)

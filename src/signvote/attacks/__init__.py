@@ -23,7 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from signvote.contracts import Attack, AttackBase, AttackCapabilities
 from signvote.registry import Registry, parse_spec
+
+__all__ = ["REGISTRY", "Attack", "AttackBase", "AttackCapabilities", "AttackContext",
+           "apply_all", "build", "get", "names"]
 
 REGISTRY = Registry("attack")
 
@@ -37,8 +41,9 @@ class AttackContext:
         generator: the adversaries' own random generator (seeded by the run's seed).
         sign_messages: True when the worker rule sends signs (the wire carries ternary
             values), False for real-valued (fp32) messages.
-        aggregator: the server's aggregator, for attacks that tune against it (may be None;
-            call it through ``signvote.aggregators.preview`` so as not to change its state).
+        aggregator: the server's rule at its current state, for attacks that tune against
+            it (``capabilities.uses_aggregator``): calling it aggregates without changing
+            the server's state (a :class:`signvote.contracts.Preview`); None when unknown.
     """
 
     step: int
@@ -47,7 +52,7 @@ class AttackContext:
     aggregator: Callable[[Tensor], Tensor] | None = None
 
 
-def get(name: str, **params: Any) -> Any:
+def get(name: str, **params: Any) -> Attack:
     """The attack registered as ``name``, built with ``params``."""
     return REGISTRY.get(name, **params)
 
@@ -57,7 +62,7 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
-def build(spec: str) -> Any:
+def build(spec: str) -> Attack:
     """The attack of ``spec``: ``name`` or ``name(key=value, ...)`` (e.g. ``"alie(z=1.5)"``)."""
     stages = parse_spec(spec, "attack")
     if len(stages) != 1:
@@ -66,23 +71,14 @@ def build(spec: str) -> Any:
     return get(name, **params)
 
 
-def poison_targets(plan: Sequence[tuple[Any, Tensor]], targets: Tensor,
-                   n_classes: int | None) -> Tensor:
-    """``targets[n, b]`` after every data-level attack of ``plan`` (``label-flip``)."""
-    for attack, mask in plan:
-        if getattr(attack, "data_level", False):
-            targets = attack.poison_targets(targets, mask, n_classes)
-    return targets
-
-
 def apply_all(
-    plan: Sequence[tuple[Callable[..., Tensor], Tensor]], messages: Tensor, ctx: AttackContext
+    plan: Sequence[tuple[Attack, Tensor]], messages: Tensor, ctx: AttackContext
 ) -> Tensor:
-    """Apply each ``(attack, mask)`` of ``plan`` in turn (blind adversaries first, then the
-    Byzantine coalition, which then sees the blind workers' inverted messages as the
-    seed's "Byzantine server" did)."""
+    """Apply each ``(attack, mask)`` of ``plan`` in turn (a data-level attack is the
+    identity on messages)."""
     for attack, mask in plan:
-        messages = attack(messages, mask, ctx)
+        if not attack.capabilities.data_level:
+            messages = attack(messages, mask, ctx)
     return messages
 
 

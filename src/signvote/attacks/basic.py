@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from signvote.attacks import REGISTRY, AttackContext
+from signvote.contracts import AttackBase, AttackCapabilities
 from signvote.registry import to_float
 
 
@@ -23,17 +24,17 @@ def replace_rows(messages: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
 
 
 @REGISTRY.register("none")
-class NoAttack:
+class NoAttack(AttackBase):
     """No attack: the messages pass unchanged (``M' = M``). knowledge: none."""
 
-    knowledge = "none"
+    capabilities = AttackCapabilities(knowledge="none")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         return messages
 
 
 @REGISTRY.register("blind-inversion")
-class BlindInversion:
+class BlindInversion(AttackBase):
     r"""Blind inversion: each adversary sends the opposite of its own message,
     :math:`m'_i = -m_i` (for sign rules, the inverted sign of its gradient or momentum).
 
@@ -42,7 +43,7 @@ class BlindInversion:
     ``--blind-inv``). knowledge: blind (reads only its own rows).
     """
 
-    knowledge = "blind"
+    capabilities = AttackCapabilities(knowledge="blind")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         return replace_rows(messages, byzantine_mask, -messages[byzantine_mask])
@@ -79,7 +80,7 @@ def _cancelling_table(f: int) -> Tensor:
 
 
 @REGISTRY.register("vote-cancel")
-class VoteCancel:
+class VoteCancel(AttackBase):
     r"""The paper's omniscient, colluding Byzantine strategy (Akoun & Meyer 2022, Sec. 3).
 
     On sign messages, with :math:`f` Byzantine workers and the honest vote sum
@@ -94,7 +95,7 @@ class VoteCancel:
     messages, as in the seed's DistSGD. knowledge: omniscient.
     """
 
-    knowledge = "omniscient"
+    capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f = int(byzantine_mask.sum())
@@ -113,7 +114,7 @@ class VoteCancel:
 
 
 @REGISTRY.register("random-sign")
-class RandomSign:
+class RandomSign(AttackBase):
     r"""Random signs: each adversary sends :math:`m'_{ij} = s \cdot \epsilon_{ij}` with
     :math:`\epsilon_{ij}` uniform on :math:`\{-1, +1\}` (a faulty worker whose bits are noise;
     Bernstein et al., ICLR 2019, Sec. 4). knowledge: blind.
@@ -122,7 +123,7 @@ class RandomSign:
         scale: the magnitude :math:`s` (1 for sign rules).
     """
 
-    knowledge = "blind"
+    capabilities = AttackCapabilities(knowledge="blind")
 
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = to_float(scale, "scale", "random-sign")
@@ -134,7 +135,7 @@ class RandomSign:
 
 
 @REGISTRY.register("gaussian")
-class Gaussian:
+class Gaussian(AttackBase):
     r"""Gaussian noise: each adversary sends :math:`m'_i \sim \mathcal{N}(\mu, \sigma^2 I_d)`
     (the Gaussian Byzantine worker of Blanchard et al., "Machine Learning with Adversaries:
     Byzantine Tolerant Gradient Descent", NeurIPS 2017). knowledge: blind.
@@ -144,7 +145,7 @@ class Gaussian:
         std: :math:`\sigma`.
     """
 
-    knowledge = "blind"
+    capabilities = AttackCapabilities(knowledge="blind")
 
     def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
         self.mean, self.std = to_float(mean, "mean", "gaussian"), to_float(std, "std", "gaussian")
@@ -156,28 +157,28 @@ class Gaussian:
 
 
 @REGISTRY.register("crash")
-class Crash:
+class Crash(AttackBase):
     """A crashed worker: it sends nothing, read as zeros (``m'_i = 0``, an abstention in a
     vote). knowledge: none."""
 
-    knowledge = "none"
+    capabilities = AttackCapabilities(knowledge="none")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         return replace_rows(messages, byzantine_mask, torch.zeros(()))
 
 
 @REGISTRY.register("nan")
-class NotANumber:
+class NotANumber(AttackBase):
     """A faulty worker that sends NaN in every coordinate (``m'_i = NaN``). knowledge: none."""
 
-    knowledge = "none"
+    capabilities = AttackCapabilities(knowledge="none")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         return replace_rows(messages, byzantine_mask, torch.tensor(float("nan")))
 
 
 @REGISTRY.register("inf")
-class Infinity:
+class Infinity(AttackBase):
     """A faulty worker that sends an infinity in every coordinate (``m'_i = sign * inf``).
     knowledge: none.
 
@@ -185,7 +186,7 @@ class Infinity:
         sign: +1 or -1, the sign of the infinity.
     """
 
-    knowledge = "none"
+    capabilities = AttackCapabilities(knowledge="none")
 
     def __init__(self, sign: float = 1.0) -> None:
         if sign not in (1, -1):

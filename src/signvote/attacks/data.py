@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from signvote.attacks import REGISTRY, AttackContext
+from signvote.contracts import AttackBase, AttackCapabilities
 
 
 @REGISTRY.register("label-flip")
-class LabelFlip:
+class LabelFlip(AttackBase):
     r"""Label flipping: each Byzantine worker trains on its own batch with every label
     :math:`y \in \{0, \dots, C-1\}` replaced by :math:`C - 1 - y` (for regression targets,
     :math:`y \mapsto -y`), then sends what its worker rule makes of that honest-looking
@@ -19,8 +20,7 @@ class LabelFlip:
     identity. knowledge: blind (its own data).
     """
 
-    knowledge = "blind"
-    data_level = True
+    capabilities = AttackCapabilities(knowledge="blind", data_level=True)
 
     def poison_targets(self, targets: Tensor, byzantine_mask: Tensor,
                        n_classes: int | None) -> Tensor:

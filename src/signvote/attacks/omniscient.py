@@ -19,6 +19,7 @@ from signvote import aggregators
 from signvote.aggregators.base import gram, squared_distances
 from signvote.attacks import REGISTRY, AttackContext
 from signvote.attacks.basic import replace_rows
+from signvote.contracts import AttackBase, AttackCapabilities
 from signvote.registry import to_float, to_int
 
 
@@ -35,13 +36,13 @@ def _finite(value: float, what: str, name: str) -> float:
 
 
 @REGISTRY.register("sign-flip")
-class SignFlip:
+class SignFlip(AttackBase):
     r"""Sign flipping: every Byzantine worker sends minus the honest mean, :math:`m_b =
     -\mu`. Allen-Zhu, Ebrahimianghazani, Li & Alistarh, "Byzantine-Resilient Non-Convex
     Stochastic Gradient Descent", ICLR 2021. knowledge: omniscient.
     """
 
-    knowledge = "omniscient"
+    capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         if not bool(byzantine_mask.any()):
@@ -67,7 +68,7 @@ def alie_row(honest: Tensor, z: float) -> Tensor:
 
 
 @REGISTRY.register("alie")
-class ALIE:
+class ALIE(AttackBase):
     r"""A little is enough: every Byzantine worker sends :math:`m_b = \mu - z\,\sigma`,
     a shift small enough per coordinate to pass for honest yet consistent across all of
     them. ``z`` defaults to :func:`alie_z` (``n`` workers, ``f`` Byzantine). Baruch, Baruch
@@ -75,7 +76,7 @@ class ALIE:
     NeurIPS 2019. knowledge: omniscient.
     """
 
-    knowledge = "omniscient"
+    capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __init__(self, z: float | None = None) -> None:
         self.z = None if z is None else _finite(z, "z", "alie")
@@ -90,7 +91,7 @@ class ALIE:
 
 
 @REGISTRY.register("ipm")
-class IPM:
+class IPM(AttackBase):
     r"""Inner product manipulation: every Byzantine worker sends :math:`m_b = -\epsilon\,\mu`.
     The mean of all messages is then :math:`\frac{(n - f) - f\epsilon}{n}\mu`, whose inner
     product with :math:`\mu` is negative when :math:`f\epsilon > n - f` (with the default
@@ -100,7 +101,7 @@ class IPM:
     Manipulation", UAI 2019. knowledge: omniscient.
     """
 
-    knowledge = "omniscient"
+    capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __init__(self, epsilon: float = 2.0) -> None:
         self.epsilon = _finite(epsilon, "epsilon", "ipm")
@@ -113,14 +114,14 @@ class IPM:
 
 
 @REGISTRY.register("mimic")
-class Mimic:
+class Mimic(AttackBase):
     r"""Mimic: every Byzantine worker copies one honest worker's message, :math:`m_b =
     h_t` (``target``: its position among the honest rows), over-representing that worker's
     data (harmful under heterogeneity). Karimireddy, He & Jaggi, "Byzantine-Robust Learning
     on Heterogeneous Datasets via Bucketing", ICLR 2022. knowledge: omniscient.
     """
 
-    knowledge = "omniscient"
+    capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __init__(self, target: int = 0) -> None:
         self.target = to_int(target, "target", "mimic", minimum=0)
@@ -177,8 +178,8 @@ def largest_gamma(honest: Tensor, p: Tensor, objective: str) -> float:
     return math.sqrt(max(bound - float(c.sum()), 0.0) / (h.shape[0] * a))  # sum_i b_i = 0
 
 
-class _MinDistance:
-    knowledge = "omniscient"
+class _MinDistance(AttackBase):
+    capabilities = AttackCapabilities(knowledge="omniscient")
     objective = ""
 
     def __init__(self, direction: str = "std") -> None:
@@ -250,8 +251,8 @@ def line_search(objective: Callable[[float], float], start: float, delta: float,
     return best_x
 
 
-class _Optimal:
-    knowledge = "omniscient"
+class _Optimal(AttackBase):
+    capabilities = AttackCapabilities(knowledge="omniscient", uses_aggregator=True)
     label = ""
 
     def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0,
@@ -268,14 +269,15 @@ class _Optimal:
         raise NotImplementedError
 
     def best_scale(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> float:
-        """The scale the line search picks against ``ctx.aggregator`` (the mean if None)."""
+        """The scale the line search picks against ``ctx.aggregator`` (the mean if None),
+        which aggregates without changing the server's state."""
         honest = honest_rows(messages, byzantine_mask)
         target = honest.mean(dim=0)
         aggregator = ctx.aggregator or aggregators.get("mean")
 
         def damage(scale: float) -> float:
             attacked = replace_rows(messages, byzantine_mask, self.row(honest, scale))
-            out = aggregators.preview(aggregator, attacked)
+            out = aggregator(attacked)
             return float(torch.linalg.vector_norm((out - target).double()))
 
         return line_search(damage, self.start, self.delta, self.evals, self.ratio)
@@ -316,7 +318,7 @@ class OptimalIPM(_Optimal):
 
 
 @REGISTRY.register("optimal-vote")
-class OptimalVote:
+class OptimalVote(AttackBase):
     r"""The best response of a colluding coalition to the majority vote: with the honest
     vote sums :math:`S_j = \sum_{i \notin B} \mathrm{sign}(m_{ij})`, every Byzantine worker
     votes :math:`-\mathrm{sign}(S_j)` (and abstains where :math:`S_j = 0`).
@@ -329,7 +331,7 @@ class OptimalVote:
     their signs and sends ternary rows. knowledge: omniscient.
     """
 
-    knowledge = "omniscient"
+    capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         if not bool(byzantine_mask.any()):

@@ -15,18 +15,23 @@ For every gradient bucket, each rank
    signSGD), with ``g`` its own bucket gradient, not the average DDP would compute;
 2. takes the sign ``s = sign(m)``; a rank listed in ``byzantine_ranks`` then replaces it
    with its attack (``blind-inversion``: ``-s``; any attack that reads only its own
-   message);
+   message), drawing from its own random stream (``seed + 1000 * rank``);
 3. sends ``s`` bit-packed to every other rank, 1 bit per coordinate (2 where ``s`` has
    zeros), and receives theirs (:class:`signvote.engine.protocol.Exchange`, layout
    ``peer``);
 4. returns the majority vote ``v = sign(sum_i s_i)``, computed from the bits; DDP writes it
    into ``param.grad`` and the optimizer steps ``x <- x - lr * (v + wd * x)``.
 
-This is the worker rule and aggregator of ``signvote train --rule signum`` (Bernstein et
-al., "signSGD with Majority Vote is Communication Efficient and Fault Tolerant", ICLR
-2019, Algorithm 1 with momentum), so a run with this hook trains as the engine does. The
-exchange is synchronous: the hook returns a completed future, so communication does not
-overlap the rest of the backward pass. See ``examples/ddp_signum.py``.
+Steps 1 and 2 are the worker rule and the blind-attack stage of the engines
+(``rules.WorkerRule.step`` and ``engine.step.AdversaryPlan.blind``), step 4 the
+aggregator of ``signvote train --rule signum`` (Bernstein et al., "signSGD with Majority
+Vote is Communication Efficient and Fault Tolerant", ICLR 2019, Algorithm 1 with
+momentum), so a run with this hook trains as the engine does. The momentum is kept per
+parameter: a bucket's momentum is the concatenation of its parameters' (in the bucket's
+order), so when DDP rebuilds its buckets each parameter keeps its own momentum, whatever
+bucket it lands in. The exchange is synchronous: the hook returns a completed future, so
+communication does not overlap the rest of the backward pass. See
+``examples/ddp_signum.py``.
 """
 
 # No ``from __future__ import annotations``: DDP checks the hook's annotations at run time.
@@ -36,9 +41,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from signvote import attacks, rules
-from signvote.aggregators.basic import MajorityVote
+from signvote import aggregators, attacks, rules
 from signvote.engine import protocol
+from signvote.engine.step import AdversaryPlan
+
+ATTACK_STREAM_STRIDE = 1000
+"""Rank r's attack generator is seeded with ``seed + 1000 * r``: every Byzantine rank draws
+its own random rows, as the simulator's coalition draws independent rows."""
 
 
 @dataclass
@@ -50,11 +59,12 @@ class SignumVoteState:
         byzantine_ranks: the ranks (in ``process_group``) that run ``attack`` on their own
             message, for experiments.
         attack: the attack spec of those ranks; it must read only its own message
-            (knowledge ``none`` or ``blind``).
+            (knowledge ``none`` or ``blind``, not data-level).
         process_group: the group to vote in (None: the default group).
-        seed: the seed of the attack's random generator.
-        buffers: each bucket's momentum, by bucket index (explicit state).
+        seed: the base seed of the attack's random generators (rank r: ``seed + 1000 r``).
+        momenta: each parameter's momentum (explicit state), by the parameter's identity.
         traffic: the payload bytes this rank sent and received.
+        step: the optimizer steps seen (buckets whose ``is_last()`` was true).
     """
 
     momentum: float = 0.9
@@ -62,19 +72,57 @@ class SignumVoteState:
     attack: str = "blind-inversion"
     process_group: dist.ProcessGroup | None = None
     seed: int = 0
-    buffers: dict[int, Tensor] = field(default_factory=dict)
+    momenta: dict[int, Tensor] = field(default_factory=dict)
     traffic: protocol.Traffic = field(default_factory=protocol.Traffic)
     step: int = 0
 
     def __post_init__(self) -> None:
-        self.rule = rules.signum(self.momentum) if self.momentum > 0 else rules.signsgd()
+        self.rule = rules.get("signum" if self.momentum > 0 else "signsgd",
+                              self.momentum if self.momentum > 0 else None)
         self.byzantine_ranks = frozenset(self.byzantine_ranks)
-        self._attack = attacks.build(self.attack)
-        if getattr(self._attack, "knowledge", "none") == "omniscient" or getattr(
-                self._attack, "data_level", False):
+        attack = attacks.build(self.attack)
+        caps = attack.capabilities
+        if caps.knowledge == "omniscient" or caps.data_level:
             raise ValueError(f"attack {self.attack!r} is not a message attack that reads only "
                              f"its own message; valid: attacks of knowledge none or blind")
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._attack = attack
+        self._vote = aggregators.get("majority-vote")
+        self._generators: dict[int, torch.Generator] = {}
+
+    def plan(self, world: int) -> AdversaryPlan:
+        """The adversaries among ``world`` ranks: the Byzantine ranks run the attack on
+        their own message, the engines' blind stage."""
+        mask = torch.tensor([r in self.byzantine_ranks for r in range(world)])
+        return AdversaryPlan(mask, torch.zeros(world, dtype=torch.bool), self._attack)
+
+    def generator(self, rank: int) -> torch.Generator:
+        """Rank ``rank``'s attack generator (its own stream)."""
+        if rank not in self._generators:
+            self._generators[rank] = torch.Generator().manual_seed(
+                self.seed + ATTACK_STREAM_STRIDE * rank)
+        return self._generators[rank]
+
+
+def bucket_momentum(state: SignumVoteState, bucket: dist.GradBucket, like: Tensor
+                    ) -> Tensor | None:
+    """The bucket's momentum ``[1, numel]``: its parameters' momenta in the bucket's order
+    (zeros for a parameter without one yet); None before any step of a stateless rule."""
+    if not state.rule.capabilities.stateful:
+        return None
+    params = bucket.parameters()
+    if not state.momenta:
+        return None
+    parts = [state.momenta.get(id(p), torch.zeros(p.numel(), dtype=like.dtype)).reshape(-1)
+             for p in params]
+    return torch.cat(parts).reshape(1, -1)
+
+
+def store_momentum(state: SignumVoteState, bucket: dist.GradBucket, momentum: Tensor) -> None:
+    """Keep each parameter's slice of the bucket's new momentum ``[1, numel]``."""
+    offset = 0
+    for p in bucket.parameters():
+        state.momenta[id(p)] = momentum[0, offset:offset + p.numel()]
+        offset += p.numel()
 
 
 def signum_vote_hook(state: SignumVoteState, bucket: dist.GradBucket
@@ -84,20 +132,20 @@ def signum_vote_hook(state: SignumVoteState, bucket: dist.GradBucket
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     grads = bucket.buffer()
     flat = grads.detach().reshape(1, -1).to(torch.float32)
-    momentum = state.buffers.get(bucket.index())
-    if momentum is not None and momentum.shape != flat.shape:  # DDP rebuilt its buckets
-        momentum = None
-    messages, momentum = state.rule.step(flat, momentum)
+    if sum(p.numel() for p in bucket.parameters()) != flat.shape[1]:
+        raise ValueError(f"bucket {bucket.index()}: its parameters hold "
+                         f"{sum(p.numel() for p in bucket.parameters())} values, its buffer "
+                         f"{flat.shape[1]}")
+    messages, momentum = state.rule.step(flat, bucket_momentum(state, bucket, flat))
     if momentum is not None:
-        state.buffers[bucket.index()] = momentum
-    if rank in state.byzantine_ranks:
-        ctx = attacks.AttackContext(state.step, state._generator, sign_messages=True)
-        messages = state._attack(messages, torch.tensor([True]), ctx)
+        store_momentum(state, bucket, momentum)
+    ctx = attacks.AttackContext(state.step, state.generator(rank), sign_messages=True)
+    messages = state.plan(world).blind(messages, ctx, [rank])
     if bucket.is_last():
         state.step += 1
-    exchange = protocol.Exchange("peer", rank, world, flat.shape[1], True, MajorityVote(),
+    exchange = protocol.Exchange("peer", rank, world, flat.shape[1], True, state._vote,
                                  state.traffic, group)
-    vote = exchange(messages[0]).to(grads.dtype).reshape(grads.shape)
+    vote, _ = exchange(messages[0])
     future: torch.futures.Future[Tensor] = torch.futures.Future()
-    future.set_result(vote)
+    future.set_result(vote.to(grads.dtype).reshape(grads.shape))
     return future

@@ -1,13 +1,14 @@
 """The distributed engine: one process per worker under torch.distributed (gloo).
 
-Every worker rank runs the simulator's data path on its own row::
+Every worker rank runs the stages of ``engine/step.py`` on its own row::
 
+    y_i = plan.poison(y_i, workers=[i])       # a label-flipping worker's batch
     g_i = worker_gradients(x, batch_i)        # this worker's batch only
     m_i, state_i = rule.step(g_i, state_i)    # the same WorkerRule the simulator calls
-    m_i = blind-inversion(m_i)                # a blind worker, from its own message
-    m_i = coalition(m_i)                      # Byzantine workers: the attack, run once
-    v = exchange(m_i)                         # bit-packed signs or fp32 (engine.protocol)
-    x = x - lr * (v + weight_decay * x)
+    m_i = plan.blind(m_i, workers=[i])        # a blind worker, from its own message
+    m_i = plan.coalition(M)[i]                # Byzantine workers: the attack, run once
+    v, agg_state = exchange(m_i, agg_state)   # the wire and the aggregator (engine.protocol)
+    x = apply_update(x, v, lr, weight_decay)
 
 The Byzantine coalition's attack runs on its lowest rank, on the matrix the simulator
 would give it: the coalition's own rows and, for an omniscient attack, every worker's row,
@@ -23,7 +24,8 @@ the mean (an all-reduce sums in another order).
 
 Faults: rank 0 writes ``OUT/checkpoint.pt`` atomically every ``--checkpoint-every`` steps
 (every epoch by default) with the parameters, every worker's rule state, the random
-generators, the aggregator and attack objects and the metrics so far. A run that starts (or is
+generators, the aggregator's state and the metrics so far: tensors and plain data only,
+read back with ``torch.load(weights_only=True)``. A run that starts (or is
 restarted by torchrun, ``--max-restarts``) with a checkpoint of the same config resumes
 from it, so a killed worker costs the steps since the last checkpoint and changes nothing
 else. A rank that stops answering makes the others fail after ``--dist-timeout`` seconds
@@ -37,12 +39,14 @@ signvote train --engine dist ...`` with ``N * P`` the process count.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -51,27 +55,28 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from signvote import attacks
-from signvote.data import partition
+from signvote.attacks import AttackContext
+from signvote.contracts import Preview
 from signvote.engine import protocol
 from signvote.engine.gradients import worker_gradients
-from signvote.engine.sim import (
-    ATTACK_STREAM,
+from signvote.engine.run import (
+    Display,
+    EpochStats,
     RunResult,
     RunSetup,
-    _progress_bar,
-    apply_update,
+    attack_generator,
     coin_generators,
     epoch_row,
     finish_summary,
     learning_rate,
     prepare,
-    record_epoch,
+    run_rng,
     start_run_folder,
     write_results,
 )
+from signvote.engine.step import apply_update
 from signvote.experiment import runs
-from signvote.experiment.config import ConfigError, TrainConfig
+from signvote.experiment.config import ConfigError, TrainConfig, trajectory_key
 
 FAULT_ENV = "SIGNVOTE_FAULT"
 """Fault injection for tests: ``kill:RANK:STEP`` (SIGKILL) or ``hang:RANK:STEP`` (sleep
@@ -80,8 +85,6 @@ forever) at the start of global step STEP on rank RANK, in the first attempt onl
 CHECKPOINT = "checkpoint.pt"
 STARTUP_TIMEOUT = timedelta(seconds=120)
 """How long a rank waits for the others to start (the rendezvous store's timeout)."""
-NOT_TRAJECTORY = ("max_restarts", "dist_timeout", "checkpoint_every")
-"""Config fields a checkpoint may differ in and still be resumed."""
 
 
 class DistError(RuntimeError):
@@ -126,10 +129,10 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=c.max_restarts,
         monitor_interval=0.2)
     threads = max(1, (os.cpu_count() or 1) // world_size(c))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     _quiet_elastic_logs()
     try:
-        elastic_launch(launch_config, sys.executable)("-m", "signvote", *argv)
+        with _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads))):
+            elastic_launch(launch_config, sys.executable)("-m", "signvote", *argv)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         cause = (f"exit code {failure.exitcode}" if failure.exitcode >= 0
@@ -140,6 +143,21 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
     import json
 
     return json.loads(summary.read_text())
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the processes started inside, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _quiet_elastic_logs() -> None:
@@ -170,12 +188,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                                 timeout=timeout)
     except RuntimeError as exc:
+        if not is_communication_failure(exc):
+            raise
         raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     try:
-        return _Rank(setup, rank, world).run(progress and rank == 0)
+        with run_rng(setup.rng_state):
+            return _Rank(setup, rank, world).run(progress and rank == 0)
     except RuntimeError as exc:
-        if isinstance(exc, DistError):
-            raise
+        if isinstance(exc, DistError) or not is_communication_failure(exc):
+            raise  # a bug (a shape, a dtype) surfaces as what it is, with its traceback
         raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     finally:
         dist.destroy_process_group()
@@ -192,6 +213,21 @@ def attempt_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
                           multi_tenant=True)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"signvote/attempt_{attempt}/", store)
+
+
+COMMUNICATION_MARKERS = ("gloo", "nccl", "connection", "connect", "timed out", "timeout",
+                         "broken pipe", "closed", "reset by peer", "socket", "store")
+"""Words of the errors that torch.distributed raises as plain RuntimeErrors."""
+
+
+def is_communication_failure(exc: BaseException) -> bool:
+    """True for an error of the communication itself (torch.distributed's ``DistError``,
+    or a RuntimeError of the transport); False for any other error, such as a shape or
+    dtype mismatch in a computation, which must surface as what it is."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in COMMUNICATION_MARKERS)
 
 
 def describe_failure(exc: BaseException, rank: int, timeout: float) -> str:
@@ -211,20 +247,19 @@ class _Rank:
     def __init__(self, setup: RunSetup, rank: int, world: int) -> None:
         c = setup.config
         self.setup, self.c, self.rank, self.world = setup, c, rank, world
+        self.plan = setup.plan
         self.worker = worker_of(rank, c.layout)
+        self.workers = None if self.worker is None else [self.worker]
         self.traffic = protocol.Traffic()
         self.side_traffic = protocol.Traffic()  # honest rows sent to the coalition
         self.exchange = protocol.Exchange(c.layout, rank, world, setup.layout.dim,
                                           setup.rule.sends_signs, setup.aggregator,
                                           self.traffic)
-        masks = setup.blind_mask, setup.byzantine_mask
-        self.blind = self.worker is not None and bool(masks[0][self.worker])
-        self.byzantine = self.worker is not None and bool(masks[1][self.worker])
-        self.attack = setup.plan[-1][0] if c.byzantine else None
-        data_level = getattr(self.attack, "data_level", False)
-        self.message_attack = self.attack is not None and not data_level
-        self.omniscient = self.message_attack and self.attack.knowledge == "omniscient"
-        byzantine_workers = torch.nonzero(masks[1]).flatten().tolist()
+        self.byzantine = self.worker is not None and bool(self.plan.byzantine_mask[self.worker])
+        attack = self.plan.message_attack
+        self.message_attack = attack is not None
+        self.omniscient = attack is not None and attack.capabilities.knowledge == "omniscient"
+        byzantine_workers = torch.nonzero(self.plan.byzantine_mask).flatten().tolist()
         self.coalition_ranks = [rank_of(w, c.layout) for w in byzantine_workers]
         # Every rank creates every group, in the same order (torch.distributed's rule).
         self.workers_group = (dist.new_group(list(range(1, world)),
@@ -233,9 +268,10 @@ class _Rank:
         self.coalition = (dist.new_group(self.coalition_ranks,
                                          timeout=timedelta(seconds=c.dist_timeout))
                           if self.message_attack else None)
-        self.attack_generator = torch.Generator().manual_seed(c.seed + ATTACK_STREAM)
+        self.attack_generator = attack_generator(c.seed)
         self.rule_generators = coin_generators(c.seed, [self.worker or 0])
-        self.state: Tensor | None = None
+        self.rule_state: Tensor | None = None
+        self.agg_state = setup.aggregator.init_state()
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
 
     # -- the coalition ----------------------------------------------------------------
@@ -264,18 +300,18 @@ class _Rank:
                 self.side_traffic.add(sent=4 * d)
             if is_leader:
                 matrix = torch.zeros(n, d)
-                workers = torch.nonzero(self.setup.byzantine_mask).flatten()
-                matrix[workers] = torch.stack(rows)
+                matrix[self.plan.byzantine_mask] = torch.stack(rows)
         scatter = None
         if is_leader:
-            ctx = attacks.AttackContext(step, self.attack_generator,
-                                        self.setup.rule.sends_signs, self.exchange.aggregator)
-            crafted = self.attack(matrix, self.setup.byzantine_mask, ctx)
+            # in the server layout this copy of the aggregator's state is the leader's own
+            ctx = AttackContext(step, self.attack_generator, self.setup.rule.sends_signs,
+                                Preview(self.setup.aggregator, self.agg_state))
+            crafted = self.plan.coalition(matrix, ctx)
             if crafted.shape != matrix.shape:
                 raise DistError(f"rank {self.rank}: attack {self.c.attack} returned messages "
                                 f"of shape {tuple(crafted.shape)}; valid: {tuple(matrix.shape)}")
             scatter = [crafted[w].contiguous().to(torch.float32)
-                       for w in torch.nonzero(self.setup.byzantine_mask).flatten().tolist()]
+                       for w in torch.nonzero(self.plan.byzantine_mask).flatten().tolist()]
         out = torch.empty(d)
         dist.scatter(out, scatter, src=leader, group=self.coalition)
         return out
@@ -289,54 +325,50 @@ class _Rank:
         honest = None
         row = None
         if self.worker is not None:
-            if self.byzantine and not self.message_attack:  # data-level (label flip)
-                targets = self.attack.poison_targets(targets, torch.tensor([True]),
-                                                     s.n_classes)
+            targets = self.plan.poison(targets, s.n_classes, self.workers)
             honest = worker_gradients(s.batched, x, inputs, targets, s.data.task)
-            messages, self.state = s.rule.step(honest.grads, self.state,
-                                               self.rule_generators)
-            if self.blind:
-                ctx = attacks.AttackContext(step, self.attack_generator, s.rule.sends_signs)
-                messages = s.plan[0][0](messages, torch.tensor([True]), ctx)
-            row = messages[0]
+            messages, self.rule_state = s.rule.step(honest.grads, self.rule_state,
+                                                    self.rule_generators)
+            ctx = AttackContext(step, self.attack_generator, s.rule.sends_signs)
+            row = self.plan.blind(messages, ctx, self.workers)[0]
             if self.message_attack:
                 row = self._coalition(row, step)
-        v = self.exchange(row)
+        v, self.agg_state = self.exchange(row, self.agg_state)
         return apply_update(x, v, lr, self.c.weight_decay), honest
 
     # -- checkpoints --------------------------------------------------------------------
-    def _local_state(self, epoch_stats: dict[str, Any]) -> dict[str, Any]:
+    def _local_state(self, epoch_stats: EpochStats, epoch_bytes: dict[str, int]
+                     ) -> dict[str, Any]:
+        """This rank's state: tensors and plain data only (no pickled object)."""
         return {
-            "rule_state": self.state,
+            "rule_state": self.rule_state,
             "rule_generator": self.rule_generators[0].get_state(),
             "attack_generator": self.attack_generator.get_state(),
-            # whole objects: a stateful aggregator or chain (bucketing's generator included)
-            "aggregator": self.exchange.aggregator,
-            "attack": self.attack,
-            "epoch": epoch_stats,
+            "aggregator_state": self.agg_state,
+            "epoch": epoch_stats.to_dict(),
+            "epoch_bytes": dict(epoch_bytes),
             "traffic": (self.traffic.sent, self.traffic.received),
             "side_traffic": (self.side_traffic.sent, self.side_traffic.received),
         }
 
-    def _restore(self, local: dict[str, Any]) -> dict[str, Any]:
-        self.state = local["rule_state"]
+    def _restore(self, local: dict[str, Any]) -> tuple[EpochStats, dict[str, int]]:
+        self.rule_state = local["rule_state"]
         self.rule_generators[0].set_state(local["rule_generator"])
         self.attack_generator.set_state(local["attack_generator"])
-        self.exchange.aggregator = local["aggregator"]
-        self.attack = local["attack"]
+        self.agg_state = local["aggregator_state"]
         self.traffic.sent, self.traffic.received = local["traffic"]
         self.side_traffic.sent, self.side_traffic.received = local["side_traffic"]
-        return local["epoch"]
+        return EpochStats.from_dict(local["epoch"]), dict(local["epoch_bytes"])
 
-    def _save(self, out: Path, step: int, x: Tensor, metrics: list, epoch_stats: dict,
-              elapsed: float) -> None:
+    def _save(self, out: Path, step: int, x: Tensor, metrics: list, epoch_stats: EpochStats,
+              epoch_bytes: dict[str, int], elapsed: float) -> None:
         states = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(self._local_state(epoch_stats), states, dst=0)
+        dist.gather_object(self._local_state(epoch_stats, epoch_bytes), states, dst=0)
         if self.rank == 0:
             buffer = io.BytesIO()
-            torch.save({"config": _trajectory(self.c), "world": self.world, "step": step,
-                        "x": x, "metrics": metrics, "ranks": states, "elapsed": elapsed},
-                       buffer)
+            torch.save({"config": trajectory_key(self.c), "world": self.world, "step": step,
+                        "x": x, "metrics": metrics, "ranks": states, "elapsed": elapsed,
+                        "rng_state": torch.get_rng_state()}, buffer)
             runs.atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
 
     def _load(self, out: Path) -> dict[str, Any] | None:
@@ -344,13 +376,13 @@ class _Rank:
         if self.rank == 0:
             path = out / CHECKPOINT
             if path.exists():
-                try:
-                    ckpt = torch.load(path, weights_only=False)
+                try:  # tensors and plain data only: nothing in it is unpickled as code
+                    ckpt = torch.load(path, weights_only=True)
                 except Exception as exc:  # an unreadable checkpoint: start over
                     print(f"signvote: ignoring unreadable {path}: {exc}", file=sys.stderr)
                     ckpt = None
-                if ckpt is not None and (ckpt["config"] != _trajectory(self.c)
-                                         or ckpt["world"] != self.world):
+                if ckpt is not None and (ckpt.get("config") != trajectory_key(self.c)
+                                         or ckpt.get("world") != self.world):
                     print(f"signvote: ignoring {path}: it belongs to another config",
                           file=sys.stderr)
                     ckpt = None
@@ -367,27 +399,24 @@ class _Rank:
             start_run_folder(s)
         dist.barrier()
         x, step, metrics = s.x, 0, []
-        epoch_stats = _empty_epoch()
+        epoch_stats, epoch_bytes = EpochStats(), _no_bytes()
         elapsed = 0.0
         if ckpt is not None:
             x, step, metrics = ckpt["x"], ckpt["step"], ckpt["metrics"]
-            epoch_stats = self._restore(ckpt["ranks"][self.rank])
+            epoch_stats, epoch_bytes = self._restore(ckpt["ranks"][self.rank])
             elapsed = ckpt["elapsed"]
+            torch.set_rng_state(ckpt["rng_state"])
         resumed_from = step
         per_epoch_steps = len(s.starts)
         every = (per_epoch_steps if c.checkpoint_every is None else c.checkpoint_every)
         t0 = time.perf_counter() - elapsed
-        bar = _progress_bar(c.epochs, progress)
-        if bar is not None:
-            bar.update(len(metrics))
-        board = (runs.TensorBoardLog(out / "tensorboard") if self.rank == 0 and c.tensorboard
-                 else None)
+        display = Display(c, out if self.rank == 0 else None, progress, done=len(metrics))
+        scored = self.worker is not None and not self.byzantine
         diverged = False
         for epoch in range(step // per_epoch_steps, c.epochs):
             lr = learning_rate(c, epoch)
             if self.worker is not None:
-                walk = partition.epoch_indices(s.part, s.per_epoch, epoch)[self.worker]
-                inputs, targets = s.data.train_x[walk][None], s.data.train_y[walk][None]
+                inputs, targets = s.walk(epoch, self.workers)
             for k, start in enumerate(s.starts):
                 if epoch * per_epoch_steps + k < step:
                     continue  # done before the checkpoint this run resumed from
@@ -398,30 +427,26 @@ class _Rank:
                     yb = targets[:, start:start + c.batch_size]
                 before = self.traffic.sent, self.traffic.received
                 x, honest = self.step(x, xb, yb, lr, step)
-                epoch_stats["sent"] += self.traffic.sent - before[0]
-                epoch_stats["received"] += self.traffic.received - before[1]
-                if honest is not None:
-                    epoch_stats["losses"].append(honest.losses)
-                    if honest.correct is not None:
-                        epoch_stats["correct"].append(honest.correct)
-                    epoch_stats["seen"] += yb.numel()
+                epoch_bytes["sent"] += self.traffic.sent - before[0]
+                epoch_bytes["received"] += self.traffic.received - before[1]
+                if scored:
+                    epoch_stats.add(honest.losses, honest.correct, yb.numel())
                 step += 1
                 last = k == per_epoch_steps - 1
                 if every and step % every == 0 and not last:
-                    self._save(out, step, x, metrics, epoch_stats, time.perf_counter() - t0)
-            row, finite = self._epoch_end(epoch, step, epoch_stats, x, lr, t0)
-            epoch_stats = _empty_epoch()
+                    self._save(out, step, x, metrics, epoch_stats, epoch_bytes,
+                               time.perf_counter() - t0)
+            row, finite = self._epoch_end(epoch, step, epoch_stats, epoch_bytes, x, lr, t0)
+            epoch_stats, epoch_bytes = EpochStats(), _no_bytes()
             if self.rank == 0:
-                record_epoch(row, metrics, out, board, bar)
+                display.record(row, metrics)
             if not finite:
                 diverged = True
                 break
             if every and (c.checkpoint_every is None or step % every == 0):
-                self._save(out, step, x, metrics, epoch_stats, time.perf_counter() - t0)
-        if bar is not None:
-            bar.close()
-        if board is not None:
-            board.close()
+                self._save(out, step, x, metrics, epoch_stats, epoch_bytes,
+                           time.perf_counter() - t0)
+        display.close()
         totals = self._traffic_totals()
         if self.rank != 0:
             return None
@@ -434,22 +459,26 @@ class _Rank:
         (out / CHECKPOINT).unlink(missing_ok=True)
         return RunResult(c, summary, metrics, x)
 
-    def _epoch_end(self, epoch: int, step: int, stats: dict, x: Tensor, lr: float,
-                   t0: float) -> tuple[dict[str, Any] | None, bool]:
-        """Gather the workers' batch statistics at rank 0, which evaluates and writes the
-        row; every rank learns whether training diverged."""
+    def _epoch_end(self, epoch: int, step: int, stats: EpochStats, epoch_bytes: dict[str, int],
+                   x: Tensor, lr: float, t0: float) -> tuple[dict[str, Any] | None, bool]:
+        """Gather the scored workers' batch statistics and every worker's bytes of the
+        epoch at rank 0, which evaluates and writes the row; every rank learns whether
+        training diverged."""
+        mine = None
+        if self.worker is not None:
+            mine = {"stats": stats.to_dict() if not self.byzantine else None, **epoch_bytes}
         gathered = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(stats if self.worker is not None else None, gathered, dst=0)
+        dist.gather_object(mine, gathered, dst=0)
         decision: list[Any] = [None]
         row = None
         if self.rank == 0:
             workers = [g for g in gathered if g is not None]
-            losses = [torch.cat(step_losses) for step_losses in
-                      zip(*(w["losses"] for w in workers), strict=True)]
-            correct = [torch.cat(step_correct) for step_correct in
-                       zip(*(w["correct"] for w in workers), strict=True)]
-            seen = sum(w["seen"] for w in workers)
-            row, finite = epoch_row(epoch, step, losses, correct, seen, x, self.setup, lr, t0)
+            scored = [EpochStats.from_dict(w["stats"]) for w in workers if w["stats"]]
+            merged = EpochStats(
+                [torch.cat(step) for step in zip(*(w.losses for w in scored), strict=True)],
+                [torch.cat(step) for step in zip(*(w.correct for w in scored), strict=True)],
+                sum(w.seen for w in scored))
+            row, finite = epoch_row(epoch, step, merged, x, self.setup, lr, t0)
             row["bytes_sent_per_worker"] = sum(w["sent"] for w in workers) / len(workers)
             row["bytes_received_per_worker"] = (sum(w["received"] for w in workers)
                                                 / len(workers))
@@ -492,14 +521,9 @@ class _Rank:
                 time.sleep(3600)
 
 
-def _empty_epoch() -> dict[str, Any]:
-    """A rank's statistics of the epoch so far (checkpointed with it)."""
-    return {"losses": [], "correct": [], "seen": 0, "sent": 0, "received": 0}
-
-
-def _trajectory(config: TrainConfig) -> dict[str, Any]:
-    """The config fields that decide the trajectory (a checkpoint must match them)."""
-    return {k: v for k, v in config.to_dict().items() if k not in NOT_TRAJECTORY}
+def _no_bytes() -> dict[str, int]:
+    """A rank's payload bytes of the epoch so far (checkpointed with it)."""
+    return {"sent": 0, "received": 0}
 
 
 def _parse_fault(text: str | None) -> tuple[str, int, int] | None:

@@ -76,7 +76,12 @@ matmul forward, so the weights are never broadcast)."""
 
 class GradientSink:
     """The ``[n, d]`` gradient matrix being filled by one backward pass, one slot per
-    parameter: ``slot(k)`` is the ``[n, *shape_k]`` view of parameter k's columns."""
+    parameter: ``slot(k)`` is the ``[n, *shape_k]`` view of parameter k's columns.
+
+    The matrix starts uninitialised (no pass over ``[n, d]`` that the backward overwrites
+    anyway); every slot handed out by :meth:`slot` is written, and :meth:`finish` zeroes
+    the slots of parameters that nothing wrote (a parameter no layer uses: its gradient
+    is zero)."""
 
     def __init__(self, layout: ParamLayout, n: int, like: Tensor) -> None:
         self.grads = torch.empty(n, layout.dim, dtype=like.dtype, device=like.device)
@@ -84,13 +89,23 @@ class GradientSink:
             chunk.view(n, *shape) for chunk, shape in zip(
                 self.grads.split(layout.sizes, dim=1), layout.shapes, strict=True)
         ]
+        self._written: set[int] = set()
 
     @property
     def n(self) -> int:
         return self.grads.shape[0]
 
     def slot(self, index: int) -> Tensor:
+        """Parameter ``index``'s columns, to be written by the caller."""
+        self._written.add(index)
         return self._slots[index]
+
+    def finish(self) -> Tensor:
+        """The gradient matrix, the slots nobody wrote set to zero."""
+        for index, view in enumerate(self._slots):
+            if index not in self._written:
+                view.zero_()
+        return self.grads
 
 
 class _WorkerLinear(torch.autograd.Function):
@@ -298,8 +313,9 @@ class BatchedModel:
             leaf_grads = torch.autograd.grad(
                 losses.sum(), [run.carrier, *run.leaves.values()], allow_unused=True)[1:]
             for i, grad in zip(indices, leaf_grads, strict=True):
-                run.sink.slot(i).copy_(grad)
-            grads = run.sink.grads
+                if grad is not None:  # None: the parameter was not used (left at zero)
+                    run.sink.slot(i).copy_(grad)
+            grads = run.sink.finish()
         correct = None
         if task == "classification":
             correct = (outputs.detach().argmax(dim=-1) == targets).sum(dim=1)

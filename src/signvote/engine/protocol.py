@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from signvote import packing
-from signvote.aggregators.basic import MajorityVote, Mean, Sum
+from signvote.contracts import Aggregator, State
 
 LAYOUTS = ("server", "peer")
 HEADER = 4
@@ -204,7 +204,8 @@ class Exchange:
     """
 
     def __init__(self, layout: str, rank: int, world: int, dim: int, sends_signs: bool,
-                 aggregator, traffic: Traffic, group: dist.ProcessGroup | None = None) -> None:
+                 aggregator: Aggregator, traffic: Traffic,
+                 group: dist.ProcessGroup | None = None) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         self.layout, self.rank, self.world, self.dim = layout, rank, world, dim
@@ -212,10 +213,13 @@ class Exchange:
         self.group = group
         self.workers = world - 1 if layout == "server" else world
         self.frame = frame_bytes(dim)
-        self.returns_signs = bool(getattr(aggregator, "returns_signs", False))
+        self.returns_signs = aggregator.capabilities.returns_signs
+        self.reduction = aggregator.capabilities.reduction
 
-    def __call__(self, row: Tensor | None) -> Tensor:
-        """The aggregate ``[d]`` of every worker's ``row[d]`` (None on the server rank).
+    def __call__(self, row: Tensor | None, state: State = None) -> tuple[Tensor, State]:
+        """The aggregate ``[d]`` of every worker's ``row[d]`` (None on the server rank)
+        and the aggregator's new state (``state`` itself on a rank that does not
+        aggregate).
 
         A row that is not ``d`` real numbers is refused here, before anything is sent: the
         sizes on the wire follow from ``d`` alone."""
@@ -225,24 +229,26 @@ class Exchange:
                              f"{tuple(row.shape)} {row.dtype}")
         if self.layout == "server":
             if self.rank == 0:
-                v = self._gather_at_server()
+                v, state = self._gather_at_server(state)
                 self._broadcast_result(v)
-                return v
+                return v, state
             self._send_to_server(row)
-            return self._broadcast_result(None)
-        return self._peer(row)
+            return self._broadcast_result(None), state
+        return self._peer(row, state)
 
     # -- aggregation ------------------------------------------------------------------
-    def _aggregate(self, rows: Tensor) -> Tensor:
+    def _aggregate(self, rows: Tensor, state: State) -> tuple[Tensor, State]:
         """The aggregate of fp32 rows ``[n, d]``."""
-        return self.aggregator(rows)
+        return self.aggregator.apply(rows, state)
 
-    def _aggregate_frames(self, frames: Tensor, payloads: list[Tensor | None]) -> Tensor:
-        """The aggregate of sign frames: the vote straight from the bits, or the
-        aggregator on the decoded ternary rows."""
-        if type(self.aggregator) is MajorityVote:
-            return vote_from_frames(frames, payloads, self.dim).to(torch.float32)
-        return self.aggregator(packing.unpack_signs(decode_signs(frames, payloads, self.dim)))
+    def _aggregate_frames(self, frames: Tensor, payloads: list[Tensor | None],
+                          state: State) -> tuple[Tensor, State]:
+        """The aggregate of sign frames: the vote straight from the bits (an aggregator
+        whose ``reduction`` is ``vote``), or the aggregator on the decoded ternary rows."""
+        if self.reduction == "vote":
+            return vote_from_frames(frames, payloads, self.dim).to(torch.float32), state
+        return self._aggregate(
+            packing.unpack_signs(decode_signs(frames, payloads, self.dim)), state)
 
     # -- server layout ----------------------------------------------------------------
     def _send_to_server(self, row: Tensor) -> None:
@@ -257,14 +263,14 @@ class Exchange:
             dist.gather(row.to(torch.float32).contiguous(), None, dst=0)
             self.traffic.add(sent=4 * self.dim)
 
-    def _gather_at_server(self) -> Tensor:
+    def _gather_at_server(self, state: State) -> tuple[Tensor, State]:
         """The server's aggregate of the workers' messages."""
         n = self.workers
         if not self.sends_signs:
             rows = [torch.empty(self.dim) for _ in range(self.world)]
             dist.gather(torch.zeros(self.dim), rows, dst=0)
             self.traffic.add(received=4 * self.dim * n)
-            return self._aggregate(torch.stack(rows[1:]))
+            return self._aggregate(torch.stack(rows[1:]), state)
         frames = [torch.empty(self.frame, dtype=torch.uint8) for _ in range(self.world)]
         dist.gather(torch.zeros(self.frame, dtype=torch.uint8), frames, dst=0)
         self.traffic.add(received=self.frame * n)
@@ -277,7 +283,7 @@ class Exchange:
                 dist.recv(payload, i + 1)
                 self.traffic.add(received=payload.numel())
             payloads.append(payload)
-        return self._aggregate_frames(stacked, payloads)
+        return self._aggregate_frames(stacked, payloads, state)
 
     def _broadcast_result(self, v: Tensor | None) -> Tensor:
         root = self.rank == 0
@@ -318,16 +324,16 @@ class Exchange:
         self.traffic.add(sent=size, received=size)
         return torch.stack(out)
 
-    def _peer(self, row: Tensor) -> Tensor:
+    def _peer(self, row: Tensor, state: State) -> tuple[Tensor, State]:
         if not self.sends_signs:
             row = row.to(torch.float32)
-            if type(self.aggregator) in (Mean, Sum):  # DDP's all-reduce
+            if self.reduction in ("mean", "sum"):  # DDP's all-reduce
                 total = row.clone()
                 dist.all_reduce(total, group=self.group)
                 size = fp32_allreduce_bytes(self.dim, self.world)
                 self.traffic.add(sent=size, received=size)
-                return total / self.world if type(self.aggregator) is Mean else total
-            return self._aggregate(self._all_gather(row.contiguous()))
+                return (total / self.world if self.reduction == "mean" else total), state
+            return self._aggregate(self._all_gather(row.contiguous()), state)
         frame, payload = encode_signs(row)
         frames = self._all_gather(frame)
         counts = zero_counts(frames, self.dim)
@@ -338,7 +344,7 @@ class Exchange:
             if payload is not None:
                 padded[:payload.numel()] = payload
             payloads = list(self._all_gather(padded))
-        return self._aggregate_frames(frames, payloads)
+        return self._aggregate_frames(frames, payloads, state)
 
 
 def fp32_allreduce_bytes(dim: int, world: int) -> int:

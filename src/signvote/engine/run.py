@@ -1,0 +1,406 @@
+"""A run's construction and lifecycle, shared by every engine.
+
+:func:`prepare` turns a config into a :class:`RunSetup`: the data, the model and its
+initial parameters, the partition, the worker rule, the aggregator, the adversaries
+(:class:`~signvote.engine.step.AdversaryPlan`) and the summary fields known before
+training. The rest of this module is the run folder's lifecycle, the same for every
+engine: :func:`start_run_folder`, one :func:`epoch_row` per epoch shown by
+:func:`record_epoch` (``metrics.csv``, TensorBoard, the progress bar),
+:func:`finish_summary` and :func:`write_results` (``params.pt``, then ``summary.json``).
+
+Random streams: every random choice of a run has its own generator from the one seed:
+the data from ``seed``, the partition from ``seed + 1``, the adversaries from ``seed + 2``,
+random attacks from ``seed + 3``, worker i's stochastic-sign coins from ``seed + 4 +
+1000 i``; the model's initialisation (and dropout) from torch's global generator seeded
+with ``seed``, inside :func:`run_rng` so that the caller's global generator is left as it
+was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import signvote
+from signvote import aggregators, attacks, contracts, models, rules
+from signvote.data import Dataset, partition
+from signvote.data import load as load_dataset
+from signvote.engine.gradients import BatchedModel, ParamLayout
+from signvote.engine.step import AdversaryPlan
+from signvote.experiment import runs
+from signvote.experiment.config import ConfigError, TrainConfig, resolve
+
+# Offsets that give every random stream of a run its own generator from the one seed.
+PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM, RULE_STREAM = 1, 2, 3, 4
+
+
+@dataclass
+class RunResult:
+    """What a run returns (and wrote to its folder)."""
+
+    config: TrainConfig
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    params: Tensor | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+def coin_generators(seed: int, workers: range | list[int]) -> list[torch.Generator]:
+    """The generators of the given workers' coins: worker ``i`` draws from
+    ``seed + RULE_STREAM + 1000 i`` in every engine."""
+    return [torch.Generator().manual_seed(seed + RULE_STREAM + 1000 * i) for i in workers]
+
+
+def attack_generator(seed: int) -> torch.Generator:
+    """The adversaries' generator (random attacks), from ``seed + ATTACK_STREAM``."""
+    return torch.Generator().manual_seed(seed + ATTACK_STREAM)
+
+
+def choose_adversaries(
+    workers: int, blind: int, byzantine: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Boolean masks ``(blind, byzantine)`` over the workers, disjoint, drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed + ADVERSARY_STREAM)
+    order = torch.randperm(workers, generator=generator)
+    blind_mask = torch.zeros(workers, dtype=torch.bool)
+    byzantine_mask = torch.zeros(workers, dtype=torch.bool)
+    blind_mask[order[:blind]] = True
+    byzantine_mask[order[blind:blind + byzantine]] = True
+    return blind_mask, byzantine_mask
+
+
+def message_bytes(dim: int, sends_signs: bool) -> int:
+    """Upload size of one worker's message: 1 bit per coordinate for signs, 4 bytes for fp32."""
+    return math.ceil(dim / 8) if sends_signs else 4 * dim
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The step-decayed learning rate of 0-based ``epoch``."""
+    return config.lr * config.lr_decay_rate ** (epoch // config.lr_decay_step)
+
+
+@contextlib.contextmanager
+def run_rng(state: Tensor) -> Iterator[None]:
+    """Run with torch's global generator at ``state`` (dropout draws from it), and give
+    the caller's generator back as it was afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(state)
+        yield
+
+
+@dataclass
+class RunSetup:
+    """Everything a run builds from its config before the first step (every engine).
+
+    Attributes:
+        config: the resolved config.
+        data: the dataset.
+        module: the model (its parameters are the initial point).
+        layout: where the parameters sit in the flat vector.
+        x: the initial parameters ``[d]``.
+        batched: the model compiled for per-worker gradients.
+        part: the training-set indices of every worker.
+        per_epoch: the samples each worker walks an epoch.
+        starts: the first sample of every step within an epoch.
+        rule, aggregator: the worker rule and the server rule.
+        plan: the adversaries (masks and attacks).
+        summary: the summary fields known before training.
+        workers_table: one row per worker (``partition.csv``).
+        rng_state: torch's global generator after the model's initialisation, where the
+            run's dropout draws continue (:func:`run_rng`).
+    """
+
+    config: TrainConfig
+    data: Dataset
+    module: torch.nn.Module
+    layout: ParamLayout
+    x: Tensor
+    batched: BatchedModel
+    part: partition.Partition
+    per_epoch: int
+    starts: range
+    rule: rules.WorkerRule
+    aggregator: contracts.Aggregator
+    plan: AdversaryPlan
+    summary: dict[str, Any]
+    workers_table: list[dict[str, Any]]
+    rng_state: Tensor
+
+    @property
+    def n_classes(self) -> int | None:
+        return self.data.n_classes if self.data.task == "classification" else None
+
+    @property
+    def blind_mask(self) -> Tensor:
+        return self.plan.blind_mask
+
+    @property
+    def byzantine_mask(self) -> Tensor:
+        return self.plan.byzantine_mask
+
+    @property
+    def fixed_order(self) -> bool:
+        """True when every worker walks the same samples every epoch."""
+        return all(idx.numel() == self.per_epoch for idx in self.part)
+
+    def walk(self, epoch: int, workers: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """The inputs ``[k, per_epoch, ...]`` and targets of ``workers`` (all when None)
+        in ``epoch``."""
+        walk = partition.epoch_indices(self.part, self.per_epoch, epoch)
+        if workers is not None:
+            walk = walk[workers]
+        return self.data.train_x[walk], self.data.train_y[walk]
+
+
+def build_plan(config: TrainConfig) -> AdversaryPlan:
+    """The adversaries of a resolved config: who (drawn from the seed) and what."""
+    c = config
+    blind_mask, byzantine_mask = choose_adversaries(c.workers, c.blind, c.byzantine, c.seed)
+    return AdversaryPlan(blind_mask, byzantine_mask, attacks.get("blind-inversion"),
+                         attacks.build(c.attack) if c.byzantine else None)
+
+
+def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
+    """Resolve ``config`` and build the data, model, partition, rules and adversaries.
+
+    Leaves no process-wide trace: torch's global generator is seeded for the model's
+    initialisation inside a fork and given back (the run continues from
+    ``RunSetup.rng_state``)."""
+    c = resolve(config)
+    data = load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c.seed)
+        try:
+            module = models.build(c.model, data.input_shape, data.n_classes)
+        except ValueError as exc:
+            raise ConfigError(f"--model {c.model}: {exc}") from None
+        rng_state = torch.get_rng_state()
+    module.train()
+    layout = ParamLayout.of(module)
+    x = layout.flatten(module)
+    batched = BatchedModel(module, layout)
+
+    try:
+        part = partition.get(
+            c.partition, data.train_y, c.workers,
+            torch.Generator().manual_seed(c.seed + PARTITION_STREAM),
+            alpha=c.partition_alpha, shards_per_worker=c.partition_shards,
+            gamma=c.partition_gamma)
+    except ValueError as exc:
+        raise ConfigError(f"--partition {c.partition}: {exc}") from None
+    per_epoch = data.train_x.shape[0] // c.workers  # samples each worker walks an epoch
+    if c.batch_size > per_epoch:
+        raise ConfigError(
+            f"--batch-size {c.batch_size} exceeds the {per_epoch} samples per worker and "
+            f"epoch; valid: 1 to {per_epoch}"
+        )
+
+    rule = rules.get(c.rule, c.momentum, c.sign_bound)
+    aggregator = aggregators.build(c.aggregator, c.aggregator_f)
+    plan = build_plan(c)
+
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "engine": engine,
+        "params": layout.dim,
+        "workers": c.workers,
+        "blind_workers": torch.nonzero(plan.blind_mask).flatten().tolist(),
+        "byzantine_workers": torch.nonzero(plan.byzantine_mask).flatten().tolist(),
+        "bytes_sent_per_worker_per_step": message_bytes(layout.dim, rule.sends_signs),
+        "signvote_version": signvote.__version__,
+        "torch_version": torch.__version__,
+    }
+    workers_table = partition_table(part, data, plan.blind_mask, plan.byzantine_mask)
+    summary["partition"] = c.partition
+    if data.task == "classification":
+        summary["mean_worker_label_entropy_bits"] = round(
+            sum(r["label_entropy_bits"] for r in workers_table) / c.workers, 6)
+        summary["dataset_label_entropy_bits"] = round(float(partition.label_entropy(
+            torch.bincount(data.train_y, minlength=data.n_classes))), 6)
+    return RunSetup(c, data, module, layout, x, batched, part, per_epoch,
+                    range(0, per_epoch, c.batch_size), rule, aggregator, plan, summary,
+                    workers_table, rng_state)
+
+
+def start_run_folder(setup: RunSetup) -> Path:
+    """Create the run folder, drop a previous run's summary and metrics, write the config
+    and the partition table; returns the folder."""
+    out = Path(setup.config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "metrics.csv", "params.pt"):
+        (out / stale).unlink(missing_ok=True)
+    runs.write_json(out / "config.json", setup.config.to_dict())
+    runs.write_csv(out / "partition.csv", setup.workers_table[0].keys(), setup.workers_table)
+    return out
+
+
+@dataclass
+class EpochStats:
+    """The training statistics of an epoch so far, over the workers that are not
+    Byzantine (a label-flipping worker is not scored on its flipped labels): each step's
+    batch losses and correct counts, and the samples seen."""
+
+    losses: list[Tensor] = field(default_factory=list)
+    correct: list[Tensor] = field(default_factory=list)
+    seen: int = 0
+
+    def add(self, losses: Tensor, correct: Tensor | None, samples: int) -> None:
+        """One step's ``[k]`` batch losses and correct counts of ``k`` scored workers
+        over ``samples`` samples."""
+        self.losses.append(losses)
+        if correct is not None:
+            self.correct.append(correct)
+        self.seen += samples
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"losses": self.losses, "correct": self.correct, "seen": self.seen}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochStats:
+        return cls(list(d["losses"]), list(d["correct"]), int(d["seen"]))
+
+
+def epoch_row(epoch: int, step: int, stats: EpochStats, x: Tensor, setup: RunSetup,
+              lr: float, t0: float) -> tuple[dict[str, Any], bool]:
+    """The metrics row of 0-based ``epoch`` (the scored workers' mean batch loss and
+    accuracy over the epoch, the test loss and accuracy of ``x``) and whether the training
+    loss and the parameters are finite (the test metrics are NaN and None when not)."""
+    train_loss = float(torch.cat([t.reshape(-1) for t in stats.losses]).mean())
+    train_acc = (float(torch.stack([t.sum() for t in stats.correct]).sum()) / stats.seen
+                 if stats.correct else None)
+    finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
+    data = setup.data
+    from signvote.engine.gradients import evaluate
+
+    test_loss, test_acc = (
+        evaluate(setup.module, setup.layout, x, data.test_x, data.test_y, data.task)
+        if finite else (float("nan"), None)
+    )
+    return {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+            "test_loss": test_loss, "train_acc": train_acc, "test_acc": test_acc,
+            "lr": lr, "wall_s": round(time.perf_counter() - t0, 6)}, finite
+
+
+def finish_summary(summary: dict[str, Any], metrics: list[dict[str, Any]], step: int,
+                   t0: float, diverged: bool) -> dict[str, Any]:
+    """``summary`` with the final and best metrics, the status and the counts filled in
+    (``diverged``: the last epoch's loss or parameters were not finite)."""
+    summary = dict(summary)
+    if diverged:
+        summary["status"] = "diverged"
+        summary["diverged_at_epoch"] = metrics[-1]["epoch"]
+    summary.update(final_metrics(metrics))
+    summary["epochs_completed"] = len(metrics)
+    summary["steps"] = step
+    summary["wall_s"] = round(time.perf_counter() - t0, 6)
+    return summary
+
+
+def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any]) -> None:
+    """Write the final parameters (``params.pt``, named as the model's) and then
+    ``summary.json``, whose presence marks a finished run."""
+    runs.write_params(out / "params.pt",
+                      {k: v.clone() for k, v in setup.layout.unflatten(x).items()})
+    runs.write_json(out / "summary.json", summary)
+
+
+class Display:
+    """Where a run shows its epochs: ``OUT/metrics.csv`` (when there is a folder),
+    TensorBoard (``--tensorboard``) and the progress bar (when ``progress``)."""
+
+    def __init__(self, config: TrainConfig, out: Path | None, progress: bool,
+                 done: int = 0) -> None:
+        self.out = out
+        self.board = (runs.TensorBoardLog(out / "tensorboard")
+                      if out is not None and config.tensorboard else None)
+        self.bar = progress_bar(config.epochs, progress)
+        if self.bar is not None and done:
+            self.bar.update(done)
+
+    def record(self, row: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+        """Append an epoch's row to ``metrics`` and show it."""
+        metrics.append(row)
+        if self.out is not None:
+            runs.write_metrics(self.out / "metrics.csv", metrics)
+        if self.board is not None:
+            self.board.log(row)
+        if self.bar is not None:
+            self.bar.set_postfix_str(postfix(row), refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def partition_table(part: partition.Partition, data: Dataset, blind_mask: Tensor,
+                    byzantine_mask: Tensor) -> list[dict[str, Any]]:
+    """One row per worker: its role, sample count and, for classification, its label
+    entropy (bits) and label histogram (columns ``label_0`` ... ``label_{C-1}``)."""
+    rows = []
+    histogram = (partition.label_histogram(part, data.train_y, data.n_classes)
+                 if data.task == "classification" else None)
+    for i, idx in enumerate(part):
+        role = ("byzantine" if byzantine_mask[i] else "blind" if blind_mask[i] else "honest")
+        row: dict[str, Any] = {"worker": i, "role": role, "samples": idx.numel()}
+        if histogram is not None:
+            row["label_entropy_bits"] = round(float(partition.label_entropy(histogram[i])), 6)
+            row.update({f"label_{k}": int(v) for k, v in enumerate(histogram[i].tolist())})
+        rows.append(row)
+    return rows
+
+
+def final_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best test metrics (best by test accuracy, or by test loss for regression)."""
+    finite = [r for r in metrics if math.isfinite(r["test_loss"])]
+    result: dict[str, Any] = {
+        "final_test_loss": metrics[-1]["test_loss"] if metrics else None,
+        "final_test_acc": metrics[-1]["test_acc"] if metrics else None,
+        "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
+    }
+    if finite:
+        best_loss = min(finite, key=lambda r: r["test_loss"])
+        result["best_test_loss"], result["best_test_loss_epoch"] = (
+            best_loss["test_loss"], best_loss["epoch"])
+        if finite[0]["test_acc"] is not None:
+            best_acc = max(finite, key=lambda r: r["test_acc"])
+            result["best_test_acc"], result["best_test_acc_epoch"] = (
+                best_acc["test_acc"], best_acc["epoch"])
+    for key, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            result[key] = None  # JSON has no NaN
+    return result
+
+
+def postfix(row: dict[str, Any]) -> str:
+    """The progress bar's text for an epoch's row."""
+    text = f"loss {row['train_loss']:.4f} test {row['test_loss']:.4f}"
+    if row["test_acc"] is not None:
+        text += f" acc {100 * row['test_acc']:.2f}%"
+    return text
+
+
+def progress_bar(total: int, enabled: bool):
+    """A tqdm bar over ``total`` epochs on stderr (None when not ``enabled``)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    # In a log file (not a terminal) every refresh is a new line: refresh rarely there.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, desc="epochs", unit="ep", file=sys.stderr, leave=True,
+                dynamic_ncols=True, mininterval=interval)

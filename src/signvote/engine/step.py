@@ -1,0 +1,202 @@
+"""The data path of every engine, as stages: one step, written once.
+
+::
+
+    params x[d]
+      -> poison         targets'   data-level attacks on the Byzantine workers' batches
+      -> gradients      G[n, d]    engine/gradients.py:worker_gradients
+      -> own messages   M[n, d]    the worker rule: (M, state) = rule.step(G, state)
+      -> adversaries    M'[n, d]   blind workers first, then the Byzantine coalition
+      -> wire           M''[n, d]  sign rules: only a ternary value survives the 1-2 bit wire
+      -> aggregate      v[d]       (v, agg_state) = aggregator.apply(M'', agg_state)
+      -> update         x <- x - lr * (v + weight_decay * x)
+
+The simulator (:class:`DataPath`) runs all ``n`` rows at once. The distributed engine
+(``engine/dist.py``) runs the same stages on one row per process, with the real exchange
+(``engine/protocol.py``) as its wire and aggregation; the DDP hook (``engine/ddp_hook.py``)
+runs the rule and the blind-attack stage on each gradient bucket. Every stage is a pure
+function of tensors and explicit state; the random generators it is handed are the only
+things it advances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from signvote import contracts
+from signvote.aggregators.basic import ternary_votes
+from signvote.attacks import AttackContext
+from signvote.engine.gradients import BatchedModel, WorkerStep, worker_gradients
+from signvote.rules import Coins, WorkerRule
+
+Workers = list[int] | None
+"""Which workers' rows a stage sees: a list of worker indices (one process's rows in the
+distributed engine), or None for all ``n`` (the simulator)."""
+
+
+@dataclass(frozen=True)
+class AdversaryPlan:
+    """Who the adversaries are and what they do, declared once per run.
+
+    Attributes:
+        blind_mask: ``[n]`` bool, the blind workers (they invert their own messages).
+        byzantine_mask: ``[n]`` bool, the Byzantine coalition (disjoint from the blind).
+        blind_attack: what the blind workers run (``blind-inversion``; knowledge blind).
+        attack: what the coalition runs (None when there is no Byzantine worker). A
+            data-level attack (``attack.capabilities.data_level``) acts on the coalition's
+            batches (:meth:`poison`); any other acts on its messages (:meth:`coalition`).
+    """
+
+    blind_mask: Tensor
+    byzantine_mask: Tensor
+    blind_attack: contracts.Attack
+    attack: contracts.Attack | None = None
+
+    @property
+    def has_blind(self) -> bool:
+        return bool(self.blind_mask.any())
+
+    @property
+    def data_attack(self) -> contracts.Attack | None:
+        """The coalition's attack if it acts on data, else None."""
+        a = self.attack
+        return a if a is not None and a.capabilities.data_level else None
+
+    @property
+    def message_attack(self) -> contracts.Attack | None:
+        """The coalition's attack if it acts on messages, else None."""
+        a = self.attack
+        return a if a is not None and not a.capabilities.data_level else None
+
+    @property
+    def honest_mask(self) -> Tensor:
+        """``[n]`` bool: the workers that are neither blind nor Byzantine."""
+        return ~(self.blind_mask | self.byzantine_mask)
+
+    def poison(self, targets: Tensor, n_classes: int | None, workers: Workers = None
+               ) -> Tensor:
+        """``targets[k, b]`` of ``workers`` (all when None) after the data-level attack on
+        the Byzantine ones among them (the targets themselves when there is none)."""
+        attack = self.data_attack
+        if attack is None:
+            return targets
+        mask = _rows(self.byzantine_mask, workers)
+        if not bool(mask.any()):
+            return targets
+        return attack.poison_targets(targets, mask, n_classes)
+
+    def blind(self, messages: Tensor, ctx: AttackContext, workers: Workers = None) -> Tensor:
+        """``messages[k, d]`` of ``workers`` after the blind workers among them have acted
+        (they read only their own rows)."""
+        mask = _rows(self.blind_mask, workers)
+        if not bool(mask.any()):
+            return messages
+        return self.blind_attack(messages, mask, ctx)
+
+    def coalition(self, messages: Tensor, ctx: AttackContext) -> Tensor:
+        """All ``messages[n, d]`` after the Byzantine coalition's message attack (rows it
+        may not read are given to it as they are; the engine decides what it passes)."""
+        attack = self.message_attack
+        if attack is None:
+            return messages
+        return attack(messages, self.byzantine_mask, ctx)
+
+    def apply(self, messages: Tensor, ctx: AttackContext) -> Tensor:
+        """Every adversary on all rows: the blind workers first, then the coalition (which
+        therefore counts the blind workers' inverted messages among the others, as the
+        seed's "Byzantine server" did)."""
+        return self.coalition(self.blind(messages, ctx), ctx)
+
+
+def _rows(mask: Tensor, workers: Workers) -> Tensor:
+    return mask if workers is None else mask[workers]
+
+
+def wire(messages: Tensor, sends_signs: bool, aggregator: contracts.Aggregator) -> Tensor:
+    """What the server reads: a sign rule's messages as the ternary values a bit-packed
+    frame can carry (:func:`~signvote.aggregators.basic.ternary_votes`), unless the
+    aggregator reads them so itself (``capabilities.reads_signs``); real-valued messages
+    as they are."""
+    if sends_signs and not aggregator.capabilities.reads_signs:
+        return ternary_votes(messages)
+    return messages
+
+
+def apply_update(x: Tensor, direction: Tensor, lr: float, weight_decay: float) -> Tensor:
+    """The server's step ``x - lr * (direction + weight_decay * x)`` (a new tensor)."""
+    if weight_decay:
+        direction = direction + weight_decay * x
+    return x - lr * direction
+
+
+@dataclass(frozen=True)
+class StepState:
+    """The explicit state a step carries to the next: the worker rule's (momentum; None
+    before the first step) and the aggregator's (``aggregator.init_state()`` at the start)."""
+
+    rule: Tensor | None = None
+    aggregator: contracts.State = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What :meth:`DataPath.step_observed` also returns: the workers' own messages
+    (before any attack) and the aggregate."""
+
+    own: Tensor
+    direction: Tensor
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """One training step of all ``n`` workers in one process (the simulator's).
+
+    Attributes:
+        model: the model compiled for per-worker gradients.
+        rule: the worker rule.
+        plan: the adversaries.
+        aggregator: the server rule.
+        task: ``classification`` or ``regression``.
+        weight_decay: lambda of the update.
+        generator: the adversaries' random generator (advanced by random attacks).
+        rule_generators: each worker's coins (stochastic sign), one per worker.
+        n_classes: the number of classes (None for regression), for data-level attacks.
+    """
+
+    model: BatchedModel
+    rule: WorkerRule
+    plan: AdversaryPlan
+    aggregator: contracts.Aggregator
+    task: str
+    weight_decay: float
+    generator: torch.Generator
+    rule_generators: Coins = None
+    n_classes: int | None = None
+
+    def initial_state(self) -> StepState:
+        """The state before the first step."""
+        return StepState(None, self.aggregator.init_state())
+
+    def step(self, x: Tensor, state: StepState, inputs: Tensor, targets: Tensor, lr: float,
+             step: int) -> tuple[Tensor, StepState, WorkerStep]:
+        """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
+        returns the new parameters, the new state and the workers' step statistics."""
+        x, state, honest, _ = self.step_observed(x, state, inputs, targets, lr, step)
+        return x, state, honest
+
+    def step_observed(self, x: Tensor, state: StepState, inputs: Tensor, targets: Tensor,
+                      lr: float, step: int
+                      ) -> tuple[Tensor, StepState, WorkerStep, Observed]:
+        """:meth:`step`, also returning the workers' own messages and the aggregate."""
+        honest = worker_gradients(self.model, x, inputs,
+                                  self.plan.poison(targets, self.n_classes), self.task)
+        own, rule_state = self.rule.step(honest.grads, state.rule, self.rule_generators)
+        ctx = AttackContext(step, self.generator, self.rule.sends_signs,
+                            contracts.Preview(self.aggregator, state.aggregator))
+        messages = wire(self.plan.apply(own, ctx), self.rule.sends_signs, self.aggregator)
+        direction, agg_state = self.aggregator.apply(messages, state.aggregator)
+        return (apply_update(x, direction, lr, self.weight_decay),
+                StepState(rule_state, agg_state), honest, Observed(own, direction))
