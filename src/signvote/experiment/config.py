@@ -5,14 +5,33 @@ The command line (``signvote train --weight-decay 1e-4``), a TOML file
 :class:`TrainConfig`; :func:`resolve` fills the defaults that depend on other fields and
 checks every value, raising :class:`ConfigError` with one line that names the bad value and
 the valid ones.
+
+Every field is declared with its section, which says whether it is part of a run's
+identity (:func:`trajectory_key`), with its valid values (``choices``) or its ``check``, and,
+when its default depends on other fields, with the ``derive`` function that computes it:
+
+- ``trajectory``: what decides the parameters' path and the numbers of the run folder;
+- ``recorded``: what else the run measures into ``metrics.csv`` (``measure_theory``);
+- ``recovery``: how the distributed engine survives failures (``max_restarts``,
+  ``dist_timeout``, ``checkpoint_every``), which a resumed run may change;
+- ``output``: where the run reads and writes and what extra copies it logs (``out``,
+  ``data_dir``, ``tensorboard``).
+
+The first two make the identity: two configs with the same :func:`trajectory_key` are the
+same run (a sweep's run id and done test, the distributed engine's checkpoint resume).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import math
 import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +43,67 @@ from signvote.data.partition import NEEDS_LABELS, PARTITIONS
 ENGINES = ("sim", "dist")
 LAYOUTS = ("server", "peer")
 
+TRAJECTORY = "trajectory"
+RECORDED = "recorded"
+RECOVERY = "recovery"
+OUTPUT = "output"
+SECTIONS = (TRAJECTORY, RECORDED, RECOVERY, OUTPUT)
+KEY_SECTIONS = (TRAJECTORY, RECORDED)
+"""The sections of a run's identity: a field of the others may change and the run is the
+same run."""
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names it and the valid values."""
 
 
-def _opt(default: Any, help: str, choices: Any = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Check:
+    """A field's own check: ``ok(value)``, else ``--OPTION {must}, got VALUE``."""
+
+    ok: Callable[[Any], bool]
+    must: str
+
+    def message(self, name: str, value: Any) -> str:
+        return f"{flag(name)} {self.must}, got {value}"
+
+
+def at_least(low: int) -> Check:
+    """A whole number >= ``low``."""
+    return Check(lambda v: v >= low, "must be 0 or more" if low == 0 else
+                 f"must be at least {low}")
+
+
+def finite(op: str, bound: float, what: str = "number") -> Check:
+    """A finite number ``> bound`` or ``>= bound`` (``op``)."""
+    test = {">": lambda v: v > bound, ">=": lambda v: v >= bound}[op]
+    return Check(lambda v: math.isfinite(v) and test(v), f"must be a finite {what} {op} {bound}")
+
+
+def within(interval: str) -> Check:
+    """A finite number in ``interval``, written as in the message: ``[0, 1)``."""
+    low, high = (float(t) for t in interval[1:-1].split(","))
+    closed_low, closed_high = interval[0] == "[", interval[-1] == "]"
+    return Check(lambda v: (math.isfinite(v) and (low <= v if closed_low else low < v)
+                            and (v <= high if closed_high else v < high)),
+                 f"must be in {interval}")
+
+
+def _opt(default: Any, help: str, choices: Any = None, *, section: str = TRAJECTORY,
+         check: Check | None = None,
+         derive: Callable[[TrainConfig], Any] | None = None) -> Any:
+    """A field: ``derive(config)`` computes the default of a field whose default is None
+    (``config`` has the fields declared before it filled); ``check`` and ``choices`` are
+    applied to a value that is set."""
+    assert section in SECTIONS, section
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "section": section, "check": check,
+                                            "derive": derive})
+
+
+def _aggregator(c: TrainConfig) -> str:
+    return ("majority-vote" if rules.get(c.rule, c.momentum, c.sign_bound).sends_signs
+            else "mean")
 
 
 @dataclass(frozen=True)
@@ -39,39 +112,52 @@ class TrainConfig:
 
     dataset: str = _opt("logreg", "dataset", DATASETS)
     model: str | None = _opt(None, "model (default: the paper's model for the dataset)",
-                             tuple(models.MODELS))
-    workers: int = _opt(10, "number of workers n, adversaries included")
+                             tuple(models.MODELS),
+                             derive=lambda c: models.DEFAULT_MODEL[c.dataset])
+    workers: int = _opt(10, "number of workers n, adversaries included", check=at_least(1))
     rule: str = _opt("signum", "worker rule", rules.RULES)
     sign_bound: float | None = _opt(None, "bound B of --rule stochastic-sign (default: each "
-                                    "worker's largest |gradient| of the step)")
+                                    "worker's largest |gradient| of the step)",
+                                    check=finite(">", 0))
     momentum: float | None = _opt(None, "momentum beta in [0, 1) (default: 0.9 for signum, "
-                                  "0 for sgd; signsgd takes none)")
-    weight_decay: float = _opt(0.0, "weight decay lambda: x <- x - lr * (v + lambda * x)")
-    lr: float | None = _opt(None, "learning rate (default: 1e-3 for sgd, 1e-4 for sign rules)")
+                                  "0 for sgd; signsgd takes none)", check=within("[0, 1)"),
+                                  derive=lambda c: rules.DEFAULT_MOMENTUM[c.rule])
+    weight_decay: float = _opt(0.0, "weight decay lambda: x <- x - lr * (v + lambda * x)",
+                               check=finite(">=", 0))
+    lr: float | None = _opt(None, "learning rate (default: 1e-3 for sgd, 1e-4 for sign rules)",
+                            check=finite(">=", 0), derive=lambda c: rules.DEFAULT_LR[c.rule])
     lr_decay_step: int = _opt(30, "multiply the learning rate by --lr-decay-rate every this "
-                              "many epochs")
-    lr_decay_rate: float = _opt(0.1, "learning-rate decay factor, in (0, 1]")
-    epochs: int = _opt(80, "training epochs")
-    batch_size: int | None = _opt(None, "batch size per worker (default: 128 // workers)")
+                              "many epochs", check=at_least(1))
+    lr_decay_rate: float = _opt(0.1, "learning-rate decay factor, in (0, 1]",
+                                check=within("(0, 1]"))
+    epochs: int = _opt(80, "training epochs", check=at_least(1))
+    batch_size: int | None = _opt(None, "batch size per worker (default: 128 // workers)",
+                                  check=at_least(1), derive=lambda c: max(1, 128 // c.workers))
     aggregator: str | None = _opt(None, "server rule (default: majority-vote for sign rules, "
                                   "mean for sgd); pre-aggregators ("
                                   + ", ".join(aggregators.pre_names()) + ") go in front "
                                   "with '+' and parameters in brackets, e.g. nnm+krum, "
-                                  "centered-clipping(tau=5)", "aggregators")
+                                  "centered-clipping(tau=5)", "aggregators",
+                                  derive=_aggregator)
     aggregator_f: int | None = _opt(None, "faults f the aggregator is built to tolerate "
-                                    "(default: --byzantine + --blind)")
+                                    "(default: --byzantine + --blind)", check=at_least(0),
+                                    derive=lambda c: c.byzantine + c.blind)
     attack: str = _opt("vote-cancel", "what the --byzantine workers do; parameters in "
                        "brackets, e.g. alie(z=1.5)", "attacks")
-    byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)")
-    blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)")
+    byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)",
+                          check=at_least(0))
+    blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)",
+                      check=at_least(0))
     partition: str = _opt("iid", "how the training set is cut among workers", PARTITIONS)
     partition_alpha: float = _opt(0.5, "Dirichlet concentration of --partition dirichlet "
-                                  "(smaller: more label skew)")
-    partition_shards: int = _opt(2, "label-sorted shards per worker of --partition shards")
+                                  "(smaller: more label skew)", check=finite(">", 0))
+    partition_shards: int = _opt(2, "label-sorted shards per worker of --partition shards",
+                                 check=at_least(1))
     partition_gamma: float = _opt(0.5, "iid fraction of --partition gamma (1: iid, 0: sorted "
-                                  "by label)")
+                                  "by label)", check=within("[0, 1]"))
     data_dir: str | None = _opt(None, "folder with the dataset's files (IDX datasets; default: "
-                                "the standard places, see --help of signvote download)")
+                                "the standard places, see --help of signvote download)",
+                                section=OUTPUT)
     seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise")
     engine: str = _opt("sim", "engine: sim (all workers in one process) or dist (one process "
                        "per worker under torch.distributed, gloo; started here, or by "
@@ -80,27 +166,45 @@ class TrainConfig:
                        "aggregates, n + 1 processes) or peer (every worker aggregates, n "
                        "processes)", LAYOUTS)
     checkpoint_every: int | None = _opt(None, "--engine dist: write OUT/checkpoint.pt every "
-                                        "this many steps (default: every epoch; 0: never)")
+                                        "this many steps (default: every epoch; 0: never)",
+                                        section=RECOVERY, check=at_least(0))
     max_restarts: int = _opt(0, "--engine dist: restart the processes this many times after "
-                             "a failure, resuming from the last checkpoint")
+                             "a failure, resuming from the last checkpoint", section=RECOVERY,
+                             check=at_least(0))
     dist_timeout: float = _opt(300.0, "--engine dist: seconds a rank waits for another before "
-                               "the run fails")
+                               "the run fails", section=RECOVERY,
+                               check=finite(">", 0, "number of seconds"))
     measure_theory: bool = _opt(False, "measure the theory's quantities every step (the "
                                 "simulator; costs a full-batch gradient a step): the "
                                 "empirical p, the fraction of wrong vote coordinates, "
                                 "quantiles of the signal-to-noise ratio and the vote's "
-                                "predicted failure, in metrics.csv")
+                                "predicted failure, in metrics.csv", section=RECORDED)
     tensorboard: bool = _opt(False, "also log every epoch's metrics for TensorBoard in "
-                             "OUT/tensorboard (needs pip install 'signvote[tensorboard]')")
-    out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)")
+                             "OUT/tensorboard (needs pip install 'signvote[tensorboard]')",
+                             section=OUTPUT)
+    out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)",
+                           section=OUTPUT,
+                           derive=lambda c: f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_"
+                                            f"blind{c.blind}_seed{c.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TYPES = typing.get_type_hints(TrainConfig)
+"""Each field's type, e.g. ``float | None``."""
 SPEC_FIELDS = ("aggregator", "attack")
 """Fields whose value is a spec (``nnm+krum``, ``alie(z=1.5)``), checked by building it."""
+
+
+def flag(name: str) -> str:
+    """The command-line option of field ``name``: ``--weight-decay``."""
+    return f"--{name.replace('_', '-')}"
+
+
+def section_of(name: str) -> str:
+    return FIELDS[name].metadata["section"]
 
 
 def choices_of(name: str) -> tuple[str, ...] | None:
@@ -115,11 +219,12 @@ def choices_of(name: str) -> tuple[str, ...] | None:
 
 def base_type(name: str) -> type:
     """The field's type without ``None``: bool, int, float or str."""
-    annotation = str(FIELDS[name].type)
-    for t in (bool, int, float, str):
-        if annotation.startswith(t.__name__):
-            return t
-    raise TypeError(annotation)
+    hint = TYPES[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = (t for t in typing.get_args(hint) if t is not type(None))
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"field {name}: type {TYPES[name]}")
+    return hint
 
 
 def coerce(name: str, value: Any, where: str) -> Any:
@@ -163,23 +268,38 @@ def _need(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _unset(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def fill_defaults(config: TrainConfig) -> TrainConfig:
+    """``config`` with each unset field that has a ``derive`` filled from the others, in
+    declaration order (unchecked: :func:`resolve` checks, then fills)."""
+    c = config
+    for name, spec in FIELDS.items():
+        derive = spec.metadata["derive"]
+        if derive is not None and _unset(getattr(c, name)):
+            c = dataclasses.replace(c, **{name: derive(c)})
+    return c
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """``config`` with every default filled in, after checking every value."""
     c = config
-    for name in FIELDS:
+    values = {}
+    for name, spec in FIELDS.items():  # each field's declared type, choices and check
         value = getattr(c, name)
-        if value is not None:
-            coerce(name, value, f"--{name.replace('_', '-')}")
+        if value is None:
+            continue
+        value = values[name] = coerce(name, value, flag(name))
         choices = choices_of(name)
-        if (choices is not None and value is not None and value not in choices
-                and name not in SPEC_FIELDS):
+        if choices is not None and value not in choices and name not in SPEC_FIELDS:
             raise ConfigError(
-                f"--{name.replace('_', '-')}: unknown value {value!r}; valid: {', '.join(choices)}"
-            )
-    _need(c.workers >= 1, f"--workers must be at least 1, got {c.workers}")
-    for name in ("byzantine", "blind"):
-        count = getattr(c, name)
-        _need(count >= 0, f"--{name} must be 0 or more, got {count}")
+                f"{flag(name)}: unknown value {value!r}; valid: {', '.join(choices)}")
+        check = spec.metadata["check"]
+        if check is not None and not check.ok(value):
+            raise ConfigError(check.message(name, value))
+    c = dataclasses.replace(c, **values)
     _need(
         c.byzantine + c.blind <= c.workers,
         f"--byzantine {c.byzantine} + --blind {c.blind} = {c.byzantine + c.blind} adversaries "
@@ -188,52 +308,24 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(c.byzantine < c.workers,
           f"--byzantine {c.byzantine}: at least one of the {c.workers} workers must not be "
           f"Byzantine; valid: 0 <= byzantine < workers")
-    momentum = rules.DEFAULT_MOMENTUM[c.rule] if c.momentum is None else c.momentum
-    _need(math.isfinite(momentum) and 0.0 <= momentum < 1.0,
-          f"--momentum must be in [0, 1), got {momentum}")
-    lr = rules.DEFAULT_LR[c.rule] if c.lr is None else c.lr
-    _need(math.isfinite(lr) and lr >= 0.0, f"--lr must be a finite number >= 0, got {lr}")
-    _need(math.isfinite(c.weight_decay) and c.weight_decay >= 0.0,
-          f"--weight-decay must be a finite number >= 0, got {c.weight_decay}")
-    _need(c.lr_decay_step >= 1, f"--lr-decay-step must be at least 1, got {c.lr_decay_step}")
-    _need(math.isfinite(c.lr_decay_rate) and 0.0 < c.lr_decay_rate <= 1.0,
-          f"--lr-decay-rate must be in (0, 1], got {c.lr_decay_rate}")
-    _need(c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}")
-    _need(c.checkpoint_every is None or c.checkpoint_every >= 0,
-          f"--checkpoint-every must be 0 or more, got {c.checkpoint_every}")
-    _need(c.max_restarts >= 0, f"--max-restarts must be 0 or more, got {c.max_restarts}")
-    _need(math.isfinite(c.dist_timeout) and c.dist_timeout > 0,
-          f"--dist-timeout must be a finite number of seconds > 0, got {c.dist_timeout}")
-    _need(math.isfinite(c.partition_alpha) and c.partition_alpha > 0,
-          f"--partition-alpha must be a finite number > 0, got {c.partition_alpha}")
-    _need(c.partition_shards >= 1,
-          f"--partition-shards must be at least 1, got {c.partition_shards}")
-    _need(0.0 <= c.partition_gamma <= 1.0,
-          f"--partition-gamma must be in [0, 1], got {c.partition_gamma}")
     _need(c.partition not in NEEDS_LABELS or c.dataset not in REGRESSION,
           f"--partition {c.partition} needs class labels; --dataset {c.dataset} is a "
           f"regression; valid: --partition iid")
-    batch_size = max(1, 128 // c.workers) if c.batch_size is None else c.batch_size
-    _need(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")
-    model = models.DEFAULT_MODEL[c.dataset] if c.model is None else c.model
-    _need(c.dataset in models.MODELS[model],
-          f"--model {model} does not fit --dataset {c.dataset}; valid: "
-          + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
-    _need(c.sign_bound is None or (math.isfinite(c.sign_bound) and c.sign_bound > 0),
-          f"--sign-bound must be a finite number > 0, got {c.sign_bound}")
     _need(c.sign_bound is None or c.rule == "stochastic-sign",
           f"--sign-bound is the bound of --rule stochastic-sign, not of --rule {c.rule}")
+    momentum = rules.DEFAULT_MOMENTUM[c.rule] if c.momentum is None else c.momentum
     try:
-        sign = rules.get(c.rule, momentum, c.sign_bound).sends_signs
+        rules.get(c.rule, momentum, c.sign_bound)
     except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
         raise ConfigError(f"--momentum {momentum}: {exc}") from None
-    aggregator = c.aggregator or ("majority-vote" if sign else "mean")
-    aggregator_f = c.byzantine + c.blind if c.aggregator_f is None else c.aggregator_f
-    _need(aggregator_f >= 0, f"--aggregator-f must be 0 or more, got {aggregator_f}")
+    c = fill_defaults(c)
+    _need(c.dataset in models.MODELS[c.model],
+          f"--model {c.model} does not fit --dataset {c.dataset}; valid: "
+          + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
     try:
-        aggregators.check(aggregators.build(aggregator, aggregator_f), c.workers)
+        aggregators.check(aggregators.build(c.aggregator, c.aggregator_f), c.workers)
     except ValueError as exc:
-        raise ConfigError(f"--aggregator {aggregator}: {exc}") from None
+        raise ConfigError(f"--aggregator {c.aggregator}: {exc}") from None
     try:
         attack = attacks.build(c.attack)
         if c.byzantine and hasattr(attack, "check"):
@@ -245,8 +337,41 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
           "--tensorboard needs the tensorboard package, which is not installed; valid: "
           "pip install 'signvote[tensorboard]', or leave --tensorboard out")
-    out = c.out or f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_blind{c.blind}_seed{c.seed}"
-    return dataclasses.replace(
-        c, model=model, momentum=momentum, lr=lr, batch_size=batch_size,
-        aggregator=aggregator, aggregator_f=aggregator_f, out=out,
-    )
+    return c
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """The config that a run folder's ``config.json`` records: a field it lacks is at its
+    default (it was added to the schema later), a key that is no field is ignored."""
+    return TrainConfig(**{k: v for k, v in values.items() if k in FIELDS})
+
+
+def _normal(name: str, value: Any) -> Any:
+    if base_type(name) is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def trajectory_key(config: TrainConfig) -> dict[str, Any]:
+    """The identity of a run: its fields of the :data:`KEY_SECTIONS` whose value is not the
+    default that field takes, given the others, when left unset (``lr`` 1e-3 under
+    ``rule = "sgd"`` is that default, so it is left out). Two configs are the same run
+    exactly when their keys are equal, resolved or not; a field added to the schema with
+    a default that keeps the old behaviour adds nothing to any key."""
+    c = fill_defaults(config)
+    key = {}
+    for name, spec in FIELDS.items():
+        if spec.metadata["section"] not in KEY_SECTIONS:
+            continue
+        derive = spec.metadata["derive"]
+        default = derive(c) if derive is not None else spec.default
+        value = _normal(name, getattr(c, name))
+        if value != _normal(name, default):
+            key[name] = value
+    return key
+
+
+def trajectory_id(config: TrainConfig) -> str:
+    """12 hex digits of the SHA-1 of :func:`trajectory_key` as sorted JSON."""
+    text = json.dumps(trajectory_key(config), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
