@@ -154,25 +154,118 @@ def test_results_command_prints_the_summary(tmp_path, capsys):
         main(["results", str(tmp_path / "nothing")])
 
 
-def test_a_missing_dataset_is_reported_before_any_run_starts(tmp_path):
-    from signvote.data import DatasetError
+def _sweep_over_a_missing_dataset(tmp_path, monkeypatch):
+    """A sweep of two MNIST runs on a machine without MNIST: every place the data is looked
+    for is pinned under ``tmp_path``, and the process pool is replaced by one that fails
+    the test, so no run can start (nor find a real MNIST and train for 80 epochs)."""
+    from signvote.data import images
 
+    monkeypatch.setenv("SIGNVOTE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(images, "SYSTEM_DATA_DIR", tmp_path / "system")
+
+    class NoPool:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a run was started before the datasets were checked")
+
+    monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", NoPool)
     runs = grid.load_grid(write(tmp_path, f'dataset = "mnist"\ndata_dir = "{tmp_path}/none"\n'
                                           'seed = [1, 2]\n'))
-    with pytest.raises(DatasetError, match="IDX files not found"):
-        sweep.run_sweep(runs, tmp_path / "out", jobs=1, progress=False)
+    return lambda: sweep.run_sweep(runs, tmp_path / "out", jobs=1, progress=False)
+
+
+def test_a_missing_dataset_is_reported_before_any_run_starts(tmp_path, monkeypatch):
+    from signvote.data import DatasetError
+
+    start = _sweep_over_a_missing_dataset(tmp_path, monkeypatch)
+    with pytest.raises(DatasetError, match="IDX files not found") as caught:
+        start()
+    looked_in = str(caught.value).split("looked in: ")[1].split(". To get them")[0]
+    assert all(folder.startswith(str(tmp_path)) for folder in looked_in.split(", "))
     assert not list((tmp_path / "out").glob("runs/*"))
 
 
-def test_a_run_id_hashes_only_the_fields_that_differ_from_the_defaults():
+def test_without_the_dataset_check_the_sweep_would_start_its_runs(tmp_path, monkeypatch):
+    # the test above notices a sweep that skips check_datasets
+    start = _sweep_over_a_missing_dataset(tmp_path, monkeypatch)
+    monkeypatch.setattr(sweep, "check_datasets", lambda configs: None)
+    with pytest.raises(AssertionError, match="a run was started before the datasets"):
+        start()
+
+
+def test_run_ids_of_resolved_configs_hash_only_what_differs_from_their_defaults():
     import hashlib
 
-    from signvote.experiment.config import TrainConfig
+    def sha(text: str) -> str:
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
-    assert sweep.run_id(TrainConfig()) == hashlib.sha1(b"{}").hexdigest()[:12]
+    def rid(**grid_values) -> str:
+        (config,) = grid.expand({k: [v] for k, v in grid_values.items()})
+        return sweep.run_id(config)
+
+    assert rid() == sha("{}")  # resolve() filled model, lr, momentum, batch size, aggregator
+    assert rid(workers=5) == sha('{"workers": 5}')  # and the batch size 128 // 5 with it
+    assert rid(rule="sgd") == sha('{"rule": "sgd"}')  # lr, momentum, aggregator of sgd
+    assert rid(byzantine=2) == sha('{"byzantine": 2}')  # aggregator_f = byzantine + blind
+    # the same run, whatever the file says of the defaults it spelt out
+    assert rid(rule="sgd", lr=1e-3, momentum=0.0, aggregator="mean") == rid(rule="sgd")
+    assert rid(byzantine=2, aggregator_f=2, model="logregnet") == rid(byzantine=2)
+    assert rid(byzantine=2, aggregator_f=0) == sha('{"aggregator_f": 0, "byzantine": 2}')
+    # where the run is written, what else it logs and how a dist run recovers are not the run
+    assert rid(tensorboard=True) == rid(data_dir="elsewhere") == rid() == rid(max_restarts=3)
+    assert rid(dist_timeout=10.0) == rid(checkpoint_every=5) == rid()
+
+
+def test_a_run_id_is_the_trajectory_id_resolved_or_not():
+    from signvote.experiment.config import TrainConfig, resolve, trajectory_id
+
+    for config in (TrainConfig(), TrainConfig(rule="sgd", workers=5),
+                   TrainConfig(byzantine=2, aggregator="krum", out="a")):
+        assert sweep.run_id(config) == sweep.run_id(resolve(config)) == trajectory_id(config)
     assert sweep.run_id(TrainConfig(out="a")) == sweep.run_id(TrainConfig(out="b"))
-    assert sweep.run_id(TrainConfig(workers=5)) == hashlib.sha1(
-        b'{"workers": 5}').hexdigest()[:12]
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_sweep_folder_of_the_old_run_ids_is_reused_whole_and_still_read(tmp_path, capsys):
+    """tests/data/sweep_v0 was written by signvote 828ad32, whose run ids hashed the fields
+    that differ from the unresolved defaults (see tests/data/sweep_v0.md)."""
+    import shutil
+
+    from signvote.cli import main
+
+    out = tmp_path / "sweep_v0"
+    shutil.copytree(DATA / "sweep_v0", out)
+    before = {json.loads((f / "config.json").read_text())["byzantine"]:
+              (f / "metrics.csv").read_bytes() for f in out.glob("runs/*")}
+    assert len(before) == 2
+    assert main(["sweep", str(DATA / "sweep_v0.toml"), "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("renamed by the next sweep") == 2
+    assert main(["sweep", str(DATA / "sweep_v0.toml"), "--out", str(out), "--jobs", "1",
+                 "--quiet"]) == 0
+    assert "2 runs: 0 run now, 2 already done; 4 rows" in capsys.readouterr().out
+    folders = sorted(out.glob("runs/*"))
+    placed = sweep.place(grid.load_grid(DATA / "sweep_v0.toml"), out)
+    assert sorted(Path(c.out) for c in placed) == folders  # renamed to the current ids
+    assert all(sweep.is_done(c) for c in placed)
+    for folder in folders:  # nothing lost, nothing rewritten but the folder in config.json
+        config = json.loads((folder / "config.json").read_text())
+        assert config["out"] == str(folder)
+        assert (folder / "metrics.csv").read_bytes() == before[config["byzantine"]]
+        assert (folder / "params.pt").exists()
+    assert [r["id"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == [
+        Path(c.out).name for c in placed]
+    assert main(["sweep", str(DATA / "sweep_v0.toml"), "--out", str(out), "--jobs", "1",
+                 "--quiet"]) == 0
+    assert "0 run now, 2 already done" in capsys.readouterr().out
+    assert main(["results", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "| 0 | 0 | 1 | 0.7385 | 0.7385 |" in summary  # the stored runs' numbers
+    assert "| 1 | 1 | 1 | 0.7395 | 0.7395 |" in summary
+    rows = results.read_table(out / "results.csv")
+    assert len(rows) == 4 and {r["byzantine"] for r in rows} == {"0", "1"}
 
 
 def test_an_old_run_folder_is_reused_and_a_run_under_another_default_is_not(

@@ -286,8 +286,12 @@ def run_sweep(args: argparse.Namespace) -> int:
         configs = grid.load_grid(args.file, args.overrides)
         _check_jobs(args.jobs)
         if args.dry_run:
-            for c in sweep.place(configs, args.out):
-                state = "done" if sweep.is_done(c) else "to run"
+            placed = sweep.place(configs, args.out)
+            renamed = sweep.find_renamed(placed, args.out)
+            for c in placed:
+                state = ("done" if sweep.is_done(c) else
+                         f"done in {renamed[c.out]}, renamed by the next sweep"
+                         if c.out in renamed else "to run")
                 print(f"{c.out}\t{state}\t{c.rule}\t{c.aggregator}\tbyzantine={c.byzantine}"
                       f"\tblind={c.blind}\tseed={c.seed}")
             return 0
@@ -377,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    from signvote.engine.memory import keep_freed_memory
+
+    keep_freed_memory()  # this process is the command's own: its allocator policy is ours
     if args.command == "train":
         return run_train(args, argv)
     if args.command == "download":

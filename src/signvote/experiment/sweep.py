@@ -1,24 +1,27 @@
 """Run a grid of training runs in parallel, resumably.
 
-Every run of a sweep has its own folder ``SWEEP/runs/ID``, ``ID`` a hash of the fields of
-its resolved config that differ from :class:`TrainConfig`'s defaults (the folder is the
-same whichever order or sweep file produced it, and a field added to the schema later,
-with a default that keeps the old behaviour, leaves every existing ID as it was). A run
-is done when its ``summary.json`` exists, the simulator's last file, written atomically
-after ``metrics.csv`` and ``params.pt``, and the ``config.json`` beside it is this run's
-config (a field it lacks read at its default): a changed default never reuses a run made
-under the old one. A sweep started again (after Ctrl-C, a crash, or
-``kill -9``) runs only the runs that are not done; a run that was cut short is started
-over from nothing, so no half-written run is ever kept or read. ``SWEEP/sweep.json``
-lists the runs; the tidy tables ``results.csv`` and ``results.parquet`` are written at the
-end (:mod:`signvote.experiment.results`).
+Every run of a sweep has its own folder ``SWEEP/runs/ID``, ``ID`` the
+:func:`~signvote.experiment.config.trajectory_id` of its config: a hash of the fields of
+the run's identity that differ from the default they take given the other fields (the
+folder is the same whichever order or sweep file produced it, and a field added to the
+schema later, with a default that keeps the old behaviour, leaves every existing ID as it
+was). A run is done when its ``summary.json`` exists, the simulator's last file, written
+atomically after ``metrics.csv`` and ``params.pt``, and the ``config.json`` beside it has
+this run's :func:`~signvote.experiment.config.trajectory_key` (a field it lacks read at its
+default): a changed default never reuses a run made under the old one, and a field outside
+the identity (``tensorboard``, ``data_dir``) reuses it. A finished run of the sweep found in
+a folder of another name (made by a signvote whose IDs were computed otherwise) is renamed
+to its ID, not run again. A sweep started again (after Ctrl-C, a crash, or ``kill -9``)
+runs only the runs that are not done; a run that was cut short is started over from
+nothing, so no half-written run is ever kept or read. ``SWEEP/sweep.json`` lists the runs;
+the tidy tables ``results.csv`` and ``results.parquet`` are written at the end
+(:mod:`signvote.experiment.results`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -27,19 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from signvote.experiment import runs
-from signvote.experiment.config import ConfigError, TrainConfig
-
-
-def _differences(config: TrainConfig) -> dict[str, Any]:
-    """The config's fields that differ from the defaults, its folder excluded."""
-    defaults = TrainConfig().to_dict()
-    return {k: v for k, v in config.to_dict().items() if k != "out" and v != defaults[k]}
+from signvote.experiment.config import (
+    ConfigError,
+    TrainConfig,
+    from_dict,
+    trajectory_id,
+    trajectory_key,
+)
 
 
 def run_id(config: TrainConfig) -> str:
-    """A short hash of the resolved config's fields that differ from the defaults."""
-    return hashlib.sha1(json.dumps(_differences(config), sort_keys=True).encode()
-                        ).hexdigest()[:12]
+    """The run's folder name in a sweep: its :func:`trajectory_id`."""
+    return trajectory_id(config)
 
 
 def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig]:
@@ -57,22 +59,64 @@ def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig
     return placed
 
 
-def is_done(config: TrainConfig) -> bool:
-    """True when the run's folder holds a finished run (its ``summary.json``) of this very
-    config: its ``config.json``, with the fields it lacks at their defaults, has the same
-    fields as ``config`` (the folder aside)."""
-    folder = Path(config.out)
+def _finished(folder: Path) -> tuple[dict[str, Any], str] | None:
+    """The stored ``config.json`` of the finished run in ``folder`` and its trajectory key
+    as JSON text, or None when the folder holds no finished run of a readable config."""
     if not (folder / "summary.json").exists():
-        return False
+        return None
     try:
         stored = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(stored, dict):
-        return False
-    defaults = TrainConfig().to_dict()
-    return all(stored.get(k, defaults[k]) == v
-               for k, v in config.to_dict().items() if k != "out")
+        if not isinstance(stored, dict):
+            return None
+        return stored, _key_text(from_dict(stored))
+    except (OSError, ValueError, TypeError, KeyError, ArithmeticError):
+        return None
+
+
+def _key_text(config: TrainConfig) -> str:
+    return json.dumps(trajectory_key(config), sort_keys=True)
+
+
+def is_done(config: TrainConfig) -> bool:
+    """True when the run's folder holds a finished run (its ``summary.json``) of this very
+    run: its ``config.json``, with the fields it lacks at their defaults, has the same
+    :func:`trajectory_key` as ``config``."""
+    found = _finished(Path(config.out))
+    return found is not None and found[1] == _key_text(config)
+
+
+def find_renamed(placed: list[TrainConfig], sweep_dir: str | Path) -> dict[str, Path]:
+    """The runs of ``placed`` (by ``out``) that are not done in their folder but finished
+    in another folder of ``SWEEP/runs`` with the same trajectory key: runs made when run
+    IDs were computed otherwise. A folder that is some run's current ID is not looked at."""
+    folder = Path(sweep_dir) / "runs"
+    wanted = {_key_text(c): c.out for c in placed if not is_done(c)}
+    if not wanted or not folder.is_dir():
+        return {}
+    current = {Path(c.out).name for c in placed}
+    found = {}
+    for old in sorted(folder.iterdir()):
+        if old.name in current or not old.is_dir():
+            continue
+        finished = _finished(old)
+        if finished is not None and finished[1] in wanted:
+            found[wanted.pop(finished[1])] = old
+    return found
+
+
+def adopt_renamed(placed: list[TrainConfig], sweep_dir: str | Path) -> int:
+    """Rename each run found by :func:`find_renamed` to its current folder (when that does
+    not exist yet), its ``config.json`` pointing there; returns how many were renamed."""
+    renamed = 0
+    for out, old in find_renamed(placed, sweep_dir).items():
+        new = Path(out)
+        if new.exists():
+            continue  # a cut-short run of the new ID: it is run again, the old folder kept
+        os.rename(old, new)
+        stored = json.loads((new / "config.json").read_text())
+        runs.write_json(new / "config.json", {**stored, "out": str(new)})
+        renamed += 1
+    return renamed
 
 
 def check_datasets(configs: list[TrainConfig]) -> None:
@@ -90,9 +134,13 @@ def check_datasets(configs: list[TrainConfig]) -> None:
 
 
 def _start_worker(threads: int) -> None:
+    """Set up a pool process the sweep owns: its threads and its allocator policy."""
     import torch
 
+    from signvote.engine.memory import keep_freed_memory
+
     torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def _train(config: TrainConfig) -> str:
@@ -109,6 +157,7 @@ def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | Non
 
     sweep_dir = Path(sweep_dir)
     placed = place(configs, sweep_dir)
+    renamed = adopt_renamed(placed, sweep_dir)
     runs.write_json(sweep_dir / "sweep.json", {
         "runs": [{"id": Path(c.out).name, "config": c.to_dict()} for c in placed]})
     todo = [c for c in placed if not is_done(c)]
@@ -136,4 +185,4 @@ def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | Non
         bar.close()
     table = results.write_tables(sweep_dir)
     return {"runs": len(placed), "ran": len(todo), "skipped": len(placed) - len(todo),
-            "statuses": statuses, "rows": table}
+            "renamed": renamed, "statuses": statuses, "rows": table}
