@@ -8,7 +8,9 @@ table gives the median wall time of each and the ratio ByzFL / ours. f = (n - 3)
 (1, 5, 11: the largest f Bulyan accepts) for every rule that takes f. Where the two
 definitions agree, the largest absolute difference of the outputs is recorded too (Krum
 and multi-Krum with ``neighbours = n - f - 1``, ByzFL's choice; the geometric median and
-centered clipping with ByzFL's iteration counts). A difference there is not always ours:
+centered clipping with the same iterations and radius on both sides: ByzFL's defaults,
+one step at tau = 100, and ours, three at tau = 10, each from v0 = 0 and from v0 = the
+rows' mean, the v0 inside timing on both sides). A difference there is not always ours:
 ByzFL's distances come from ``torch.cdist`` in float32, which for n <= 25 computes them
 directly and at d = 1M was off by up to ~1e3 on squared distances of ~2e6 (ours, from the
 Gram matrix: < 1 against float64), enough to reorder near neighbours in NNM.
@@ -22,7 +24,8 @@ subsets (skipped beyond ``--max-subsets``), its NNM gathers an ``[n, n - f, d]``
 inputs of more than 2^24 elements.
 
 Run: ``make bench-byzfl`` or ``.venv/bin/python benchmarks/bench_aggregators.py
-[--repeats 3] [--workers 10 25 50] [--dims 100000 1000000] [--out FILE.json]``.
+[--repeats 3] [--workers 10 25 50] [--dims 100000 1000000] [--only NAME ...]
+[--out FILE.json]``.
 """
 
 from __future__ import annotations
@@ -80,9 +83,13 @@ def cases(b: types.ModuleType, n: int, f: int) -> list[tuple[str, Callable, Call
          b.GeometricMedian(nu=0.1, T=3), False, "ByzFL starts at 0, ours at the mean"),
         ("geometric-median (to tol)", aggregators.get("geometric-median"), None, False,
          "ours: to tol 1e-7 (ByzFL has no stopping rule)"),
-        ("centered-clipping",  # a fresh instance per call: both start from v0 = 0
-         lambda x: aggregators.get("centered-clipping", tau=10.0, iterations=3)(x),
-         "centered-clipping", True, ""),
+        # the same parameters on both sides: ByzFL's defaults (L = 1, tau = 100), ours
+        # (L = 3, tau = 10); "from 0": a fresh instance per call, both start at v0 = 0;
+        # "from v0": both start at the previous aggregate, here v0 = the rows' mean
+        *[(f"centered-clipping (L={steps}, tau={tau:g}, from {start})",
+           our_centered_clipping(tau, steps, start),
+           f"centered-clipping {steps} {tau} {start}", True, "")
+          for steps, tau in ((1, 100.0), (3, 10.0)) for start in ("0", "v0")],
         ("caf", aggregators.get("caf", f=f), b.CAF(f=f), False,
          "ByzFL: one power iteration from a random start; ours: exact eigenpair"),
         ("mda", aggregators.get("mda", f=f), b.MDA(f=f), True,
@@ -101,6 +108,34 @@ def cases(b: types.ModuleType, n: int, f: int) -> list[tuple[str, Callable, Call
         ("weighted-majority-vote", aggregators.get("weighted-majority-vote"), None, False,
          "not in ByzFL"),
     ]
+
+
+def start_vector(x: torch.Tensor, start: str) -> torch.Tensor | None:
+    """Centered clipping's v0 for ``start``: None (zero) for "0", else the rows' mean."""
+    return None if start == "0" else x.mean(dim=0)
+
+
+def our_centered_clipping(tau: float, steps: int, start: str) -> Callable:
+    """Our centered clipping from the state ``start`` (:func:`start_vector`), fresh per call."""
+    def call(x: torch.Tensor) -> torch.Tensor:
+        agg = aggregators.get("centered-clipping", tau=tau, iterations=steps)
+        v0 = start_vector(x, start)
+        if hasattr(agg, "apply"):  # the explicit-state interface
+            return agg.apply(x, v0)[0]
+        agg.state = v0
+        return agg(x)
+    return call
+
+
+def byzfl_centered_clipping(b: types.ModuleType, spec: str) -> Callable:
+    """ByzFL's centered clipping for ``"centered-clipping STEPS TAU START"``."""
+    steps, tau, start = spec.split()[1:]
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        agg = b.CenteredClipping(L=int(steps), tau=float(tau))
+        agg.m = start_vector(x, start)  # its constructor refuses any m (``or`` for ``and``)
+        return agg(x)
+    return call
 
 
 def byzfl_bulyan(b: types.ModuleType, x: torch.Tensor, f: int) -> torch.Tensor:
@@ -145,6 +180,8 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--max-subsets", type=float, default=1e5)
     parser.add_argument("--max-gib", type=float, default=4.0)
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only the aggregators whose name contains one of these")
     parser.add_argument("--byzfl-dir", type=Path, default=BYZFL_DIR)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aggregators.json"))
     args = parser.parse_args()
@@ -155,9 +192,10 @@ def main() -> None:
             f = (n - 3) // 4
             x = torch.randn(n, d, generator=torch.Generator().manual_seed(n * d))
             for name, ours, theirs, same, note in cases(b, n, f):
-                if theirs == "centered-clipping":
-                    def theirs(v, b=b):
-                        return b.CenteredClipping(L=3, tau=10.0)(v)
+                if args.only and not any(part in name for part in args.only):
+                    continue
+                if isinstance(theirs, str):
+                    theirs = byzfl_centered_clipping(b, theirs)
                 reason = skip_reason(name, n, f, d, args) if theirs is not None else None
                 our_times, their_times, copy_times, diff, error = [], [], [], None, None
                 ours(x)  # warm-up (first-call allocations), not timed

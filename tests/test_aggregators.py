@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from signvote import aggregators, attacks
+from signvote.aggregators.base import gram, squared_distances
+from signvote.aggregators.coordinatewise import trimmed_mean
 from signvote.aggregators.distance import MDA, ball_subset
+from signvote.aggregators.iterative import centered_clipping
 from signvote.aggregators.preaggregators import Chain
 
 ROBUST = ["median", "trimmed-mean", "meamed", "krum", "multi-krum", "bulyan", "mda",
@@ -573,3 +576,95 @@ def test_every_registered_rule_declares_its_capabilities():
         assert isinstance(aggregators.get_pre(name).capabilities, PreAggregatorCapabilities)
     for name in attacks.names():
         assert isinstance(attacks.get(name).capabilities, AttackCapabilities), name
+
+
+# ---------------------------------------------------------- float32 rows sharing a common part
+
+COMMON_ROWS = [[1.0002, 1.0001], [1.0, 0.9998], [0.9999, 0.9997], [0.9997, 0.9997],
+               [0.9998, 1.0002]]
+
+
+def common_part(seed, n, d=50):
+    """float32 rows ``1 + 1e-3 N(0, 1)``: ``||x||^2 / ||x_i - x_j||^2`` about 5e5."""
+    noise = torch.randn(n, d, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
+    return (1 + 1e-3 * noise).float()
+
+
+def test_krum_on_float32_rows_with_a_common_part_picks_the_lowest_exact_score():
+    x = torch.tensor(COMMON_ROWS)
+    exact = x.double()  # the same float32 values, distances in float64 by explicit loops
+    scores = ref_krum_scores(exact, list(range(5)), 5 - 1 - 2)
+    assert [round(s * 1e8) for s in scores] == [30, 12, 6, 14, 37]
+    assert torch.equal(aggregators.get("krum", f=1)(x), x[2])  # the float32 Gram gave x[1]
+    assert torch.equal(aggregators.get("krum", f=1)(exact), exact[2])
+
+
+def test_gram_of_float32_rows_with_a_common_part_keeps_their_distances(gen):
+    x = common_part(0, 9)
+    x[4] = torch.inf  # a malformed row keeps its non-finite diagonal and takes no part
+    g = gram(x)
+    assert not bool(torch.isfinite(g[4, 4]))
+    keep = [i for i in range(9) if i != 4]
+    exact = x[keep].double()
+    want = torch.cdist(exact, exact) ** 2
+    got = squared_distances(g[keep][:, keep])
+    assert float(((got - want).abs() / want.clamp(min=1e-300)).fill_diagonal_(0).max()) < 1e-5
+    shifted = gram(x[keep], x[0])  # the Gram of x_i - x_0
+    assert torch.allclose(shifted, (exact - exact[0]) @ (exact - exact[0]).T, rtol=1e-5,
+                          atol=1e-12)
+
+
+CHOOSING = [("krum", 9, {}), ("multi-krum", 9, {}), ("multi-krum", 9, {"m": 3}),
+            ("bulyan", 11, {}), ("mda", 9, {}), ("mda", 9, {"exact": False}),
+            ("geometric-median", 9, {}), ("caf", 9, {}),
+            ("centered-clipping", 9, {"tau": 1e-3, "iterations": 50}),
+            ("nnm+mean", 9, {})]
+
+
+@pytest.mark.parametrize(("name", "n", "params"), CHOOSING)
+def test_float32_rows_with_a_common_part_aggregate_as_in_float64(name, n, params):
+    """Each rule on float32 rows ``1 + 1e-3 N(0, 1)`` against the same rule on the same
+    values in float64: a different choice of rows moves the result by ~1e-4, float32
+    rounding by ~1e-7 (before the fix 40-100% of these seeds differed by up to 4e-3)."""
+    spec = name if not params else f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
+    for seed in range(40):
+        x = common_part(seed, n)
+        got = aggregators.build(spec, f=2)(x).double()
+        want = aggregators.build(spec, f=2)(x.double())
+        assert float((got - want).abs().max()) < 2e-6, (spec, seed)
+
+
+def test_krum_on_float32_rows_with_a_common_part_equals_its_float64_loop():
+    for seed in range(40):
+        x = common_part(seed, 9)
+        assert torch.equal(aggregators.get("krum", f=2)(x).double(), ref_krum(x.double(), 2))
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 5])
+def test_centered_clipping_from_a_state_near_the_rows_equals_its_float64_loop(iterations):
+    """The state v0 is the previous aggregate, near the rows: the distances ||x_i - v||
+    are then small next to ||x_i|| (the rows are shifted to v0 before any product)."""
+    for seed in range(40):
+        x = common_part(seed, 9)
+        v0 = (x.double().mean(0) + 1e-4).float()
+        want = ref_centered_clipping(x.double(), v0.double(), 4e-3, iterations)
+        got = centered_clipping(x, v0, 4e-3, iterations)
+        assert float((got.double() - want).abs().max()) < 1e-6, seed
+        assert float((centered_clipping(x, torch.zeros(50), 1.0, iterations).double()
+                      - ref_centered_clipping(x.double(), torch.zeros(50, dtype=torch.float64),
+                                              1.0, iterations)).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize(("n", "f"), [(3, 1), (5, 2), (10, 1), (25, 5), (50, 11)])
+def test_trimmed_mean_without_a_sort_equals_its_loop_on_float32_ties_and_far_rows(n, f, gen):
+    x = torch.randint(-2, 3, (n, 40), generator=gen).float()  # many ties
+    x[0, :10] = 1e30  # far values are trimmed, never subtracted from a sum
+    x[1, 10:20] = -1e30
+    got, finite = trimmed_mean(x, f)
+    assert finite
+    assert torch.allclose(got.double(), ref_trimmed_mean(x.double(), f), atol=1e-6)
+    assert torch.allclose(aggregators.get("trimmed-mean", f=f)(x).double(),
+                          ref_trimmed_mean(x.double(), f), atol=1e-6)
+    x[2, 0] = torch.nan
+    assert not trimmed_mean(x, f)[1]  # a malformed row takes the discarding path

@@ -71,6 +71,53 @@ def trimmed_mean_of_sorted(columns: Tensor, f: int) -> Tensor:
     return columns[f:n - f].mean(dim=0)
 
 
+def order_bounds(messages: Tensor, k: int) -> Tensor:
+    r"""``[k, 2, d]``: each column's ``k`` largest values in descending order (``[:, 0]``)
+    and minus its ``k`` smallest, i.e. the ``k`` largest of ``-x``, in descending order
+    (``[:, 1]``); NaN propagates.
+
+    No sort: the two lists start at :math:`-\infty` and take the rows one at a time; with
+    :math:`t_0 \ge \dots \ge t_{k-1}`, inserting :math:`x` gives :math:`t'_0 = \max(t_0,
+    x)`, :math:`t'_j = \max(t_j, \min(t_{j-1}, x))`: three elementwise operations in place
+    on ``[k, 2, d]`` per row, ``O(n k d)`` in all. A sort along dim 0 works column by
+    column (about 1 us per column of 25); for ``k <= n / 4`` this measured 1.4-3.8x less
+    CPU time (n = 50 to 10, one thread).
+    """
+    n, d = messages.shape
+    both = torch.stack([messages, -messages], dim=1)  # [n, 2, d]
+    top = torch.full((k, 2, d), -torch.inf, dtype=messages.dtype)
+    pushed = torch.empty(max(k - 1, 1), 2, d, dtype=messages.dtype)
+    for i in range(n):
+        x = both[i:i + 1]
+        if k > 1:
+            torch.minimum(top[:-1], x, out=pushed)
+            torch.maximum(top[1:], pushed, out=top[1:])
+        torch.maximum(top[:1], x, out=top[:1])
+    return top
+
+
+def trimmed_mean(messages: Tensor, f: int) -> tuple[Tensor, bool]:
+    r"""``(v, finite)``: the trimmed mean ``[d]`` of ``messages[n, d]`` (drop each column's
+    ``f`` largest and ``f`` smallest values, average the rest) and whether every value is
+    finite (the columns' extremes are), without sorting.
+
+    With :math:`\ell_j = x_{(f+1)j}` and :math:`h_j = x_{(n-f)j}` (:func:`order_bounds`),
+    the ``f`` values below the kept ones clamp to :math:`\ell_j` and the ``f`` above to
+    :math:`h_j`, the kept ones are unchanged, ties included:
+    :math:`v_j = (\sum_i \mathrm{clamp}(x_{ij}, \ell_j, h_j) - f (\ell_j + h_j)) / (n - 2f)`
+    (no subtraction of a far value: every term lies within the kept range).
+    """
+    n = messages.shape[0]
+    if f == 0:
+        v = messages.mean(dim=0)
+        return v, bool(torch.isfinite(v.sum()))
+    bounds = order_bounds(messages, f + 1)
+    finite = bool(torch.isfinite((bounds[0, 0] - bounds[0, 1]).sum()))
+    high, low = bounds[f, 0], -bounds[f, 1]
+    kept = torch.clamp(messages, low, high).sum(dim=0)
+    return (kept - f * (low + high)) / (n - 2 * f), finite
+
+
 @REGISTRY.register("trimmed-mean")
 class TrimmedMean(SortedRule):
     r"""Coordinate-wise trimmed mean: for each coordinate, drop the :math:`f` largest and
@@ -87,6 +134,16 @@ class TrimmedMean(SortedRule):
     """
 
     name = "trimmed-mean"
+
+    def apply(self, messages: Tensor, state: State) -> tuple[Tensor, State]:
+        self.check(messages.shape[0])
+        result, finite = trimmed_mean(messages, self.f)  # SortedRule's test, without a sort
+        if finite and bool(torch.isfinite(result.sum())):
+            return result, state
+        return RobustAggregator.apply(self, messages, state)
+
+    def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
+        return trimmed_mean(messages, f)[0]
 
     def from_sorted(self, columns: Tensor, f: int) -> Tensor:
         return trimmed_mean_of_sorted(columns, f)

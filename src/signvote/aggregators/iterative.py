@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from signvote.aggregators import REGISTRY
-from signvote.aggregators.base import RobustAggregator, combine
+from signvote.aggregators.base import RobustAggregator, combine, gram
 from signvote.contracts import AggregatorCapabilities
 from signvote.registry import to_int, to_positive
 
@@ -88,6 +88,35 @@ def centered_clipping_weights(g: Tensor, x_v0: Tensor, v0_sq: float, tau: float,
     return c, w
 
 
+def centered_clipping(messages: Tensor, v0: Tensor, tau: float, iterations: int) -> Tensor:
+    """The centered-clipping iterate ``v_L`` ``[d]`` from ``v0`` (:class:`CenteredClipping`).
+
+    The distances are those of the rows shifted to ``v0``: ``v_l = c v0 + X^T w`` with
+    ``c + sum(w) = 1``, so ``x_i - v_l = (x_i - v0) - sum_j w_j (x_j - v0)`` and the Gram
+    matrix of ``x_i - v0`` (:func:`~signvote.aggregators.base.gram`, accurate even when the
+    rows and ``v0`` share a large common part) gives every iteration; ``v0 = 0`` is the Gram
+    of the rows themselves. One iteration needs no Gram: the norms ``||x_i - v0||``
+    (``v0 = 0``: of the rows), then one ``[n] @ [n, d]`` product.
+    """
+    n = messages.shape[0]
+    v0 = v0.to(messages.dtype)
+    zero = not bool(v0.any())
+    if iterations == 1:
+        if zero:
+            dist = torch.linalg.vector_norm(messages, dim=1)
+        else:
+            dist = torch.cdist(messages, v0.unsqueeze(0),
+                               compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
+        dist = dist.double()
+        scale = torch.where(dist > tau, tau / dist, torch.ones_like(dist))
+        v = combine(scale / n, messages)
+        return v if zero else v + (1 - float(scale.sum()) / n) * v0
+    g = gram(messages, None if zero else v0)
+    c, w = centered_clipping_weights(g, torch.zeros(n, dtype=g.dtype), 0.0, tau, iterations)
+    v = combine(w, messages)
+    return v if zero else v + c * v0
+
+
 @REGISTRY.register("centered-clipping")
 class CenteredClipping(RobustAggregator):
     r"""Centered clipping: from the previous aggregate :math:`v_0` (zero at first), repeat
@@ -107,7 +136,7 @@ class CenteredClipping(RobustAggregator):
     """
 
     name = "centered-clipping"
-    uses_gram = True
+    uses_gram = False  # its distances are to v0: centered_clipping forms its own Gram
     capabilities = AggregatorCapabilities(stateful=True)
 
     def __init__(self, f: int = 0, tau: float = 10.0, iterations: int = 3) -> None:
@@ -120,10 +149,7 @@ class CenteredClipping(RobustAggregator):
         v0 = state
         if v0 is None or v0.shape != messages.shape[1:]:
             v0 = torch.zeros(messages.shape[1], dtype=messages.dtype)
-        x_v0 = (messages @ v0.to(messages.dtype)).double()
-        c, w = centered_clipping_weights(g, x_v0, float(v0.double() @ v0.double()),
-                                         self.tau, self.iterations)
-        v = combine(w, messages) + c * v0.to(messages.dtype)
+        v = centered_clipping(messages, v0, self.tau, self.iterations)
         return v, v
 
 
