@@ -28,11 +28,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from signvote import aggregators, models, rules
+from signvote import aggregators, attacks, models, rules
 from signvote.data import DatasetError
 from signvote.engine.gradients import BatchedModel, ParamLayout, worker_gradients
 from signvote.engine.memory import keep_freed_memory
-from signvote.engine.sim import DataPath, train
+from signvote.engine.sim import train
+from signvote.engine.step import AdversaryPlan, DataPath
 from signvote.experiment.config import TrainConfig
 
 
@@ -50,9 +51,11 @@ def per_step(name: str, repeats: int, steps: int) -> dict[str, list[float]]:
     targets = torch.randint(0, 10, (n, b))
     module = models.build(name, (1, 28, 28), 10)
     layout = ParamLayout.of(module)
-    path = DataPath(BatchedModel(module, layout), rules.get("signum"), [],
+    no_adversary = torch.zeros(n, dtype=torch.bool)
+    plan = AdversaryPlan(no_adversary, no_adversary, attacks.get("blind-inversion"))
+    path = DataPath(BatchedModel(module, layout), rules.get("signum"), plan,
                     aggregators.get("majority-vote"), "classification", 0.0, torch.Generator())
-    sim_state = {"x": layout.flatten(module), "rule": None}
+    sim_state = {"x": layout.flatten(module), "rule": path.initial_state()}
 
     def sim_step() -> None:
         sim_state["x"], sim_state["rule"], _ = path.step(

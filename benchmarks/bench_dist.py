@@ -94,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
     from signvote.engine import protocol
     from signvote.engine.gradients import BatchedModel, ParamLayout, worker_gradients
     from signvote.engine.memory import keep_freed_memory
-    from signvote.engine.sim import apply_update
+    from signvote.engine.step import apply_update
 
     keep_freed_memory()  # as the engine does (engine.sim.prepare)
     torch.set_num_threads(1)
@@ -121,7 +121,7 @@ def worker(args: argparse.Namespace) -> None:
             exchange, row = exchanges[mode]
             dist.barrier()
             t0 = time.perf_counter()
-            exchange(None if (mode.endswith("server") and rank == 0) else row)
+            exchange(None if (mode.endswith("server") and rank == 0) else row, None)
             dist.barrier()
             if step:
                 times[mode].append(time.perf_counter() - t0)
@@ -153,7 +153,7 @@ def worker(args: argparse.Namespace) -> None:
             t1 = time.perf_counter()
             dist.barrier()  # the communication part starts when every rank has its message
             t2 = time.perf_counter()
-            v = exchange(messages[0])
+            v, _ = exchange(messages[0], None)
             t3 = time.perf_counter()
             xs[name] = apply_update(xs[name], v, 1e-4, 0.0)
             t4 = time.perf_counter()

@@ -27,7 +27,10 @@ from torch import nn
 from signvote import aggregators, attacks, models, rules
 from signvote.data import load
 from signvote.engine.gradients import BatchedModel, ParamLayout
-from signvote.engine.sim import DataPath, choose_adversaries, train
+from signvote.engine.memory import keep_freed_memory
+from signvote.engine.run import choose_adversaries
+from signvote.engine.sim import train
+from signvote.engine.step import AdversaryPlan, DataPath
 from signvote.experiment.config import TrainConfig
 
 
@@ -62,17 +65,18 @@ def per_step(repeats: int, steps: int = 500) -> tuple[list[float], list[float]]:
     x = layout.flatten(module)
     inputs = data.train_x[: n * b].view(n, b, -1)
     targets = data.train_y[: n * b].view(n, b)
-    _, byz = choose_adversaries(n, 0, 4, 8005)
-    path = DataPath(BatchedModel(module, layout), rules.get("signum"),
-                    [(attacks.get("vote-cancel"), byz)], aggregators.get("majority-vote"),
-                    "classification", 0.0, torch.Generator().manual_seed(0))
+    blind, byz = choose_adversaries(n, 0, 4, 8005)
+    plan = AdversaryPlan(blind, byz, attacks.get("blind-inversion"), attacks.get("vote-cancel"))
+    path = DataPath(BatchedModel(module, layout), rules.get("signum"), plan,
+                    aggregators.get("majority-vote"), "classification", 0.0,
+                    torch.Generator().manual_seed(0))
 
     plain = models.build("logregnet", data.input_shape, data.n_classes)
     opt = torch.optim.SGD(plain.parameters(), lr=1e-4)
     flat_x, flat_y = inputs.reshape(n * b, -1), targets.reshape(-1)
 
     def sim_block() -> float:
-        state, xx = None, x
+        state, xx = path.initial_state(), x
         t0 = time.perf_counter()
         for s in range(steps):
             xx, state, _ = path.step(xx, state, inputs, targets, 1e-4, s)
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="1 repeat, 1 epoch, 5 steps a block: a quick check, not a result")
     args = parser.parse_args()
+    keep_freed_memory()  # as the signvote command does
     epochs, steps = (1, 5) if args.smoke else (80, 500)
     if args.smoke:
         args.repeats = 1

@@ -31,6 +31,11 @@ class Registry:
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (what a test that registered a rule of its own cleans up)."""
+        self.factory(name)
+        del self._factories[name]
+
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._factories)

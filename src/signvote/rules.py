@@ -16,7 +16,7 @@ ternary {-1, 0, +1}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +41,15 @@ def register(name: str, *, default_lr: float, default_momentum: float
     on one factory function."""
 
     def decorate(factory: Callable[..., WorkerRule]) -> Callable[..., WorkerRule]:
-        factory.default_lr = default_lr  # type: ignore[attr-defined]
-        factory.default_momentum = default_momentum  # type: ignore[attr-defined]
-        return REGISTRY.register(name)(factory)
+        REGISTRY.register(name)(factory)
+        _DEFAULT_LR[name], _DEFAULT_MOMENTUM[name] = default_lr, default_momentum
+        return factory
 
     return decorate
+
+
+_DEFAULT_LR: dict[str, float] = {}
+_DEFAULT_MOMENTUM: dict[str, float] = {}
 
 
 def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
@@ -167,19 +171,41 @@ def stochastic_sign_rule(momentum: float = 0.0, bound: float | None = None) -> W
                       bound=bound)
 
 
-RULES = tuple(REGISTRY.names_in_order())
-"""The names of the worker rules, in the order --help lists them (registration order)."""
+class _Defaults(Mapping[str, float]):
+    """A live view ``name -> default`` of the registered rules (a rule registered later
+    is in it too)."""
 
-DEFAULT_MOMENTUM = {name: REGISTRY.factory(name).default_momentum for name in RULES}
-DEFAULT_LR = {name: REGISTRY.factory(name).default_lr for name in RULES}
+    def __init__(self, table: dict[str, float]) -> None:
+        self._table = table
+
+    def __getitem__(self, name: str) -> float:
+        REGISTRY.factory(name)  # an unknown name lists the known ones
+        return self._table[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(names())
+
+    def __len__(self) -> int:
+        return len(names())
+
+
+def names() -> list[str]:
+    """The names of the registered worker rules, in the order they were registered."""
+    return REGISTRY.names_in_order()
+
+
+RULES = tuple(names())
+"""The built-in rules' names, in the order --help lists them."""
+
+DEFAULT_MOMENTUM: Mapping[str, float] = _Defaults(_DEFAULT_MOMENTUM)
+DEFAULT_LR: Mapping[str, float] = _Defaults(_DEFAULT_LR)
 
 
 def get(name: str, momentum: float | None = None, bound: float | None = None) -> WorkerRule:
     """The worker rule ``name`` with ``momentum`` (None: the rule's default) and, for
     rules that take one (``stochastic-sign``), its bound ``B`` (None: per worker and
     step)."""
-    factory = REGISTRY.factory(name)
-    beta = factory.default_momentum if momentum is None else momentum
+    beta = DEFAULT_MOMENTUM[name] if momentum is None else momentum
     params = {"momentum": beta}
     if bound is not None:
         params["bound"] = bound

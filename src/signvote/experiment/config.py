@@ -115,7 +115,7 @@ class TrainConfig:
                              tuple(models.MODELS),
                              derive=lambda c: models.DEFAULT_MODEL[c.dataset])
     workers: int = _opt(10, "number of workers n, adversaries included", check=at_least(1))
-    rule: str = _opt("signum", "worker rule", rules.RULES)
+    rule: str = _opt("signum", "worker rule", rules.names)
     sign_bound: float | None = _opt(None, "bound B of --rule stochastic-sign (default: each "
                                     "worker's largest |gradient| of the step)",
                                     check=finite(">", 0))
@@ -137,13 +137,13 @@ class TrainConfig:
                                   "mean for sgd); pre-aggregators ("
                                   + ", ".join(aggregators.pre_names()) + ") go in front "
                                   "with '+' and parameters in brackets, e.g. nnm+krum, "
-                                  "centered-clipping(tau=5)", "aggregators",
+                                  "centered-clipping(tau=5)", aggregators.names,
                                   derive=_aggregator)
     aggregator_f: int | None = _opt(None, "faults f the aggregator is built to tolerate "
                                     "(default: --byzantine + --blind)", check=at_least(0),
                                     derive=lambda c: c.byzantine + c.blind)
     attack: str = _opt("vote-cancel", "what the --byzantine workers do; parameters in "
-                       "brackets, e.g. alie(z=1.5)", "attacks")
+                       "brackets, e.g. alie(z=1.5)", attacks.names)
     byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)",
                           check=at_least(0))
     blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)",
@@ -210,10 +210,8 @@ def section_of(name: str) -> str:
 def choices_of(name: str) -> tuple[str, ...] | None:
     """The valid values of field ``name``, or None if it is not a choice."""
     choices = FIELDS[name].metadata["choices"]
-    if choices == "aggregators":
-        return tuple(aggregators.names())
-    if choices == "attacks":
-        return tuple(attacks.names())
+    if callable(choices):  # a registry's names, read now (a rule registered later counts)
+        return tuple(choices())
     return choices
 
 
