@@ -326,7 +326,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--aggregator {c.aggregator}: {exc}") from None
     try:
         attack = attacks.build(c.attack)
-        if c.byzantine and hasattr(attack, "check"):
+        if c.byzantine:
             attack.check(c.workers, c.byzantine)
     except ValueError as exc:
         raise ConfigError(f"--attack {c.attack}: {exc}") from None
