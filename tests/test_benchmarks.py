@@ -1,0 +1,188 @@
+"""Every script in benchmarks/ runs, in its smallest mode, as a subprocess with a time limit,
+and what it prints or writes parses; the names the scripts import from signvote exist (also
+those imported only inside a function, such as bench_dist.py's netns worker).
+
+The smoke runs write into the test's temporary folder, never into benchmarks/results/. They
+are checks that the scripts still work, not measurements: they run with one thread. Each
+starts Python and torch (seconds), so all are ``slow``; the import check is not.
+"""
+
+import ast
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py"))
+REAL_HOME = os.path.expanduser("~")  # read at collection, before the private home is set
+SMOKE_ENV = {"OMP_NUM_THREADS": "1"}  # no measurement here, and 2 threads thrash a busy machine
+LIMIT_S = 300  # a hang guard: a smoke run takes seconds on an idle machine
+
+
+@pytest.fixture
+def results_untouched():
+    """benchmarks/results/ is the same after the test as before it."""
+    def snapshot():
+        folder = BENCHMARKS / "results"
+        return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.is_dir() else {}
+
+    before = snapshot()
+    yield
+    assert snapshot() == before, "a smoke run wrote into benchmarks/results/"
+
+
+def smoke(run_bounded, tmp_path, script, *args):
+    """``python benchmarks/SCRIPT ARGS`` run in ``tmp_path``; its stdout, after checking that
+    it exited 0."""
+    result = run_bounded([sys.executable, str(BENCHMARKS / script), *args], env=SMOKE_ENV,
+                         limit_s=LIMIT_S, cwd=tmp_path)
+    assert result.returncode == 0, f"{script} {' '.join(args)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def table_rows(stdout, first_cell):
+    """The cells of the Markdown table rows whose first cell matches ``first_cell``."""
+    rows = []
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(first_cell, cells[0]):
+            rows.append(cells)
+    return rows
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    tested = {"bench_aggregators.py", "bench_cnn.py", "bench_dist.py", "bench_sim.py",
+              "paper_logreg_grid.py", "zoo_logreg_grid.py"}
+    assert set(SCRIPTS) == tested, "a script in benchmarks/ without a smoke test here"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_names_a_benchmark_imports_from_signvote_exist(script):
+    tree = ast.parse((BENCHMARKS / script).read_text())
+    missing = []
+    for node in ast.walk(tree):  # every import, also those inside functions
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("signvote"):
+            module = importlib.import_module(node.module)
+            missing += [f"{node.module}.{a.name}" for a in node.names
+                        if not hasattr(module, a.name)
+                        and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("signvote"):
+                    importlib.import_module(alias.name)
+    assert not missing, f"{script} imports names that do not exist: {', '.join(missing)}"
+
+
+@pytest.mark.dist
+def test_tests_and_their_processes_see_a_private_home(run_bounded, tmp_path_factory):
+    from signvote.data.images import default_data_dir
+
+    here = default_data_dir()
+    assert here.is_relative_to(tmp_path_factory.getbasetemp())
+    assert not here.is_relative_to(REAL_HOME)
+    result = run_bounded([sys.executable, "-c", "import os\nprint(os.environ['SIGNVOTE_DATA'])"
+                          "\nprint(os.path.expanduser('~'))"], limit_s=60)
+    assert result.returncode == 0, result.stderr
+    data_dir, home = result.stdout.split()
+    assert Path(data_dir) == here and home == os.environ["HOME"] != REAL_HOME
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_dist_bytes_smoke(run_bounded, tmp_path, results_untouched):
+    out = tmp_path / "dist.json"
+    stdout = smoke(run_bounded, tmp_path, "bench_dist.py", "--results", str(out), "bytes",
+                   "--smoke")
+    rows = json.loads(out.read_text())["bytes"]
+    assert [(r["params"], r["processes"]) for r in rows] == [(1000, 2), (1000, 4)]
+    for row in rows:
+        assert row["packed_server_sent_per_worker"] < row["fp32_server_sent_per_worker"]
+        assert row["ratio_fp32_allreduce_to_packed_peer"] > 1
+    assert [json.loads(line) for line in stdout.splitlines()] == rows
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_sim_smoke(run_bounded, tmp_path, results_untouched):
+    stdout = smoke(run_bounded, tmp_path, "bench_sim.py", "--smoke")
+    number = r"[\d.]+"
+    for label in ("train(): Signum, 4/10 Byzantine, 1 epochs", "`signvote train --byzantine 4 "
+                  "--epochs 1` (whole command)", "simulator step (10 workers x 12 samples)",
+                  "plain SGD step (120 samples, one process)",
+                  "ratio simulator / plain (per repeat)"):
+        [row] = table_rows(stdout, re.escape(label))
+        assert re.fullmatch(rf"{number}( s| us)?", row[1]), row
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_cnn_smoke(run_bounded, tmp_path, results_untouched):
+    stdout = smoke(run_bounded, tmp_path, "bench_cnn.py", "--smoke")
+    rows = table_rows(stdout, "smallcnn|torchnet")
+    assert [r[0] for r in rows] == ["smallcnn", "torchnet"]
+    for row in rows:
+        assert len(row) == 9 and all(re.fullmatch(r"[\d.]+ ms", row[k]) for k in (2, 3, 5, 7))
+    assert re.search(r"^digits, smallcnn, Signum, 10 workers, 1 epoch .*test accuracy "
+                     r"[\d.]+%$", stdout, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_paper_logreg_grid_smoke(run_bounded, tmp_path, results_untouched):
+    stdout = smoke(run_bounded, tmp_path, "paper_logreg_grid.py", "--smoke")
+    assert re.findall(r"^(\w+): final test accuracy", stdout, re.M) == ["blind", "byzantine"]
+    rows = table_rows(stdout, "DistSGD|SignSGD|Signum")
+    assert [r[0] for r in rows] == ["DistSGD", "SignSGD", "Signum"] * 2
+    for row in rows:
+        assert len(row) == 6 and all(re.fullmatch(r"\d+\.\d \(\d+\.\d{3}\)", c) for c in row[1:])
+    assert re.search(r"^30 runs in [\d.]+ s$", stdout, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_zoo_logreg_grid_smoke(run_bounded, tmp_path, results_untouched):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        zoo = importlib.import_module("zoo_logreg_grid")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    stdout = smoke(run_bounded, tmp_path, "zoo_logreg_grid.py", "--smoke")
+    [header] = table_rows(stdout, "rule / aggregator")
+    assert header[1:] == [*zoo.ATTACKS, "worst"]
+    rows = table_rows(stdout, r"(sgd|signum) / .*")
+    assert [r[0] for r in rows] == ([f"sgd / {a}" for a in zoo.SGD_AGGREGATORS]
+                                    + [f"signum / {a}" for a in zoo.SIGN_AGGREGATORS])
+    for row in rows:
+        assert len(row) == len(zoo.ATTACKS) + 2
+        assert all(re.fullmatch(r"\d+\.\d|diverged", c) for c in row[1:])
+    assert re.search(rf"^{len(rows) * len(zoo.ATTACKS)} runs in [\d.]+ s$", stdout, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_aggregators_smoke(run_bounded, tmp_path, results_untouched):
+    """bench_aggregators.py has no smoke mode of its own: its smallest options (one repeat,
+    10 workers, 1,000 coordinates). It needs ByzFL (``make bench-byzfl``) and stops without
+    it: then this test skips."""
+    byzfl = BENCHMARKS / ".byzfl"
+    if not (byzfl / "byzfl" / "aggregators").is_dir():
+        pytest.skip(f"ByzFL not in {byzfl} (make bench-byzfl)")
+    out = tmp_path / "aggregators.json"
+    stdout = smoke(run_bounded, tmp_path, "bench_aggregators.py", "--repeats", "1",
+                   "--workers", "10", "--dims", "1000", "--byzfl-dir", str(byzfl),
+                   "--out", str(out))
+    written = json.loads(out.read_text())
+    assert {"torch", "threads", "repeats", "rows"} <= set(written) and written["repeats"] == 1
+    rows = written["rows"]
+    names = [r["aggregator"] for r in rows]
+    assert {"mean", "median", "krum", "majority-vote"} <= set(names)
+    for row in rows:
+        assert (row["d"], row["n"], row["f"]) == (1000, 10, 1)
+        assert row["ours_ms"] > 0
+    assert f"wrote {out}" in stdout
