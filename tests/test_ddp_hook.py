@@ -21,6 +21,8 @@ def run_example(run_bounded, out: Path, *args: str):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_ddp_with_the_hook_trains_to_the_engines_signum_accuracy(run_bounded, tmp_path):
     hook = run_example(run_bounded, tmp_path / "hook.json", "--epochs", "3")
     engine = train(TrainConfig(workers=4, rule="signum", epochs=3, out=str(tmp_path / "sim")),
@@ -31,6 +33,8 @@ def test_ddp_with_the_hook_trains_to_the_engines_signum_accuracy(run_bounded, tm
     assert hook["bytes_sent_per_step"] == 3 * frame  # one packed frame to each of 3 peers
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_a_blind_byzantine_rank_in_the_hook_is_outvoted(run_bounded, tmp_path):
     hook = run_example(run_bounded, tmp_path / "hook.json", "--epochs", "3",
                        "--byzantine-ranks", "3")

@@ -69,6 +69,8 @@ CASES = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 @pytest.mark.parametrize("case", CASES)
 def test_four_processes_equal_the_simulator_bit_for_bit(case, tmp_path, run_dist):
     args = dict(CASES[case], epochs=2)
@@ -85,6 +87,8 @@ def test_four_processes_equal_the_simulator_bit_for_bit(case, tmp_path, run_dist
     assert dist_rows[0].endswith("bytes_sent_per_worker,bytes_received_per_worker")
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_mean_by_all_reduce_equals_the_simulator_to_rounding(tmp_path, run_dist):
     args = dict(workers=4, rule="sgd", layout="peer", epochs=2)
     result = run_dist(to_argv(args), tmp_path / "dist")
@@ -93,6 +97,8 @@ def test_mean_by_all_reduce_equals_the_simulator_to_rounding(tmp_path, run_dist)
                        sim_params(args, tmp_path / "sim"), exact=False)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
     import json
 
@@ -112,6 +118,8 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
     assert float(rows[1].split(",")[-2]) == steps * frame  # bytes sent in the epoch
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tmp_path, run_dist):
     import json
 
@@ -130,6 +138,8 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tm
                        sim_params(args, tmp_path / "sim"), exact=True)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_a_hung_rank_ends_the_run_with_a_timeout_message(tmp_path, run_dist):
     result = run_dist(["--workers", "2", "--epochs", "2", "--dist-timeout", "3"], tmp_path,
                       env={dist_engine.FAULT_ENV: "hang:1:5"})

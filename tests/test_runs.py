@@ -32,6 +32,8 @@ def test_metrics_round_trip(tmp_path):
     assert got["train_acc"] == "" and float(got["test_loss"]) == 0.25 and got["lr"] == "0.0001"
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_a_run_killed_mid_way_leaves_only_complete_files(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -59,6 +61,7 @@ def test_a_run_killed_mid_way_leaves_only_complete_files(tmp_path):
     assert all(r["wall_s"] != "" for r in rows)
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_every_epochs_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -100,6 +100,7 @@ def test_the_tolerable_fraction_is_where_the_exact_vote_turns():
     assert theory.tolerable_fraction(0.4) == 0.0
 
 
+@pytest.mark.slow
 def test_the_theory_command_writes_figures_and_a_report(tmp_path, capsys):
     import json
 
@@ -167,6 +168,7 @@ def test_the_metrics_writer_knows_the_theory_columns():
     assert runs.THEORY_COLUMNS == theory.MEASURE_COLUMNS
 
 
+@pytest.mark.slow
 def test_training_records_the_measurements_and_the_vote_fails_more_under_attack(tmp_path):
     from signvote.engine.sim import train
     from signvote.experiment.config import TrainConfig
@@ -214,6 +216,7 @@ def test_observed_breakdown_is_the_smallest_fraction_where_the_vote_is_mostly_wr
     assert got["signum"]["breakdown"] is None and got["signum"]["largest_tested"] == 0.0
 
 
+@pytest.mark.slow
 def test_the_theory_command_marks_a_sweeps_breakdown(tmp_path, capsys):
     from signvote.cli import main
 
