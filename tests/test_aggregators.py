@@ -668,3 +668,13 @@ def test_trimmed_mean_without_a_sort_equals_its_loop_on_float32_ties_and_far_row
                           ref_trimmed_mean(x.double(), f), atol=1e-6)
     x[2, 0] = torch.nan
     assert not trimmed_mean(x, f)[1]  # a malformed row takes the discarding path
+
+
+def test_trimmed_mean_in_blocks_of_columns_equals_the_sorted_mean(monkeypatch, gen):
+    from signvote.aggregators import coordinatewise
+
+    monkeypatch.setattr(coordinatewise, "BOUNDS_BYTES", 1)  # blocks of 1024 columns
+    x = torch.randint(-3, 4, (11, 2500), generator=gen).float()
+    x[:, 1500:] = torch.randn(11, 1000, generator=gen)
+    want = x.sort(dim=0).values[3:8].mean(0)
+    assert torch.allclose(trimmed_mean(x, 3)[0], want, atol=1e-6)
