@@ -61,7 +61,6 @@ def test_a_run_killed_mid_way_leaves_only_complete_files(tmp_path):
     assert all(r["wall_s"] != "" for r in rows)
 
 
-@pytest.mark.slow
 def test_tensorboard_logs_every_epochs_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

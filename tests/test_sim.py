@@ -15,7 +15,6 @@ def quick(**overrides) -> TrainConfig:
     return TrainConfig(**{"epochs": 3, **overrides})
 
 
-@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     config = quick(byzantine=2, blind=1, rule="signum")
     a = train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "a")}), progress=False)
@@ -31,7 +30,6 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert not torch.equal(a.params, c.params)
 
 
-@pytest.mark.slow
 def test_run_folder_contents(tmp_path):
     result = train(quick(out=str(tmp_path / "run")), progress=False)
     import json
@@ -55,7 +53,6 @@ def test_regression_rows_leave_accuracy_empty(tmp_path):
     assert float(rows[-1]["test_loss"]) < float("inf")
 
 
-@pytest.mark.slow
 def test_distsgd_with_one_byzantine_stays_at_chance_while_honest_distsgd_learns():
     attacked = train(quick(rule="sgd", aggregator="sum", byzantine=1, epochs=10),
                      progress=False, write=False)
