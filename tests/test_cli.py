@@ -127,6 +127,8 @@ def test_help_lists_every_option_with_its_default(capsys):
     assert "(default: 8005)" in stdout
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_the_installed_entry_point_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "signvote", "train", "--workers", "ten"],

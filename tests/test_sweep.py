@@ -82,6 +82,8 @@ def rows_without_time(out: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_a_sweep_killed_with_sigkill_resumes_to_the_rows_of_an_uninterrupted_one(
         tmp_path, run_bounded):
     path = write(tmp_path, SWEEP)
@@ -139,6 +141,7 @@ def test_the_summary_is_the_mean_and_t_interval_over_seeds_of_final_and_best():
                                                  rel=1e-3)
 
 
+@pytest.mark.slow
 def test_results_command_prints_the_summary(tmp_path, capsys):
     from signvote.cli import main
 
@@ -268,6 +271,7 @@ def test_a_sweep_folder_of_the_old_run_ids_is_reused_whole_and_still_read(tmp_pa
     assert len(rows) == 4 and {r["byzantine"] for r in rows} == {"0", "1"}
 
 
+@pytest.mark.slow
 def test_an_old_run_folder_is_reused_and_a_run_under_another_default_is_not(
         tmp_path, capsys):
     from signvote.cli import main
