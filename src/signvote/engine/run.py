@@ -264,6 +264,15 @@ class EpochStats:
             self.correct.append(correct)
         self.seen += samples
 
+    def scored(self, mask: Tensor) -> EpochStats:
+        """The statistics of the workers in ``mask[n]`` only, from steps that recorded all
+        ``n`` (one index per epoch, not per step); ``seen`` is kept as given."""
+        if not self.losses:
+            return self
+        return EpochStats([torch.stack(self.losses)[:, mask]],
+                          [torch.stack(self.correct)[:, mask]] if self.correct else [],
+                          self.seen)
+
     def to_dict(self) -> dict[str, Any]:
         return {"losses": self.losses, "correct": self.correct, "seen": self.seen}
 

@@ -63,7 +63,8 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
     path = data_path(setup)
     out = start_run_folder(setup) if write else None
     scored = ~setup.byzantine_mask  # the train metrics' workers
-    every_worker_scored = bool(scored.all())
+    n_scored = int(scored.sum())
+    every_worker_scored = n_scored == c.workers
     metrics: list[dict[str, Any]] = []
     state = path.initial_state()
     step = 0
@@ -86,13 +87,10 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
                                         agreement))
             else:
                 x, state, honest = path.step(x, state, xb, yb, lr, step)
-            if every_worker_scored:
-                stats.add(honest.losses, honest.correct, yb.numel())
-            else:
-                stats.add(honest.losses[scored],
-                          None if honest.correct is None else honest.correct[scored],
-                          yb[scored].numel())
+            stats.add(honest.losses, honest.correct, yb.shape[1] * n_scored)
             step += 1
+        if not every_worker_scored:
+            stats = stats.scored(scored)
         row, finite = epoch_row(epoch, step, stats, x, setup, lr, t0)
         for key in theory.MEASURE_STEP_COLUMNS if measured else ():
             row[key] = math.fsum(m[key] for m in measured) / len(measured)
