@@ -119,11 +119,7 @@ def our_centered_clipping(tau: float, steps: int, start: str) -> Callable:
     """Our centered clipping from the state ``start`` (:func:`start_vector`), fresh per call."""
     def call(x: torch.Tensor) -> torch.Tensor:
         agg = aggregators.get("centered-clipping", tau=tau, iterations=steps)
-        v0 = start_vector(x, start)
-        if hasattr(agg, "apply"):  # the explicit-state interface
-            return agg.apply(x, v0)[0]
-        agg.state = v0
-        return agg(x)
+        return agg.apply(x, start_vector(x, start))[0]  # explicit state: v0
     return call
 
 
@@ -152,6 +148,15 @@ def byzfl_bulyan(b: types.ModuleType, x: torch.Tensor, f: int) -> torch.Tensor:
     nearest = (selected - median).abs().topk(keep, dim=0, largest=False).indices
     return selected.gather(0, nearest).mean(dim=0)
 
+
+class _Absent:
+    """Stands for ByzFL under ``--without-byzfl``: every class of it builds nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+ABSENT = _Absent()
 
 MUTATES = {"clipping c=2 (pre)", "arc (pre)"}
 """ByzFL writes into its input: it gets a copy, made outside its timing (``byzfl_ms``) and,
@@ -183,18 +188,23 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only the aggregators whose name contains one of these")
     parser.add_argument("--byzfl-dir", type=Path, default=BYZFL_DIR)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aggregators.json"))
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parent / "results" / "aggregators.json")
+    parser.add_argument("--without-byzfl", action="store_true",
+                        help="time ours alone (no ByzFL needed): a quick check of the script")
     args = parser.parse_args()
-    b = load_byzfl(args.byzfl_dir)
+    b = None if args.without_byzfl else load_byzfl(args.byzfl_dir)
     rows = []
     for d in args.dims:
         for n in args.workers:
             f = (n - 3) // 4
             x = torch.randn(n, d, generator=torch.Generator().manual_seed(n * d))
-            for name, ours, theirs, same, note in cases(b, n, f):
+            for name, ours, theirs, same, note in cases(b or ABSENT, n, f):
                 if args.only and not any(part in name for part in args.only):
                     continue
-                if isinstance(theirs, str):
+                if b is None:
+                    theirs = None
+                elif isinstance(theirs, str):
                     theirs = byzfl_centered_clipping(b, theirs)
                 reason = skip_reason(name, n, f, d, args) if theirs is not None else None
                 our_times, their_times, copy_times, diff, error = [], [], [], None, None

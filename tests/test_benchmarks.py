@@ -167,16 +167,15 @@ def test_zoo_logreg_grid_smoke(run_bounded, tmp_path, results_untouched):
 @pytest.mark.slow
 @pytest.mark.dist
 def test_bench_aggregators_smoke(run_bounded, tmp_path, results_untouched):
-    """bench_aggregators.py has no smoke mode of its own: its smallest options (one repeat,
-    10 workers, 1,000 coordinates). It needs ByzFL (``make bench-byzfl``) and stops without
-    it: then this test skips."""
+    """bench_aggregators.py at its smallest options (one repeat, 10 workers, 1,000
+    coordinates), against ByzFL where ``make bench-byzfl`` installed it, else ours alone
+    (``--without-byzfl``)."""
     byzfl = BENCHMARKS / ".byzfl"
-    if not (byzfl / "byzfl" / "aggregators").is_dir():
-        pytest.skip(f"ByzFL not in {byzfl} (make bench-byzfl)")
+    against = (["--byzfl-dir", str(byzfl)] if (byzfl / "byzfl" / "aggregators").is_dir()
+               else ["--without-byzfl"])
     out = tmp_path / "aggregators.json"
     stdout = smoke(run_bounded, tmp_path, "bench_aggregators.py", "--repeats", "1",
-                   "--workers", "10", "--dims", "1000", "--byzfl-dir", str(byzfl),
-                   "--out", str(out))
+                   "--workers", "10", "--dims", "1000", *against, "--out", str(out))
     written = json.loads(out.read_text())
     assert {"torch", "threads", "repeats", "rows"} <= set(written) and written["repeats"] == 1
     rows = written["rows"]
