@@ -120,12 +120,15 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(tmp_path, run_dist):
+@pytest.mark.parametrize("aggregator", [
+    "weighted-majority-vote",  # a stateful aggregator: its counts come back from the checkpoint
+    "bucketing(s=2)+centered-clipping(f=0)",  # a generator's state and the last aggregate
+])
+def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
+        tmp_path, run_dist, aggregator):
     import json
 
-    # a stateful aggregator: its state must come back from the checkpoint too
-    args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3,
-                aggregator="weighted-majority-vote")
+    args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3, aggregator=aggregator)
     argv = [*to_argv(args), "--checkpoint-every", "20", "--max-restarts", "1"]
     result = run_dist(argv, tmp_path / "dist", env={dist_engine.FAULT_ENV: "kill:2:50"})
     assert result.returncode == 0, result.stderr
