@@ -68,7 +68,7 @@ def test_only_communication_errors_become_a_communication_failure(error, communi
 
 def test_the_environment_of_launched_processes_is_restored(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    with dist._environment(OMP_NUM_THREADS="3"):
+    with dist.scoped_environment(OMP_NUM_THREADS="3"):
         assert os.environ["OMP_NUM_THREADS"] == "3"
     assert "OMP_NUM_THREADS" not in os.environ
 

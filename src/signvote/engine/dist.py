@@ -131,7 +131,7 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // world_size(c))
     _quiet_elastic_logs()
     try:
-        with _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads))):
+        with scoped_environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads))):
             elastic_launch(launch_config, sys.executable)("-m", "signvote", *argv)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
@@ -146,7 +146,7 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
+def scoped_environment(**values: str) -> Iterator[None]:
     """Set environment variables for the processes started inside, then restore them."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
