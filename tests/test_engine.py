@@ -96,7 +96,7 @@ def test_train_metrics_score_the_workers_that_are_not_byzantine():
     got = train(config, progress=False, write=False).metrics[0]
     setup = prepare(config)
     c = setup.config
-    keep = ~setup.byzantine_mask
+    keep = ~setup.plan.byzantine_mask
     inputs, targets = setup.walk(0)
     losses, correct, seen = [], 0, 0
     for start in setup.starts:

@@ -28,13 +28,19 @@ class SortedRule(RobustAggregator):
 
     def apply(self, messages: Tensor, state: State) -> tuple[Tensor, State]:
         self.check(messages.shape[0])
+        result = self.fast(messages)
+        if result is not None and bool(torch.isfinite(result.sum())):
+            return result, state
+        return super().apply(messages, state)
+
+    def fast(self, messages: Tensor) -> Tensor | None:
+        """The rule with the run's ``f`` on all rows, or None when some value is not
+        finite (then the discarding path runs)."""
         columns = sorted_columns(messages)
         # one finite sum is the cheapest test (an overflowing one just takes the slow path)
-        if bool(torch.isfinite((columns[0] + columns[-1]).sum())):
-            result = self.from_sorted(columns, self.f)
-            if bool(torch.isfinite(result.sum())):
-                return result, state
-        return super().apply(messages, state)
+        if not bool(torch.isfinite((columns[0] + columns[-1]).sum())):
+            return None
+        return self.from_sorted(columns, self.f)
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         return self.from_sorted(sorted_columns(messages), f)
@@ -146,12 +152,9 @@ class TrimmedMean(SortedRule):
 
     name = "trimmed-mean"
 
-    def apply(self, messages: Tensor, state: State) -> tuple[Tensor, State]:
-        self.check(messages.shape[0])
+    def fast(self, messages: Tensor) -> Tensor | None:
         result, finite = trimmed_mean(messages, self.f)  # SortedRule's test, without a sort
-        if finite and bool(torch.isfinite(result.sum())):
-            return result, state
-        return RobustAggregator.apply(self, messages, state)
+        return result if finite else None
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
         return trimmed_mean(messages, f)[0]

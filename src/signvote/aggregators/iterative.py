@@ -71,18 +71,17 @@ class GeometricMedian(RobustAggregator):
         return combine(w, messages)
 
 
-def centered_clipping_weights(g: Tensor, x_v0: Tensor, v0_sq: float, tau: float,
-                              iterations: int) -> tuple[float, Tensor]:
-    """``(c, w)`` with the centered-clipping iterate ``v = c v0 + X^T w`` after
-    ``iterations`` steps, from the Gram ``g``, ``X v0`` and ``||v0||^2``."""
+def centered_clipping_weights(g: Tensor, tau: float, iterations: int) -> tuple[float, Tensor]:
+    """``(c, w)`` with the centered-clipping iterate ``v = c v0 + X^T w`` (``= v0 + Y^T w``,
+    since ``c + sum(w) = 1``) after ``iterations`` steps, from the Gram ``g`` of the rows
+    ``y_i = x_i - v0`` shifted to the start, where ``v0`` is the origin:
+    ``||x_i - v||^2 = g_ii - 2 (g w)_i + w^T g w``."""
     n = g.shape[0]
     sq = g.diagonal()
     c, w = 1.0, torch.zeros(n, dtype=g.dtype)
     for _ in range(iterations):
         gw = g @ w
-        # ||x_i - v||^2 with v = c v0 + X^T w
-        v_sq = c * c * v0_sq + 2 * c * (w @ x_v0) + w @ gw
-        dist = (sq - 2 * (c * x_v0 + gw) + v_sq).clamp(min=0).sqrt()
+        dist = (sq - 2 * gw + w @ gw).clamp(min=0).sqrt()
         scale = torch.where(dist > tau, tau / dist, torch.ones_like(dist))
         c, w = c * (1 - float(scale.sum()) / n), w * (1 - scale.sum() / n) + scale / n
     return c, w
@@ -112,7 +111,7 @@ def centered_clipping(messages: Tensor, v0: Tensor, tau: float, iterations: int)
         v = combine(scale / n, messages)
         return v if zero else v + (1 - float(scale.sum()) / n) * v0
     g = gram(messages, None if zero else v0)
-    c, w = centered_clipping_weights(g, torch.zeros(n, dtype=g.dtype), 0.0, tau, iterations)
+    c, w = centered_clipping_weights(g, tau, iterations)
     v = combine(w, messages)
     return v if zero else v + c * v0
 

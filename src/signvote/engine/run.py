@@ -34,7 +34,7 @@ import signvote
 from signvote import aggregators, attacks, contracts, models, rules
 from signvote.data import Dataset, partition
 from signvote.data import load as load_dataset
-from signvote.engine.gradients import BatchedModel, ParamLayout
+from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
@@ -141,14 +141,6 @@ class RunSetup:
     @property
     def n_classes(self) -> int | None:
         return self.data.n_classes if self.data.task == "classification" else None
-
-    @property
-    def blind_mask(self) -> Tensor:
-        return self.plan.blind_mask
-
-    @property
-    def byzantine_mask(self) -> Tensor:
-        return self.plan.byzantine_mask
 
     @property
     def fixed_order(self) -> bool:
@@ -291,8 +283,6 @@ def epoch_row(epoch: int, step: int, stats: EpochStats, x: Tensor, setup: RunSet
                  if stats.correct else None)
     finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
     data = setup.data
-    from signvote.engine.gradients import evaluate
-
     test_loss, test_acc = (
         evaluate(setup.module, setup.layout, x, data.test_x, data.test_y, data.task)
         if finite else (float("nan"), None)

@@ -62,7 +62,7 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
     c, x = setup.config, setup.x
     path = data_path(setup)
     out = start_run_folder(setup) if write else None
-    scored = ~setup.byzantine_mask  # the train metrics' workers
+    scored = ~setup.plan.byzantine_mask  # the train metrics' workers
     n_scored = int(scored.sum())
     every_worker_scored = n_scored == c.workers
     metrics: list[dict[str, Any]] = []

@@ -56,10 +56,6 @@ class AdversaryPlan:
     attack: contracts.Attack | None = None
 
     @property
-    def has_blind(self) -> bool:
-        return bool(self.blind_mask.any())
-
-    @property
     def data_attack(self) -> contracts.Attack | None:
         """The coalition's attack if it acts on data, else None."""
         a = self.attack
