@@ -68,6 +68,12 @@ class AdversaryPlan:
         return a if a is not None and not a.capabilities.data_level else None
 
     @property
+    def alters_messages(self) -> bool:
+        """True when some adversary acts on messages (blind workers, or a coalition whose
+        attack is not data-level)."""
+        return self.message_attack is not None or bool(self.blind_mask.any())
+
+    @property
     def honest_mask(self) -> Tensor:
         """``[n]`` bool: the workers that are neither blind nor Byzantine."""
         return ~(self.blind_mask | self.byzantine_mask)
@@ -192,7 +198,9 @@ class DataPath:
         own, rule_state = self.rule.step(honest.grads, state.rule, self.rule_generators)
         ctx = AttackContext(step, self.generator, self.rule.sends_signs,
                             contracts.Preview(self.aggregator, state.aggregator))
-        messages = wire(self.plan.apply(own, ctx), self.rule.sends_signs, self.aggregator)
+        messages = own
+        if self.plan.alters_messages:  # a rule's own messages are ternary already
+            messages = wire(self.plan.apply(own, ctx), self.rule.sends_signs, self.aggregator)
         direction, agg_state = self.aggregator.apply(messages, state.aggregator)
         return (apply_update(x, direction, lr, self.weight_decay),
                 StepState(rule_state, agg_state), honest, Observed(own, direction))
