@@ -182,6 +182,11 @@ class TrainConfig:
     tensorboard: bool = _opt(False, "also log every epoch's metrics for TensorBoard in "
                              "OUT/tensorboard (needs pip install 'signvote[tensorboard]')",
                              section=OUTPUT)
+    threads: int | None = _opt(None, "CPU threads of the run's PyTorch ops (default: 1 for "
+                               "models under 1M parameters, where more threads only spin, "
+                               "else one per core)", section=OUTPUT, check=at_least(1))
+    overwrite: bool = _opt(False, "replace a finished run in --out (without it, a folder "
+                           "holding a finished run is refused)", section=OUTPUT)
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)",
                            section=OUTPUT,
                            derive=lambda c: f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_"
