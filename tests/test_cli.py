@@ -41,7 +41,7 @@ def run_cli(args, capsys):
     (["--partition", "shards", "--partition-shards", "0"], "--partition-shards must be at"),
     (["--partition", "gamma", "--partition-gamma", "2"], "--partition-gamma must be in [0, 1]"),
     (["--partition-alpha", "0"], "--partition-alpha must be a finite number > 0"),
-    (["--partition", "shards", "--partition-shards", "900"], "cannot share 8000 samples"),
+    (["--partition", "shards", "--partition-shards", "900"], "9000 shards for the 8000 training samples"),
     (["--partition", "zipf"], "valid: iid, dirichlet, shards, gamma"),
     (["--aggregator", "nnm"], "'nnm' is a pre-aggregator, it needs an aggregator after it"),
     (["--aggregator", "krum(tau=2)"], "aggregator 'krum' takes no parameter tau; valid: f, "

@@ -10,8 +10,10 @@ on the command line override it. Bad input gets one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import signvote
@@ -42,6 +44,66 @@ class Parser(argparse.ArgumentParser):
 def fail(message: str) -> NoReturn:
     print(message, file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+def out_problem(path: str | Path) -> str | None:
+    """Why no run folder can be made at ``path`` (without making anything), or None: it is
+    a file, lies under a file, on a virtual or read-only filesystem (``/proc``), or in a
+    folder this user cannot write."""
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        return f"{str(path)!r} is a file, not a folder"
+    ancestor = target
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{str(path)!r} lies under {str(ancestor)!r}, which is a file"
+    try:
+        fs = os.statvfs(ancestor)
+    except OSError as exc:
+        return f"{str(ancestor)!r} cannot be read: {exc.strerror}"
+    if fs.f_blocks == 0:
+        return f"{str(path)!r} is on a virtual filesystem (like /proc), which holds no files"
+    if fs.f_flag & os.ST_RDONLY or not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{str(ancestor)!r} is not writable"
+    return None
+
+
+def check_out(command: str, path: str | Path, option: str = "--out") -> None:
+    """Refuse, in one line, an output folder that cannot be made (:func:`out_problem`)."""
+    problem = out_problem(path)
+    if problem is not None:
+        fail(f"signvote {command}: error: {option} {problem}; valid: a folder that can be "
+             f"made and written")
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Refuse seeds outside ``[0, SEED_MAX]`` (``reproduce --seeds``)."""
+    from signvote.experiment.config import SEED_MAX
+
+    for seed in seeds:
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"--seeds: {seed} is out of range; valid: whole numbers in "
+                              f"[0, {SEED_MAX}]")
+
+
+def find_sweep(command: str, folder: str) -> Path:
+    """The sweep folder ``folder`` (one with a ``runs/`` folder), or the one sweep folder
+    directly inside it (said on stderr; ``reproduce`` writes its sweeps one level down);
+    anything else is refused with where the sweeps are."""
+    top = Path(folder)
+    if (top / "runs").is_dir():
+        return top
+    inside = sorted(p for p in top.glob("*") if (p / "runs").is_dir()) if top.is_dir() else []
+    if len(inside) == 1:
+        print(f"signvote {command}: reading the sweep in {inside[0]}", file=sys.stderr)
+        return inside[0]
+    if inside:
+        fail(f"signvote {command}: error: {folder!r} holds {len(inside)} sweeps; valid: one "
+             f"of " + ", ".join(str(p) for p in inside))
+    what = "does not exist" if not top.exists() else "is not a sweep folder (it has no runs/)"
+    fail(f"signvote {command}: error: {folder!r} {what}; valid: the --out of signvote sweep "
+         f"or of signvote reproduce")
 
 
 def _parse_int(text: str) -> int:
@@ -114,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "epoch), OUT/params.pt and OUT/summary.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  signvote train --rule signum --byzantine 4 --epochs 80 --out runs/demo\n"
+               "  signvote train --rule signum --byzantine 4 --epochs 80 --out runs/signum-byz4\n"
                "  signvote train --engine dist --workers 4 --byzantine 1 --out runs/dist\n"
                "  torchrun --nnodes 2 --nproc-per-node 3 --rdzv-backend c10d --rdzv-endpoint "
                "HOST:29500 -m signvote train --engine dist --workers 5 --out runs/multi",
@@ -144,13 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     results = commands.add_parser(
         "results", help="summarize a sweep: final and best test metric over seeds",
         description="Print one row per group of runs that differ only in their seed: the "
-                    "mean over seeds and the 95%% confidence half-width of the final and of "
+                    "mean over seeds and the 95% confidence half-width of the final and of "
                     "the best value of --metric. Rewrites OUT/results.csv and "
                     "OUT/results.parquet from the finished runs.")
     results.add_argument("sweep_dir", metavar="DIR", help="the sweep's folder")
-    results.add_argument("--metric", default="test_acc",
+    results.add_argument("--metric", default=None,
                          choices=("test_acc", "test_loss", "train_acc", "train_loss"),
-                         help="the metric (default: test_acc)")
+                         help="the metric (default: test_acc, or test_loss for a sweep "
+                              "without accuracy, such as a regression)")
 
     from signvote.experiment.reproduce import FIGURES, SCALES
 
@@ -246,6 +309,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     try:
         config = config_from_args(args)
+        check_out("train", config.out)
         if config.engine == "dist":
             if dist.launched_by_torchrun():  # this process is one rank
                 dist.train(config, progress=not args.quiet)
@@ -285,15 +349,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         configs = grid.load_grid(args.file, args.overrides)
         _check_jobs(args.jobs)
+        check_out("sweep", args.out)
         if args.dry_run:
             placed = sweep.place(configs, args.out)
             renamed = sweep.find_renamed(placed, args.out)
+            shown = varying_keys(placed)
+            print("\t".join(["folder", "state", *shown]))
             for c in placed:
                 state = ("done" if sweep.is_done(c) else
                          f"done in {renamed[c.out]}, renamed by the next sweep"
                          if c.out in renamed else "to run")
-                print(f"{c.out}\t{state}\t{c.rule}\t{c.aggregator}\tbyzantine={c.byzantine}"
-                      f"\tblind={c.blind}\tseed={c.seed}")
+                print("\t".join([c.out, state, *(f"{k}={getattr(c, k)}" for k in shown)]))
             return 0
         outcome = sweep.run_sweep(configs, args.out, args.jobs, progress=not args.quiet)
     except (ConfigError, DatasetError) as exc:
@@ -307,17 +373,22 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_results(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def varying_keys(configs: Sequence[TrainConfig]) -> list[str]:
+    """The fields that differ between ``configs`` (out excluded), in field order; the rule,
+    aggregator, byzantine, blind and seed always, for a grid of one run."""
+    always = ("rule", "aggregator", "byzantine", "blind", "seed")
+    return [k for k in FIELDS if k != "out" and (
+        k in always or len({repr(getattr(c, k)) for c in configs}) > 1)]
 
+
+def run_results(args: argparse.Namespace) -> int:
     from signvote.experiment import results
 
-    if not (Path(args.sweep_dir) / "runs").is_dir():
-        fail(f"signvote results: error: {args.sweep_dir!r} is not a sweep folder (it has no "
-             f"runs/ folder); valid: the --out of signvote sweep")
-    results.write_tables(args.sweep_dir)
-    rows = results.tidy_rows(args.sweep_dir)
-    print(results.format_summary(results.summarize(rows, args.metric)))
+    folder = find_sweep("results", args.sweep_dir)
+    results.write_tables(folder)
+    rows = results.tidy_rows(folder)
+    metric = args.metric or results.default_metric(rows)
+    print(results.format_summary(results.summarize(rows, metric)))
     return 0
 
 
@@ -327,6 +398,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     names = list(reproduce.FIGURES) if args.figure == "all" else [args.figure]
     try:
         _check_jobs(args.jobs)
+        check_seeds(args.seeds)
+        check_out("reproduce", args.out)
+        reproduce.check_inputs(names, args.scale, args.dataset, args.data_dir)
         for name in names:
             section = reproduce.reproduce(name, args.out, args.scale, args.seeds,
                                           args.dataset, args.data_dir, args.jobs,
@@ -346,26 +420,42 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from signvote.experiment import plots, results
 
-    if not (Path(args.sweep_dir) / "runs").is_dir():
-        fail(f"signvote plot: error: {args.sweep_dir!r} is not a sweep folder (it has no "
-             f"runs/ folder); valid: the --out of signvote sweep")
-    rows = results.tidy_rows(args.sweep_dir)
+    folder = find_sweep("plot", args.sweep_dir)
+    stem = Path(args.output) if args.output else folder / args.kind
+    check_out("plot", stem.parent, "--output")
+    rows = results.tidy_rows(folder)
     if not rows:
-        fail(f"signvote plot: error: {args.sweep_dir!r} has no finished run yet")
-    fig = (plots.paper_figure(rows, args.adversary, args.title) if args.kind == "paper"
-           else plots.heatmap(rows, args.title))
-    paths = plots.save(fig, args.output or Path(args.sweep_dir) / args.kind)
+        fail(f"signvote plot: error: {str(folder)!r} has no finished run yet")
+    try:
+        fig = (plots.paper_figure(rows, args.adversary, args.title) if args.kind == "paper"
+               else plots.heatmap(rows, args.title))
+    except ConfigError as exc:
+        fail(f"signvote plot: error: {exc}")
+    paths = plots.save(fig, stem)
     print(" ".join(str(p) for p in paths))
     return 0
 
 
-def run_download(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def run_theory(args: argparse.Namespace) -> int:
+    from signvote.experiment import theory_report
 
+    check_out("theory", args.out)
+    if args.sweep is not None:
+        args.sweep = str(find_sweep("theory", args.sweep))
+    if args.rate_repeats < 2:
+        fail(f"signvote theory: error: --rate-repeats {args.rate_repeats}: need at "
+             "least 2 (a standard error needs two runs)")
+    result = theory_report.write(args.out, args.sweep, args.rate_repeats)
+    print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere; "
+          f"{result['rate_checks']} rate checks, {result['rates_failed']} fail "
+          f"({result['rates_failed_within_assumptions']} within their assumptions) "
+          f"(see {args.out}/THEORY.md)")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
     from signvote.data.images import default_data_dir, download
 
     target = Path(args.data_dir) if args.data_dir else default_data_dir()
@@ -377,43 +467,39 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"train": None, "download": run_download, "sweep": run_sweep,
+            "results": run_results, "reproduce": run_reproduce, "plot": run_plot,
+            "theory": run_theory}
+"""Each command's function (``train`` also takes the command line, for its ranks)."""
+
+EXIT_BROKEN_PIPE = 128 + 13
+"""What a shell reports for a command whose reader went away (SIGPIPE), as ``ls | head``."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command not in COMMANDS:
+        parser.print_help()
+        return EXIT_USAGE
     from signvote.engine.memory import keep_freed_memory
 
     keep_freed_memory()  # this process is the command's own: its allocator policy is ours
-    if args.command == "train":
-        return run_train(args, argv)
-    if args.command == "download":
-        return run_download(args)
-    if args.command == "sweep":
-        return run_sweep(args)
-    if args.command == "results":
-        return run_results(args)
-    if args.command == "reproduce":
-        return run_reproduce(args)
-    if args.command == "plot":
-        return run_plot(args)
-    if args.command == "theory":
-        from pathlib import Path
-
-        from signvote.experiment import theory_report
-
-        if args.sweep is not None and not (Path(args.sweep) / "runs").is_dir():
-            fail(f"signvote theory: error: --sweep {args.sweep!r} is not a sweep folder")
-        if args.rate_repeats < 2:
-            fail(f"signvote theory: error: --rate-repeats {args.rate_repeats}: need at "
-                 "least 2 (a standard error needs two runs)")
-        result = theory_report.write(args.out, args.sweep, args.rate_repeats)
-        print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere; "
-              f"{result['rate_checks']} rate checks, {result['rates_failed']} fail "
-              f"({result['rates_failed_within_assumptions']} within their assumptions) "
-              f"(see {args.out}/THEORY.md)")
-        return 0
-    parser.print_help()
-    return EXIT_USAGE
+    try:
+        return (run_train(args, argv) if args.command == "train"
+                else COMMANDS[args.command](args))
+    except BrokenPipeError:
+        # the reader of stdout is gone (``signvote sweep --dry-run | head``): say nothing
+        # more, and keep Python from failing again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print(f"\nsignvote {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a folder or file the command needs cannot be written or read
+        where = f": {exc.filename!r}" if exc.filename else ""
+        fail(f"signvote {args.command}: error: {exc.strerror or exc}{where}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +51,7 @@ class Registry:
         try:
             return self._factories[name]
         except KeyError:
-            known = ", ".join(self.names())
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {known}") from None
+            raise UnknownNameError(unknown_name(self.kind, name, self.names())) from None
 
     def get(self, name: str, **params: Any) -> Any:
         """Build the callable registered under ``name`` with keyword ``params``."""
@@ -63,6 +64,16 @@ class Registry:
                 f"{self.kind} {name!r} takes no parameter {', '.join(unknown)}; valid: {valid}"
             )
         return factory(**params)
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> str:
+    """``unknown KIND 'NAME'``, the closest known name when one is close (any case), and
+    the valid ones."""
+    lowered = {k.lower(): k for k in known}
+    close = ([lowered[name.lower()]] if name.lower() in lowered
+             else difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6))
+    hint = f", did you mean {close[0]}?" if close else ""
+    return f"unknown {kind} {name!r}{hint}; valid: {', '.join(known)}"
 
 
 def parse_value(text: str) -> Any:
@@ -86,6 +97,9 @@ def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
     A spec is one or more stages joined by ``+``; a stage is a name with optional
     ``(key=value, ...)``. Malformed specs raise ValueError naming the bad part.
     """
+    if not spec.strip():
+        raise ValueError(f"{kind} {spec!r}: empty; expected NAME or NAME(key=value, ...), "
+                         f"stages joined by '+'")
     stages = []
     for part in spec.split("+"):
         match = _STAGE.fullmatch(part.strip())
@@ -94,17 +108,28 @@ def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
                              f"NAME(key=value, ...), stages joined by '+'")
         name, body = match.group(1), match.group(2)
         params: dict[str, Any] = {}
-        for item in filter(None, (p.strip() for p in (body or "").split(","))):
+        for item in (p.strip() for p in (body or "").split(",")):
+            if not item and body is not None and body.strip():
+                raise ValueError(f"{kind} {spec!r}: empty parameter in {part.strip()!r}; "
+                                 f"expected key=value, ...")
+            if not item:
+                continue
             key, eq, value = item.partition("=")
-            if not eq or not key.strip().isidentifier():
+            key = key.strip()
+            if not eq or not key.isidentifier() or not value.strip():
                 raise ValueError(f"{kind} {spec!r}: cannot read parameter {item!r}; expected "
                                  f"key=value")
-            params[key.strip()] = parse_value(value)
+            if key in params:
+                raise ValueError(f"{kind} {spec!r}: parameter {key!r} is given twice in "
+                                 f"{part.strip()!r}; give it once")
+            params[key] = parse_value(value)
         stages.append((name, params))
     return stages
 
 
-_STAGE = re.compile(r"([a-z0-9][a-z0-9-]*)\s*(?:\((.*)\))?")
+_STAGE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)\s*(?:\(([^()]*)\))?")
+"""A stage: a name (any case, so that a wrong one gets "did you mean" from the registry)
+and its bracketed parameters."""
 
 
 def to_float(value: Any, what: str, owner: str) -> float:
@@ -125,6 +150,16 @@ def to_int(value: Any, what: str, owner: str, minimum: int | None = None) -> int
         bound = "" if minimum is None else f" >= {minimum}"
         raise ValueError(f"{owner}: {what} must be a whole number{bound}, got {value!r}")
     return value
+
+
+def to_finite(value: Any, what: str, owner: str, minimum: float | None = None) -> float:
+    """``value`` as a finite float (``>= minimum`` if given), or a ValueError naming
+    ``owner``'s parameter ``what``."""
+    number = to_float(value, what, owner)
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        bound = "" if minimum is None else f" >= {minimum:g}"
+        raise ValueError(f"{owner}: {what} must be a finite number{bound}, got {value!r}")
+    return number
 
 
 def to_positive(value: Any, what: str, owner: str) -> float:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from signvote.attacks import REGISTRY, AttackContext
 from signvote.contracts import AttackBase, AttackCapabilities
-from signvote.registry import to_float
+from signvote.registry import to_finite
 
 
 def replace_rows(messages: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
@@ -126,7 +126,7 @@ class RandomSign(AttackBase):
     capabilities = AttackCapabilities(knowledge="blind")
 
     def __init__(self, scale: float = 1.0) -> None:
-        self.scale = to_float(scale, "scale", "random-sign")
+        self.scale = to_finite(scale, "scale", "random-sign")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f, d = int(byzantine_mask.sum()), messages.shape[1]
@@ -148,7 +148,8 @@ class Gaussian(AttackBase):
     capabilities = AttackCapabilities(knowledge="blind")
 
     def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
-        self.mean, self.std = to_float(mean, "mean", "gaussian"), to_float(std, "std", "gaussian")
+        self.mean = to_finite(mean, "mean", "gaussian")
+        self.std = to_finite(std, "std", "gaussian", minimum=0)
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f, d = int(byzantine_mask.sum()), messages.shape[1]

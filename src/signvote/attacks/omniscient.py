@@ -20,19 +20,12 @@ from signvote.aggregators.base import gram, squared_distances
 from signvote.attacks import REGISTRY, AttackContext
 from signvote.attacks.basic import replace_rows
 from signvote.contracts import AttackBase, AttackCapabilities
-from signvote.registry import to_float, to_int
+from signvote.registry import to_finite, to_float, to_int
 
 
 def honest_rows(messages: Tensor, byzantine_mask: Tensor) -> Tensor:
     """The rows ``[n - f, d]`` not in ``byzantine_mask``."""
     return messages[~byzantine_mask]
-
-
-def _finite(value: float, what: str, name: str) -> float:
-    value = to_float(value, what, name)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: {what} must be a finite number, got {value!r}")
-    return value
 
 
 @REGISTRY.register("sign-flip")
@@ -79,7 +72,7 @@ class ALIE(AttackBase):
     capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __init__(self, z: float | None = None) -> None:
-        self.z = None if z is None else _finite(z, "z", "alie")
+        self.z = None if z is None else to_finite(z, "z", "alie")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f = int(byzantine_mask.sum())
@@ -104,7 +97,7 @@ class IPM(AttackBase):
     capabilities = AttackCapabilities(knowledge="omniscient")
 
     def __init__(self, epsilon: float = 2.0) -> None:
-        self.epsilon = _finite(epsilon, "epsilon", "ipm")
+        self.epsilon = to_finite(epsilon, "epsilon", "ipm")
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         if not bool(byzantine_mask.any()):
@@ -262,8 +255,8 @@ class _Optimal(AttackBase):
         if not 0.5 < ratio < 1.0:
             raise ValueError(f"{self.label}: ratio must be in (0.5, 1), got {ratio!r}")
         self.evals, self.ratio = evals, ratio
-        self.start = _finite(start, "start", self.label)
-        self.delta = _finite(delta, "delta", self.label)
+        self.start = to_finite(start, "start", self.label)
+        self.delta = to_finite(delta, "delta", self.label)
 
     def row(self, honest: Tensor, scale: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

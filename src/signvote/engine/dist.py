@@ -75,6 +75,7 @@ from signvote.engine.run import (
     write_results,
 )
 from signvote.engine.step import apply_update
+from signvote.engine.threads import run_threads, torch_threads
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig, trajectory_key
 
@@ -192,7 +193,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
             raise
         raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     try:
-        with run_rng(setup.rng_state):
+        with (torch_threads(run_threads(c.threads, setup.layout.dim)),
+              run_rng(setup.rng_state)):
             return _Rank(setup, rank, world).run(progress and rank == 0)
     except RuntimeError as exc:
         if isinstance(exc, DistError) or not is_communication_failure(exc):

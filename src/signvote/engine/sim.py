@@ -40,6 +40,7 @@ from signvote.engine.run import (
     write_results,
 )
 from signvote.engine.step import DataPath
+from signvote.engine.threads import run_threads, torch_threads
 from signvote.experiment.config import TrainConfig
 
 
@@ -54,7 +55,8 @@ def data_path(setup: RunSetup) -> DataPath:
 def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> RunResult:
     """Train with the simulator; writes the run folder ``config.out`` when ``write``."""
     setup = prepare(config)
-    with run_rng(setup.rng_state):
+    with (torch_threads(run_threads(setup.config.threads, setup.layout.dim)),
+          run_rng(setup.rng_state)):
         return _loop(setup, progress, write)
 
 

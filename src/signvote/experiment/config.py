@@ -39,7 +39,11 @@ from typing import Any
 from signvote import aggregators, attacks, models, rules
 from signvote.data import DATASETS, REGRESSION
 from signvote.data.partition import NEEDS_LABELS, PARTITIONS
+from signvote.registry import unknown_name
 
+SEED_MAX = 2**32 - 1
+"""The largest seed: every stream's seed (``seed + 4 + 1000 i`` for worker i, ``seed +
+1000 r`` for rank r) stays far inside torch's 64-bit range, and a seed is never two."""
 ENGINES = ("sim", "dist")
 LAYOUTS = ("server", "peer")
 
@@ -158,7 +162,9 @@ class TrainConfig:
     data_dir: str | None = _opt(None, "folder with the dataset's files (IDX datasets; default: "
                                 "the standard places, see --help of signvote download)",
                                 section=OUTPUT)
-    seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise")
+    seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise, in [0, "
+                     "2^32 - 1]", check=Check(lambda v: 0 <= v <= SEED_MAX,
+                                              f"must be a whole number in [0, {SEED_MAX}]"))
     engine: str = _opt("sim", "engine: sim (all workers in one process) or dist (one process "
                        "per worker under torch.distributed, gloo; started here, or by "
                        "torchrun on several machines)", ENGINES)
@@ -171,7 +177,7 @@ class TrainConfig:
     max_restarts: int = _opt(0, "--engine dist: restart the processes this many times after "
                              "a failure, resuming from the last checkpoint", section=RECOVERY,
                              check=at_least(0))
-    dist_timeout: float = _opt(300.0, "--engine dist: seconds a rank waits for another before "
+    dist_timeout: float = _opt(60.0, "--engine dist: seconds a rank waits for another before "
                                "the run fails", section=RECOVERY,
                                check=finite(">", 0, "number of seconds"))
     measure_theory: bool = _opt(False, "measure the theory's quantities every step (the "
@@ -187,10 +193,10 @@ class TrainConfig:
                                "else one per core)", section=OUTPUT, check=at_least(1))
     overwrite: bool = _opt(False, "replace a finished run in --out (without it, a folder "
                            "holding a finished run is refused)", section=OUTPUT)
-    out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_byzB_blindI_seedS)",
-                           section=OUTPUT,
-                           derive=lambda c: f"runs/{c.dataset}_{c.rule}_byz{c.byzantine}_"
-                                            f"blind{c.blind}_seed{c.seed}")
+    out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_AGGREGATOR[_ATTACK]"
+                           "_byzB_blindI_seedS_ID, ID the run's identity hash, so that runs "
+                           "that differ in any option get their own folder)",
+                           section=OUTPUT, derive=lambda c: default_out(c))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,17 +254,25 @@ def coerce(name: str, value: Any, where: str) -> Any:
     return float(value) if t is float else value
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """The fields set by a TOML config file (the option names with underscores)."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The table of the TOML file ``path``; a missing, unreadable, non-UTF-8 or malformed
+    file raises :class:`ConfigError` naming it (``what``: "config file", "sweep file")."""
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start}: "
+                          f"{exc.reason}); valid: a TOML file") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The fields set by a TOML config file (the option names with underscores)."""
     values = {}
-    for key, value in raw.items():
+    for key, value in read_toml(path).items():
         if key not in FIELDS:
             valid = ", ".join(FIELDS)
             raise ConfigError(f"{path}: unknown key {key!r}; valid keys: {valid}")
@@ -296,9 +310,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
             continue
         value = values[name] = coerce(name, value, flag(name))
         choices = choices_of(name)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{flag(name)}: empty" + (f"; valid: {', '.join(choices)}"
+                              if choices else "") + " (leave it out for its default)")
         if choices is not None and value not in choices and name not in SPEC_FIELDS:
-            raise ConfigError(
-                f"{flag(name)}: unknown value {value!r}; valid: {', '.join(choices)}")
+            raise ConfigError(f"{flag(name)}: {unknown_name('value', value, list(choices))}")
         check = spec.metadata["check"]
         if check is not None and not check.ok(value):
             raise ConfigError(check.message(name, value))
@@ -372,6 +388,18 @@ def trajectory_key(config: TrainConfig) -> dict[str, Any]:
         if value != _normal(name, default):
             key[name] = value
     return key
+
+
+def default_out(config: TrainConfig) -> str:
+    """The default run folder: the main axes in words, then :func:`trajectory_id` for
+    everything else, e.g. ``runs/logreg_signum_krum_alie_byz4_blind0_seed8005_3fa2c19d0b1e``
+    (the attack only when a worker runs it). Two runs share it only when they are the same
+    run."""
+    c = fill_defaults(dataclasses.replace(config, out="-"))  # out is not in the identity
+    attack = f"_{c.attack}" if c.byzantine else ""
+    words = f"{c.dataset}_{c.rule}_{c.aggregator}{attack}_byz{c.byzantine}_blind{c.blind}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=," else "-" for ch in words)
+    return f"runs/{safe}_seed{c.seed}_{trajectory_id(c)}"
 
 
 def trajectory_id(config: TrainConfig) -> str:

@@ -22,21 +22,23 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from signvote.experiment.config import FIELDS, ConfigError, TrainConfig, coerce, resolve
+from signvote.experiment.config import (
+    FIELDS,
+    ConfigError,
+    TrainConfig,
+    coerce,
+    read_toml,
+    resolve,
+)
 
-NOT_IN_SWEEP = ("out",)
-"""Options a sweep sets itself (every run's folder lies in the sweep's folder)."""
+NOT_IN_SWEEP = ("out", "overwrite")
+"""Options a sweep sets itself (every run's folder lies in the sweep's folder, and the
+sweep alone decides which of them to run again)."""
 
 
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """The raw key -> value (or list of values) table of a sweep file."""
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {str(path)!r} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"sweep file {str(path)!r} cannot be read: {exc}") from None
+    return read_toml(path, "sweep file")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -89,8 +91,8 @@ def expand(grid: Mapping[str, list[Any]]) -> list[TrainConfig]:
 
 def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> list[TrainConfig]:
     """The runs of sweep file ``path`` after the ``KEY=VALUE`` overrides."""
-    table = read_sweep_file(path)
+    grid = check_table(read_sweep_file(path), str(path))
     for text in overrides:
         key, value = parse_override(text)
-        table[key] = value
-    return expand(check_table(table, str(path)))
+        grid.update(check_table({key: value}, f"--set {text!r}"))
+    return expand(grid)
