@@ -6,7 +6,9 @@ config field as a column, then the metrics of ``metrics.csv``. It is written as
 
     pandas.read_csv("sweep/results.csv")   # or pandas.read_parquet("sweep/results.parquet")
 
-Only finished runs (with a ``summary.json``) are read. :func:`summarize` groups the runs
+Only finished runs are read: those whose files agree with each other
+(:func:`signvote.experiment.runs.read_run`); a damaged one is skipped with a warning line
+naming its folder and what is wrong. :func:`summarize` groups the runs
 that differ only in their seed and reports, for the final epoch and for the best one
 separately (the best alone flatters), the mean over seeds and the half-width of its 95%
 confidence interval (Student's t).
@@ -19,7 +21,8 @@ import io
 import json
 import math
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,37 +30,65 @@ from signvote.experiment import runs
 from signvote.experiment.config import FIELDS
 
 CONFIG_COLUMNS = tuple(k for k in FIELDS if k != "out")
-METRIC_TYPES = {"epoch": int, "step": int}
 
 
-def finished_runs(sweep_dir: str | Path) -> list[Path]:
-    """The folders of the sweep's finished runs, in the order of ``sweep.json``."""
+def warn(message: str) -> None:
+    """Print ``signvote: warning: MESSAGE`` on stderr (one line)."""
+    print(f"signvote: warning: {message}", file=sys.stderr)
+
+
+def _quiet(message: str) -> None:
+    """A ``warn`` that says nothing."""
+
+
+def run_folders(sweep_dir: str | Path, warn: Callable[[str], None] = warn) -> list[Path]:
+    """The run folders of the sweep, in the order of ``sweep.json``; every folder of
+    ``SWEEP/runs`` when ``sweep.json`` is missing or cannot be read (said through
+    ``warn``)."""
     sweep_dir = Path(sweep_dir)
     listing = sweep_dir / "sweep.json"
     if listing.exists():
-        ids = [r["id"] for r in json.loads(listing.read_text())["runs"]]
-        folders = [sweep_dir / "runs" / i for i in ids]
-    else:
-        folders = sorted((sweep_dir / "runs").glob("*"))
-    return [f for f in folders if (f / "summary.json").exists()]
+        try:
+            ids = [r["id"] for r in json.loads(listing.read_text(encoding="utf-8"))["runs"]]
+            if all(isinstance(i, str) and i and "/" not in i for i in ids):
+                return [sweep_dir / "runs" / i for i in ids]
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+        warn(f"{listing} cannot be read; reading every folder of {sweep_dir / 'runs'}")
+    return sorted(f for f in (sweep_dir / "runs").glob("*") if f.is_dir())
 
 
-def _cell(name: str, text: str) -> Any:
-    if text == "":
-        return None
-    return METRIC_TYPES.get(name, float)(text)
+def finished(sweep_dir: str | Path, warn: Callable[[str], None] = warn
+             ) -> list[runs.FinishedRun]:
+    """The sweep's finished runs (:func:`signvote.experiment.runs.read_run`), in the order
+    of ``sweep.json``. A damaged run (its files there but not in agreement) is skipped
+    with one line through ``warn`` naming its folder and what is wrong; a run without
+    ``summary.json`` (running, or cut short) is skipped silently."""
+    found = []
+    for folder in run_folders(sweep_dir, warn):
+        try:
+            found.append(runs.read_run(folder))
+        except runs.UnfinishedRunError as exc:
+            if exc.damaged:
+                warn(f"skipping {folder}: {exc.reason}")
+    return found
 
 
-def tidy_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per finished run and epoch: ``run``, ``status``, the config, the metrics."""
+def finished_runs(sweep_dir: str | Path, warn: Callable[[str], None] = _quiet) -> list[Path]:
+    """The folders of the sweep's finished runs (:func:`finished`), in the order of
+    ``sweep.json``."""
+    return [run.folder for run in finished(sweep_dir, warn)]
+
+
+def tidy_rows(sweep_dir: str | Path, warn: Callable[[str], None] = warn
+              ) -> list[dict[str, Any]]:
+    """One row per finished run and epoch: ``run``, ``status``, the config, the metrics.
+    Damaged runs are skipped, each with a line through ``warn`` (:func:`finished`)."""
     rows = []
-    for folder in finished_runs(sweep_dir):
-        config = json.loads((folder / "config.json").read_text())
-        status = json.loads((folder / "summary.json").read_text())["status"]
-        base = {"run": folder.name, "status": status,
-                **{k: config.get(k) for k in CONFIG_COLUMNS}}
-        for metric in runs.read_metrics(folder / "metrics.csv"):
-            rows.append({**base, **{k: _cell(k, v) for k, v in metric.items()}})
+    for run in finished(sweep_dir, warn):
+        base = {"run": run.folder.name, "status": run.summary["status"],
+                **{k: run.config.get(k) for k in CONFIG_COLUMNS}}
+        rows.extend({**base, **metric} for metric in run.metrics)
     return rows
 
 
@@ -69,13 +100,15 @@ def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def write_tables(sweep_dir: str | Path) -> int:
-    """Write ``results.csv`` and ``results.parquet`` for the sweep; returns the row count."""
+def write_tables(sweep_dir: str | Path, rows: Sequence[dict[str, Any]] | None = None) -> int:
+    """Write ``results.csv`` and ``results.parquet`` for the sweep (from ``rows``, by default
+    :func:`tidy_rows`, read without a warning: the reader that shows the rows warns);
+    returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sweep_dir = Path(sweep_dir)
-    rows = tidy_rows(sweep_dir)
+    rows = tidy_rows(sweep_dir, _quiet) if rows is None else rows
     columns = columns_of(rows) or ["run", "status", *CONFIG_COLUMNS, *runs.METRIC_COLUMNS]
     runs.write_csv(sweep_dir / "results.csv", columns, rows)
     table = pa.table({c: [row.get(c) for row in rows] for c in columns})
@@ -158,6 +191,14 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
     half = t_quantile(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(
         len(values))
     return mean, half
+
+
+def default_metric(rows: Sequence[dict[str, Any]]) -> str:
+    """The metric a summary shows when none is asked for: ``test_acc`` when some row has a
+    test accuracy, else ``test_loss`` (a regression sweep, where accuracy does not apply,
+    or a sweep whose every run diverged at once)."""
+    return ("test_acc" if any(r.get("test_acc") not in (None, "") for r in rows)
+            else "test_loss")
 
 
 def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc"

@@ -4,6 +4,11 @@ parameters ``params.pt``, each written atomically.
 A file is written to a temporary name in the same folder, flushed to disk, then renamed
 over its final name (``os.replace`` is atomic on POSIX): a run killed at any moment leaves
 either the previous complete file or the new complete one, never half of one.
+
+A folder holds a *finished* run when its files agree with each other
+(:func:`read_run`, :func:`run_problem`): every reader that judges a folder done or reads
+its numbers (the sweep, ``results``, the plots, a new run refusing to overwrite one) asks
+this one function.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +109,171 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
     """The rows of a ``metrics.csv`` as dictionaries of strings."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+# --- a finished run ----------------------------------------------------------------------
+
+SUMMARY_KEYS = ("status", "epochs_completed", "steps")
+"""Keys every finished run's ``summary.json`` has."""
+
+STATUSES = ("completed", "diverged")
+"""The statuses of a finished run."""
+
+INTEGER_COLUMNS = ("epoch", "step")
+"""The metric columns that hold whole numbers; every other cell is a float or empty."""
+
+
+class UnfinishedRunError(ValueError):
+    """A folder that does not hold a finished run; the message says why. ``damaged`` is
+    False when the run simply has no ``summary.json`` (it is running, or was cut short:
+    nothing to warn about), True when its files are there but do not agree."""
+
+    def __init__(self, folder: Path, reason: str, damaged: bool = True) -> None:
+        super().__init__(f"{folder}: {reason}")
+        self.folder, self.reason, self.damaged = folder, reason, damaged
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """The files of a finished run, read and checked: ``config.json`` and ``summary.json``
+    as objects, ``metrics.csv`` as one dict per epoch (``epoch`` and ``step`` ints, the other
+    cells floats, None where empty)."""
+
+    folder: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+
+def _read_text(folder: Path, name: str) -> str:
+    try:
+        return (folder / name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UnfinishedRunError(folder, f"{name} is missing") from None
+    except UnicodeDecodeError:
+        raise UnfinishedRunError(folder, f"{name} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UnfinishedRunError(folder, f"{name} cannot be read ({exc.strerror})") from None
+
+
+def _read_object(folder: Path, name: str) -> dict[str, Any]:
+    text = _read_text(folder, name)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UnfinishedRunError(folder, f"{name} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UnfinishedRunError(folder, f"{name} holds a {type(value).__name__}, not an object")
+    return value
+
+
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The rows of a complete ``metrics.csv`` text, cells parsed (:class:`FinishedRun`).
+
+    Raises ValueError saying what is wrong unless: the text ends with a newline (the
+    writer ends every row with one, so a file cut anywhere in its last row is caught), the
+    header names every column of :data:`METRIC_COLUMNS`, every row has exactly the
+    header's cells, ``epoch`` and ``step`` are whole numbers and every other cell is empty
+    or a number, and the epochs are 1, 2, ... in order."""
+    if not text:
+        raise ValueError("it is empty")
+    if not text.endswith("\n"):
+        raise ValueError("it is cut in mid-line (its last row has no line end)")
+    try:
+        table = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise ValueError(f"it is not CSV ({exc})") from None
+    header, body = table[0], table[1:]
+    missing = [c for c in METRIC_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"its header lacks the column(s) {', '.join(missing)}")
+    rows = []
+    for line, cells in enumerate(body, start=2):
+        if len(cells) != len(header):
+            raise ValueError(f"line {line} has {len(cells)} cells; the header has "
+                             f"{len(header)}")
+        row: dict[str, Any] = {}
+        for name, cell in zip(header, cells, strict=True):
+            try:
+                row[name] = (int(cell) if name in INTEGER_COLUMNS
+                             else None if cell == "" else float(cell))
+            except ValueError:
+                raise ValueError(f"line {line}, column {name}: {cell!r} is not a "
+                                 f"{'whole number' if name in INTEGER_COLUMNS else 'number'}"
+                                 ) from None
+        if row["epoch"] != len(rows) + 1:
+            raise ValueError(f"line {line} is epoch {row['epoch']}; expected "
+                             f"{len(rows) + 1}")
+        rows.append(row)
+    return rows
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    """Whether a summary's value ``a`` records the metric cell ``b`` (NaN is null in JSON)."""
+    if b is None or (isinstance(b, float) and not math.isfinite(b)):
+        return a is None or (isinstance(a, float) and not math.isfinite(a))
+    return isinstance(a, int | float) and not isinstance(a, bool) and float(a) == b
+
+
+def read_run(folder: str | Path) -> FinishedRun:
+    """The finished run in ``folder``, its files read and checked against each other.
+
+    A run is finished when ``summary.json`` is a JSON object with the keys of
+    :data:`SUMMARY_KEYS` and a status of :data:`STATUSES`; ``config.json`` is a JSON
+    object; ``metrics.csv`` parses completely (:func:`parse_metrics`), has
+    ``summary["epochs_completed"]`` rows (all of the config's ``epochs`` for a completed
+    run) and its last row has the summary's ``final_test_loss``; and ``params.pt`` is a
+    file that is not empty. Raises :class:`UnfinishedRunError` saying which of these fails
+    (not ``damaged`` when there is no ``summary.json`` at all)."""
+    folder = Path(folder)
+    if not (folder / "summary.json").exists():
+        raise UnfinishedRunError(folder, "summary.json is missing (the run is not finished: "
+                                     "it is running, or was cut short)", damaged=False)
+    summary = _read_object(folder, "summary.json")
+    lacking = [k for k in SUMMARY_KEYS if k not in summary]
+    if lacking:
+        raise UnfinishedRunError(folder, f"summary.json lacks {', '.join(lacking)}")
+    if summary["status"] not in STATUSES:
+        raise UnfinishedRunError(folder, f"summary.json has status {summary['status']!r}; "
+                                     f"valid: {', '.join(STATUSES)}")
+    completed = summary["epochs_completed"]
+    if not isinstance(completed, int) or isinstance(completed, bool) or completed < 1:
+        raise UnfinishedRunError(folder, f"summary.json has epochs_completed {completed!r}; "
+                                     f"valid: a whole number of at least 1")
+    config = _read_object(folder, "config.json")
+    try:
+        metrics = parse_metrics(_read_text(folder, "metrics.csv"))
+    except ValueError as exc:
+        if isinstance(exc, UnfinishedRunError):
+            raise
+        raise UnfinishedRunError(folder, f"metrics.csv is damaged: {exc}") from None
+    if len(metrics) != completed:
+        raise UnfinishedRunError(folder, f"metrics.csv has {len(metrics)} epoch(s); "
+                                     f"summary.json says {completed} were completed")
+    epochs = config.get("epochs")
+    if summary["status"] == "completed" and isinstance(epochs, int) and epochs != completed:
+        raise UnfinishedRunError(folder, f"summary.json says completed after {completed} "
+                                     f"epoch(s); config.json asks for {epochs}")
+    if "final_test_loss" in summary and not _same_number(summary["final_test_loss"],
+                                                         metrics[-1]["test_loss"]):
+        raise UnfinishedRunError(folder, f"summary.json's final_test_loss "
+                                     f"{summary['final_test_loss']!r} is not the last "
+                                     f"epoch's test_loss {metrics[-1]['test_loss']!r}")
+    params = folder / "params.pt"
+    if not params.is_file() or params.stat().st_size == 0:
+        raise UnfinishedRunError(folder, "params.pt is missing" if not params.exists()
+                             else "params.pt is empty or not a file")
+    return FinishedRun(folder, config, summary, metrics)
+
+
+def run_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` does not hold a finished run (:func:`read_run`), or None when it
+    does."""
+    try:
+        read_run(folder)
+    except UnfinishedRunError as exc:
+        return exc.reason
+    return None
 
 
 class TensorBoardLog:

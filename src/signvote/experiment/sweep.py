@@ -6,10 +6,12 @@ the run's identity that differ from the default they take given the other fields
 folder is the same whichever order or sweep file produced it, and a field added to the
 schema later, with a default that keeps the old behaviour, leaves every existing ID as it
 was). A run is done when its ``summary.json`` exists, the simulator's last file, written
-atomically after ``metrics.csv`` and ``params.pt``, and the ``config.json`` beside it has
-this run's :func:`~signvote.experiment.config.trajectory_key` (a field it lacks read at its
-default): a changed default never reuses a run made under the old one, and a field outside
-the identity (``tensorboard``, ``data_dir``) reuses it. A finished run of the sweep found in
+atomically after ``metrics.csv`` and ``params.pt``, the files agree with each other
+(:func:`signvote.experiment.runs.read_run`: a damaged run is run again), and the
+``config.json`` beside it has this run's
+:func:`~signvote.experiment.config.trajectory_key` (a field it lacks read at its default):
+a changed default never reuses a run made under the old one, and a field outside the
+identity (``tensorboard``, ``data_dir``) reuses it. A finished run of the sweep found in
 a folder of another name (made by a signvote whose IDs were computed otherwise) is renamed
 to its ID, not run again. A sweep started again (after Ctrl-C, a crash, or ``kill -9``)
 runs only the runs that are not done; a run that was cut short is started over from
@@ -61,15 +63,13 @@ def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig
 
 def _finished(folder: Path) -> tuple[dict[str, Any], str] | None:
     """The stored ``config.json`` of the finished run in ``folder`` and its trajectory key
-    as JSON text, or None when the folder holds no finished run of a readable config."""
-    if not (folder / "summary.json").exists():
-        return None
+    as JSON text, or None when the folder holds no finished run
+    (:func:`signvote.experiment.runs.read_run`: its files missing, damaged, or not in
+    agreement) or its config cannot be read as one."""
     try:
-        stored = json.loads((folder / "config.json").read_text())
-        if not isinstance(stored, dict):
-            return None
+        stored = runs.read_run(folder).config
         return stored, _key_text(from_dict(stored))
-    except (OSError, ValueError, TypeError, KeyError, ArithmeticError):
+    except (ValueError, TypeError, KeyError, ArithmeticError):
         return None
 
 
@@ -78,9 +78,11 @@ def _key_text(config: TrainConfig) -> str:
 
 
 def is_done(config: TrainConfig) -> bool:
-    """True when the run's folder holds a finished run (its ``summary.json``) of this very
-    run: its ``config.json``, with the fields it lacks at their defaults, has the same
-    :func:`trajectory_key` as ``config``."""
+    """True when the run's folder holds a finished run
+    (:func:`signvote.experiment.runs.read_run`: summary, config, metrics and parameters
+    that agree) of this very run: its ``config.json``, with the fields it lacks at their
+    defaults, has the same :func:`trajectory_key` as ``config``. A damaged run is not
+    done, so the sweep runs it again from the start."""
     found = _finished(Path(config.out))
     return found is not None and found[1] == _key_text(config)
 

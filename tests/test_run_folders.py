@@ -1,0 +1,248 @@
+"""Run folders that are finished, damaged, refused, locked; the modes of their files; the
+sweep's processes on Ctrl-C and SIGKILL (issue 15)."""
+
+import concurrent.futures as futures
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from signvote.experiment import grid, results, runs, sweep
+
+EPOCHS = 40
+SWEEP_FILE = f"workers = 2\nepochs = {EPOCHS}\nbatch_size = 4000\n"
+"""One run of 40 epochs of the logistic task, two workers, one step an epoch (~2 s)."""
+
+
+class InlinePool:
+    """A stand-in for the sweep's ProcessPoolExecutor that runs every submitted call at
+    once in this process (so a test can watch which runs a sweep starts)."""
+
+    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=()):
+        pass
+
+    def submit(self, fn, *args):
+        future = futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def sweep_configs(tmp_path: Path, text: str = SWEEP_FILE):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    return path, grid.load_grid(path)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A sweep folder holding one finished run of 40 epochs (made once for the module),
+    and the sweep file."""
+    from signvote.engine.sim import train
+
+    base = tmp_path_factory.mktemp("finished")
+    path, configs = sweep_configs(base)
+    out = base / "sweep"
+    (placed,) = sweep.place(configs, out)
+    train(placed, progress=False)
+    runs.write_json(out / "sweep.json", {"runs": [{"id": Path(placed.out).name,
+                                                    "config": placed.to_dict()}]})
+    return path, out
+
+
+@pytest.fixture
+def sweep_copy(finished_sweep, tmp_path):
+    """A copy of the finished sweep for one test: (sweep file, sweep folder, the run's
+    placed config)."""
+    path, out = finished_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(out, copy)
+    (placed,) = sweep.place(grid.load_grid(path), copy)
+    return path, copy, placed
+
+
+def cut_summary(folder: Path) -> None:
+    text = (folder / "summary.json").read_text()
+    (folder / "summary.json").write_text(text[:len(text) // 2])
+
+
+def cut_metrics_mid_line(folder: Path) -> None:
+    text = (folder / "metrics.csv").read_text()
+    (folder / "metrics.csv").write_text(text[:-7])
+
+
+def cut_metrics_to_three_rows(folder: Path) -> None:
+    lines = (folder / "metrics.csv").read_text().splitlines(keepends=True)
+    assert len(lines) == EPOCHS + 1
+    (folder / "metrics.csv").write_text("".join(lines[:4]))
+
+
+DAMAGE = {
+    "summary.json not JSON": (cut_summary, "summary.json is not valid JSON"),
+    "metrics.csv cut mid-line": (cut_metrics_mid_line, "metrics.csv is damaged: it is cut "
+                                                       "in mid-line"),
+    "metrics.csv cut to 3 of 40 rows": (cut_metrics_to_three_rows,
+                                        "metrics.csv has 3 epoch(s); summary.json says 40"),
+}
+
+
+def test_the_intact_run_is_finished_done_and_read(sweep_copy):
+    _, out, placed = sweep_copy
+    assert runs.run_problem(placed.out) is None
+    assert sweep.is_done(placed)
+    warnings = []
+    rows = results.tidy_rows(out, warnings.append)
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1)) and not warnings
+    assert results.finished_runs(out) == [Path(placed.out)]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_run_is_not_done_and_results_skip_it_with_one_warning(damage, sweep_copy,
+                                                                       capsys):
+    from signvote.cli import main
+
+    path, out, placed = sweep_copy
+    spoil, reason = DAMAGE[damage]
+    spoil(Path(placed.out))
+    assert reason in runs.run_problem(placed.out)
+    assert not sweep.is_done(placed)
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{placed.out}\tto run\t" in listing
+    warnings = []
+    assert results.tidy_rows(out, warnings.append) == []
+    assert results.finished_runs(out) == []
+    assert len(warnings) == 1 and placed.out in warnings[0] and reason in warnings[0]
+    # the command: one warning line on stderr, no row, no traceback
+    assert main(["results", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "(no finished runs)" in captured.out
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and placed.out in lines[0] and reason in lines[0], lines
+    assert len(results.read_table(out / "results.csv")) == 0
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_sweep_runs_a_damaged_run_again_and_not_an_intact_one(damage, sweep_copy,
+                                                              monkeypatch):
+    path, out, placed = sweep_copy
+    started = []
+    monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(sweep, "_train", lambda c: started.append(c.out) or "completed")
+    outcome = sweep.run_sweep(grid.load_grid(path), out, jobs=1, progress=False)
+    assert started == [] and outcome["ran"] == 0 and outcome["rows"] == EPOCHS
+    DAMAGE[damage][0](Path(placed.out))
+    outcome = sweep.run_sweep(grid.load_grid(path), out, jobs=1, progress=False)
+    assert started == [placed.out] and outcome["ran"] == 1
+
+
+@pytest.mark.slow
+def test_a_damaged_run_is_run_again_from_the_start(sweep_copy, monkeypatch):
+    path, out, placed = sweep_copy
+    before = runs.read_run(placed.out).metrics
+    cut_metrics_to_three_rows(Path(placed.out))
+    monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", InlinePool)
+    outcome = sweep.run_sweep(grid.load_grid(path), out, jobs=1, progress=False)
+    assert outcome["ran"] == 1 and outcome["rows"] == EPOCHS
+    after = runs.read_run(placed.out).metrics
+    assert [{**r, "wall_s": 0} for r in after] == [{**r, "wall_s": 0} for r in before]
+
+
+# --- what a finished run is, file by file -------------------------------------------------
+
+
+def _edit_json(name, **changes):
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        for key, value in changes.items():
+            if value is KeyError:
+                del data[key]
+            else:
+                data[key] = value
+        (folder / name).write_text(json.dumps(data))
+    return edit
+
+
+def _write(name, text):
+    return lambda folder: (folder / name).write_text(text)
+
+
+def _replace_in_metrics(old, new, count=1):
+    def edit(folder: Path) -> None:
+        text = (folder / "metrics.csv").read_text()
+        assert old in text
+        (folder / "metrics.csv").write_text(text.replace(old, new, count))
+    return edit
+
+
+FOLDER_CASES = [
+    (lambda f: (f / "summary.json").unlink(), "summary.json is missing"),
+    (_write("summary.json", "[1, 2]"), "summary.json holds a list, not an object"),
+    (_write("summary.json", ""), "summary.json is not valid JSON"),
+    (lambda f: (f / "summary.json").write_bytes(b"\xff\xfe{}"), "summary.json is not UTF-8"),
+    (_edit_json("summary.json", status="running"), "status 'running'; valid: completed"),
+    (_edit_json("summary.json", epochs_completed=KeyError), "summary.json lacks "
+                                                            "epochs_completed"),
+    (_edit_json("summary.json", epochs_completed="40"), "epochs_completed '40'"),
+    (_edit_json("summary.json", epochs_completed=41), "metrics.csv has 40 epoch(s); "
+                                                      "summary.json says 41"),
+    (_edit_json("summary.json", final_test_loss=0.5), "final_test_loss 0.5 is not the last"),
+    (lambda f: (f / "config.json").unlink(), "config.json is missing"),
+    (_write("config.json", "{"), "config.json is not valid JSON"),
+    (lambda f: (f / "metrics.csv").unlink(), "metrics.csv is missing"),
+    (_write("metrics.csv", ""), "metrics.csv is damaged: it is empty"),
+    (_write("metrics.csv", "epoch,step\n1,2\n"), "its header lacks the column(s) train_loss"),
+    (_replace_in_metrics("\n2,", "\n2,3,"), "line 3 has 9 cells; the header has 8"),
+    (_replace_in_metrics("\n2,", "\n2.5,"), "line 3, column epoch: '2.5' is not a whole"),
+    (_replace_in_metrics(",0.0001,", ",fast,"), "column lr: 'fast' is not a number"),
+    (_replace_in_metrics("\n2,", "\n3,"), "line 3 is epoch 3; expected 2"),
+    (lambda f: (f / "params.pt").unlink(), "params.pt is missing"),
+    (_write("params.pt", ""), "params.pt is empty"),
+]
+
+
+@pytest.mark.parametrize(("spoil", "reason"), FOLDER_CASES, ids=[r for _, r in FOLDER_CASES])
+def test_read_run_says_what_disagrees(spoil, reason, sweep_copy):
+    _, _, placed = sweep_copy
+    folder = Path(placed.out)
+    spoil(folder)
+    with pytest.raises(runs.UnfinishedRunError) as caught:
+        runs.read_run(folder)
+    assert reason in caught.value.reason and str(folder) in str(caught.value)
+    assert caught.value.damaged == (reason != "summary.json is missing")
+    assert not sweep.is_done(placed)
+
+
+def test_a_completed_run_must_have_every_epoch_of_its_config(sweep_copy):
+    _, _, placed = sweep_copy
+    _edit_json("config.json", epochs=50)(Path(placed.out))
+    assert "config.json asks for 50" in runs.run_problem(placed.out)
+
+
+def test_parse_metrics_reads_empty_cells_as_none_and_nan_as_nan():
+    text = ("epoch,step,train_loss,test_loss,train_acc,test_acc,lr,wall_s\n"
+            "1,5,0.5,0.25,,0.75,0.0001,0.1\n2,10,nan,nan,,,0.0001,0.2\n")
+    first, second = runs.parse_metrics(text)
+    assert first == {"epoch": 1, "step": 5, "train_loss": 0.5, "test_loss": 0.25,
+                     "train_acc": None, "test_acc": 0.75, "lr": 1e-4, "wall_s": 0.1}
+    assert second["test_acc"] is None and second["test_loss"] != second["test_loss"]
+
+
+def test_an_unreadable_sweep_listing_is_said_and_the_folders_are_read(sweep_copy):
+    _, out, _ = sweep_copy
+    (out / "sweep.json").write_text("{not json")
+    warnings = []
+    assert len(results.tidy_rows(out, warnings.append)) == EPOCHS
+    assert len(warnings) == 1 and "sweep.json cannot be read" in warnings[0]
