@@ -39,6 +39,14 @@ class DatasetError(ValueError):
     says which and what to do."""
 
 
+def require_samples(count: int, what: str) -> None:
+    """Refuse a split with no sample: a :class:`DatasetError` naming ``what`` (a file, or
+    the dataset and its split); an empty split would train on nothing or score NaN."""
+    if count < 1:
+        raise DatasetError(f"{what}: no sample; a training and a test split need at least "
+                           f"one each")
+
+
 DATASETS = ("linreg", "logreg", "mnist", "fashion-mnist", "digits", "idx")
 """The registered dataset names: synthetic ``linreg``/``logreg`` (drawn from the seed),
 ``mnist``/``fashion-mnist``/``idx`` (IDX files, see :mod:`signvote.data.images`) and

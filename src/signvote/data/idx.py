@@ -80,9 +80,12 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in the IDX file ``path`` (plain or gzipped)."""
+    """The array stored in the IDX file ``path`` (plain or gzipped); a path that cannot be
+    read (missing, a directory, no permission) is an :class:`IDXError` naming it."""
     try:
         data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise IDXError(f"{path}: is a directory, not an IDX file") from None
     except OSError as exc:
         raise IDXError(f"{path}: cannot be read ({exc.strerror})") from None
     return parse_idx(data, str(path))
@@ -122,13 +125,19 @@ class IDXFiles:
 
 def find_split_files(folder: Path) -> IDXFiles | None:
     """The four files of an IDX dataset in ``folder`` (plain or ``.gz``, any name prefix), or
-    None when one is missing. Raises :class:`IDXError` when a name is ambiguous."""
-    if not folder.is_dir():
-        return None
+    None when one is missing or ``folder`` is not a folder. Raises :class:`IDXError` when a
+    name is ambiguous or ``folder`` cannot be listed. An entry with a file's name that is
+    not a file (a directory) is returned, for :func:`read_idx` to refuse by name."""
+    try:
+        if not folder.is_dir():
+            return None
+        names = [p for p in folder.iterdir() if p.name.endswith(tuple(
+            end for stem in SPLIT_FILES.values() for end in (stem, stem + ".gz")))]
+    except OSError as exc:
+        raise IDXError(f"{folder}: cannot be read ({exc.strerror})") from None
     found: dict[str, Path] = {}
     for key, stem in SPLIT_FILES.items():
-        matches = sorted(p for p in folder.iterdir()
-                         if p.name.endswith((stem, stem + ".gz")) and p.is_file())
+        matches = sorted(p for p in names if p.name.endswith((stem, stem + ".gz")))
         plain = [p for p in matches if p.name in (stem, stem + ".gz")]
         if plain:  # the standard name wins over prefixed ones; plain over .gz
             matches = plain

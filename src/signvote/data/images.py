@@ -8,12 +8,13 @@ example's ``Normalize((0.1307,), (0.3081,))``); labels become int64.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from signvote.data import Dataset, DatasetError
+from signvote.data import Dataset, DatasetError, require_samples
 from signvote.data.idx import SPLIT_FILES, IDXError, find_split_files, read_idx
 
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
@@ -23,6 +24,11 @@ TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 """The folder torchvision downloads each dataset into (its files are in ``FOLDER/raw``)."""
 
 DEBIAN_PACKAGE = {"fashion-mnist": "dataset-fashion-mnist"}
+
+CLASSES = {"mnist": 10, "fashion-mnist": 10, "digits": 10}
+"""The declared class count of each image dataset that has one: labels outside
+``[0, count)`` are refused. The generic ``idx`` dataset has none; its count is found from
+its training labels (:func:`classes_found`)."""
 
 
 def default_data_dir() -> Path:
@@ -66,33 +72,113 @@ def not_found_message(name: str, folders: list[Path]) -> str:
 def standardise_images(train: np.ndarray, test: np.ndarray, scale: float
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[N, H, W]`` as float32 ``[N, 1, H, W]``, divided by ``scale`` and
-    standardised with the training set's mean and standard deviation."""
+    standardised with the training set's mean and standard deviation; a training set
+    whose standard deviation is 0 or undefined (a single value) is only centred."""
     train_t, test_t = (torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
                        .div_(scale).unsqueeze(1) for a in (train, test))
-    std, mean = torch.std_mean(train_t)
-    std = std.clamp_min(1e-12)
+    mean = train_t.mean()
+    std = train_t.std() if train_t.numel() > 1 else torch.zeros(())
+    std = torch.where(std > 0, std, 1.0)
     return train_t.sub_(mean).div_(std), test_t.sub_(mean).div_(std)
 
 
-def labels_tensor(labels: np.ndarray, what: str) -> torch.Tensor:
-    """Class labels as int64, checked to be whole numbers >= 0."""
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise DatasetError(f"{what}: labels must be a 1-D array of whole numbers >= 0, got "
-                           f"shape {labels.shape} of {labels.dtype}")
+def check_images(images: np.ndarray, where: str) -> None:
+    """Refuse images that are not ``[N, H, W]`` with ``N >= 1`` and ``H, W >= 1``, or that
+    hold a value that is not finite: a :class:`IDXError` naming ``where`` (and the image)."""
+    if images.ndim != 3:
+        raise IDXError(f"{where}: expected images [N, H, W], got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise IDXError(f"{where}: no images (the header's count is 0); a training and a "
+                       f"test split need at least one sample each")
+    if 0 in images.shape[1:]:
+        raise IDXError(f"{where}: images of shape {images.shape[1:]}; an image needs at "
+                       f"least one pixel")
+    if np.issubdtype(images.dtype, np.floating):
+        finite = np.isfinite(images)
+        if not finite.all():
+            image = int(np.flatnonzero(~finite.reshape(len(images), -1).all(axis=1))[0])
+            value = images[image][~finite[image]][0]
+            raise IDXError(f"{where}: value {value} in image {image}; images must be "
+                           f"finite numbers")
+
+
+def first_index(labels: np.ndarray, low: int, high: int | None) -> int | None:
+    """The first index whose label is outside ``[low, high)`` (``high`` None: no upper
+    bound), or None. Compares in the labels' own dtype, so no value wraps or overflows."""
+    info = np.iinfo(labels.dtype)
+    outside = labels < low if low > info.min else np.zeros(labels.shape, bool)
+    if high is not None and high <= info.max:
+        outside |= labels >= labels.dtype.type(high)
+    hits = np.flatnonzero(outside)
+    return int(hits[0]) if hits.size else None
+
+
+def labels_tensor(labels: np.ndarray, what: str, n_classes: int | None = None,
+                  counted: str = "") -> torch.Tensor:
+    """Class labels as int64. The rule: a 1-D array of whole numbers (an integer dtype),
+    at least one, each in ``[0, n_classes)`` (``n_classes`` None: each >= 0); anything else
+    is a :class:`DatasetError` naming ``what``, and for a label out of range the first
+    one's index and value. ``counted`` says where ``n_classes`` comes from."""
+    if labels.ndim != 1:
+        raise DatasetError(f"{what}: labels of shape {labels.shape}; valid: one dimension, "
+                           f"one label a sample")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{what}: labels of type {labels.dtype}; class labels are whole "
+                           f"numbers (IDX type 08 uint8, 09 int8, 0B int16 or 0C int32)")
+    if labels.size == 0:
+        raise DatasetError(f"{what}: no labels (the header's count is 0); a training and a "
+                           f"test split need at least one sample each")
+    bad = first_index(labels, 0, n_classes)
+    if bad is not None:
+        valid = "whole numbers >= 0" if n_classes is None else f"0 to {n_classes - 1}"
+        raise DatasetError(f"{what}: label {labels[bad]} at index {bad}; valid: {valid}"
+                           + (f" ({counted})" if counted else ""))
     return torch.from_numpy(labels.astype(np.int64))
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse a ``--data-dir`` that does not exist or is not a folder (a
+    :class:`DatasetError` naming it), rather than fall back to another place."""
+    try:
+        is_folder = stat.S_ISDIR(data_dir.stat().st_mode)
+    except FileNotFoundError:
+        raise DatasetError(f"--data-dir {data_dir}: does not exist") from None
+    except OSError as exc:
+        raise DatasetError(f"--data-dir {data_dir}: cannot be read ({exc.strerror})"
+                           ) from None
+    if not is_folder:
+        raise DatasetError(f"--data-dir {data_dir}: is a file, not a folder")
+
+
+def classes_found(labels: np.ndarray, where: str) -> int:
+    """The class count of a dataset that declares none: its largest training label + 1,
+    refused (naming ``where``, the index and the label) when that exceeds the number of
+    training samples, so that one stray label cannot build a model of millions of
+    outputs, most of them classes without a sample."""
+    n_classes = int(labels.max()) + 1
+    if n_classes > labels.size:
+        bad = first_index(labels, 0, labels.size)
+        raise DatasetError(f"{where}: label {labels[bad]} at index {bad} makes "
+                           f"{n_classes} classes, more than the {labels.size} training "
+                           f"samples; valid: 0 to {labels.size - 1}")
+    return n_classes
 
 
 def load_idx(name: str, data_dir: Path | None = None) -> Dataset:
     """The IDX dataset ``name`` (``mnist``, ``fashion-mnist``, or ``idx``: whatever IDX
     dataset is in ``data_dir``), from the first folder of :func:`candidate_folders` holding
-    all four files."""
-    if name == "idx":
-        if data_dir is None:
-            raise DatasetError("dataset idx: needs --data-dir, the folder with the four IDX "
-                               "files (" + ", ".join(SPLIT_FILES.values()) + ", each may be .gz)")
-        folders = [data_dir]
-    else:
-        folders = candidate_folders(name, data_dir)
+    all four files.
+
+    Labels must lie in ``[0, CLASSES[name])``; the ``idx`` dataset declares no count: its
+    classes are ``0`` to its largest training label, and its test labels must be among
+    them. Every violation is a :class:`DatasetError` naming the file, the index and the
+    label."""
+    if name == "idx" and data_dir is None:
+        raise DatasetError("dataset idx: needs --data-dir, the folder with the four IDX "
+                           "files (" + ", ".join(SPLIT_FILES.values()) + ", each may be .gz)")
+    if data_dir is not None:
+        check_data_dir(data_dir)
+    folders = [data_dir] if name == "idx" else candidate_folders(name, data_dir)
     for folder in folders:
         files = find_split_files(folder)
         if files is not None:
@@ -107,18 +193,22 @@ def load_idx(name: str, data_dir: Path | None = None) -> Dataset:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         where = getattr(files, f"{split}_images")
-        if images.ndim != 3:
-            raise IDXError(f"{where}: expected images [N, H, W], got shape {images.shape}")
+        check_images(images, str(where))
         if images.shape[0] != labels.shape[0]:
             raise IDXError(f"{where}: {images.shape[0]} images but "
                            f"{getattr(files, f'{split}_labels')} has {labels.shape[0]} labels")
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise IDXError(f"{files.test_images}: images of shape {arrays['test_images'].shape[1:]}"
                        f", the training images are {arrays['train_images'].shape[1:]}")
+    n_classes = CLASSES.get(name)
+    counted = f"the {n_classes} classes of {name}"
+    train_y = labels_tensor(arrays["train_labels"], str(files.train_labels), n_classes,
+                            counted)
+    if n_classes is None:
+        n_classes = classes_found(arrays["train_labels"], str(files.train_labels))
+        counted = f"the {n_classes} classes found in the training labels, {files.train_labels}"
+    test_y = labels_tensor(arrays["test_labels"], str(files.test_labels), n_classes, counted)
     train_x, test_x = standardise_images(arrays["train_images"], arrays["test_images"], 255.0)
-    train_y = labels_tensor(arrays["train_labels"], str(files.train_labels))
-    test_y = labels_tensor(arrays["test_labels"], str(files.test_labels))
-    n_classes = int(max(train_y.max(), test_y.max())) + 1
     return Dataset(name, train_x, train_y, test_x, test_y, "classification", n_classes)
 
 
@@ -135,9 +225,15 @@ def digits(seed: int, train_fraction: float = 0.8) -> Dataset:
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).numpy()
     images, labels = images[order].reshape(-1, 8, 8), labels[order]
     cut = int(train_fraction * len(labels))
+    require_samples(cut, f"dataset digits, training split of fraction {train_fraction}")
+    require_samples(len(labels) - cut,
+                    f"dataset digits, test split of fraction {1 - train_fraction:g}")
     train_x, test_x = standardise_images(images[:cut], images[cut:], 16.0)
-    return Dataset("digits", train_x, labels_tensor(labels[:cut], "digits"),
-                   test_x, labels_tensor(labels[cut:], "digits"), "classification", 10)
+    counted = "the 10 classes of digits"
+    return Dataset("digits", train_x,
+                   labels_tensor(labels[:cut], "digits training labels", 10, counted),
+                   test_x, labels_tensor(labels[cut:], "digits test labels", 10, counted),
+                   "classification", CLASSES["digits"])
 
 
 def download(name: str, data_dir: Path) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from signvote.data import Dataset
+from signvote.data import Dataset, require_samples
 
 
 def toeplitz_gaussian(
@@ -32,6 +32,17 @@ def standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
     return (train - mu) / sd, (test - mu) / sd
 
 
+def split_point(name: str, n_samples: int, train_fraction: float) -> int:
+    """How many of the ``n_samples`` go to training (the first ones): ``int(fraction * N)``,
+    refused (a :class:`DatasetError` naming the dataset) when either split is empty."""
+    n_train = int(train_fraction * n_samples)
+    require_samples(n_train, f"dataset {name}, training split of {train_fraction} x "
+                             f"{n_samples} samples")
+    require_samples(n_samples - n_train, f"dataset {name}, test split of "
+                                         f"{1 - train_fraction:g} x {n_samples} samples")
+    return n_train
+
+
 def _features(seed: int, n_samples: int, n_features: int, rho: float):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n_features, generator=gen, dtype=torch.float64) + 2.0
@@ -44,9 +55,9 @@ def linear_regression(
     noise: float = 0.5, train_fraction: float = 0.8,
 ) -> Dataset:
     """The paper's linear regression problem, drawn from ``seed``."""
+    n_train = split_point("linreg", n_samples, train_fraction)
     gen, w, x = _features(seed, n_samples, n_features, rho)
     y = x @ w + noise * torch.randn(n_samples, generator=gen, dtype=torch.float64)
-    n_train = int(train_fraction * n_samples)
     x_train, x_test = standardise(x[:n_train], x[n_train:])
     y_train, y_test = standardise(y[:n_train], y[n_train:])
     return Dataset(
@@ -60,9 +71,9 @@ def logistic_regression(
     train_fraction: float = 0.8,
 ) -> Dataset:
     """The paper's logistic regression problem, drawn from ``seed``; labels in {0, 1}."""
+    n_train = split_point("logreg", n_samples, train_fraction)
     gen, w, x = _features(seed, n_samples, n_features, rho)
     y = torch.bernoulli(torch.sigmoid(x @ w), generator=gen).long()
-    n_train = int(train_fraction * n_samples)
     x_train, x_test = standardise(x[:n_train], x[n_train:])
     return Dataset(
         "logreg", x_train.float(), y[:n_train], x_test.float(), y[n_train:],
