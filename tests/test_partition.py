@@ -108,10 +108,10 @@ def test_epoch_indices_cycle_through_each_workers_samples():
 
 
 @pytest.mark.parametrize(("name", "params", "message"), [
-    ("iid", {}, "cannot share"),
-    ("dirichlet", {"alpha": 0.0}, "alpha must be"),
-    ("gamma", {"gamma": 1.5}, "gamma must be"),
-    ("shards", {"shards_per_worker": 0}, "at least 1"),
+    ("iid", {}, "--workers 2000 exceeds the 1000 training samples"),
+    ("dirichlet", {"alpha": 0.0}, "--partition-alpha 0.0: must be"),
+    ("gamma", {"gamma": 1.5}, r"--partition-gamma 1.5: must be in \[0, 1\]"),
+    ("shards", {"shards_per_worker": 0}, "--partition-shards 0: at least one"),
     ("nope", {}, "known: iid, dirichlet, shards, gamma"),
 ])
 def test_bad_partition_parameters_are_rejected(name, params, message):

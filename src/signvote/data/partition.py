@@ -37,9 +37,12 @@ where every worker has at least one sample."""
 
 
 def _check_workers(n_samples: int, n_workers: int) -> None:
-    if n_workers > n_samples:
-        raise ValueError(f"{n_workers} workers cannot share {n_samples} samples; valid: at "
-                         f"most {n_samples} workers")
+    """Refuse fewer than one worker or more workers than samples (each worker needs one),
+    naming ``--workers`` and its valid range."""
+    if not 1 <= n_workers <= n_samples:
+        cause = (f"exceeds the {n_samples} training samples" if n_workers > n_samples
+                 else "needs at least one worker")
+        raise ValueError(f"--workers {n_workers} {cause}; valid: --workers 1 to {n_samples}")
 
 
 def _shuffled(indices: Tensor, generator: torch.Generator) -> Tensor:
@@ -76,7 +79,7 @@ def dirichlet(labels: Tensor, n_workers: int, generator: torch.Generator,
     """
     _check_workers(labels.numel(), n_workers)
     if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"dirichlet alpha must be a finite number > 0, got {alpha}")
+        raise ValueError(f"--partition-alpha {alpha}: must be a finite number > 0")
     rng = _numpy_rng(generator)
     classes = [_shuffled(torch.nonzero(labels == c).flatten(), generator)
                for c in torch.unique(labels).tolist()]
@@ -90,9 +93,10 @@ def dirichlet(labels: Tensor, n_workers: int, generator: torch.Generator,
         parts = [torch.cat(p) for p in pieces]
         if min(p.numel() for p in parts) > 0:
             return tuple(_shuffled(p, generator) for p in parts)
-    raise ValueError(f"dirichlet alpha {alpha}: after {DIRICHLET_REDRAWS} draws some of the "
-                     f"{n_workers} workers still had no sample; use a larger alpha or fewer "
-                     f"workers")
+    raise ValueError(f"--partition-alpha {alpha}: after {DIRICHLET_REDRAWS} draws some of "
+                     f"the --workers {n_workers} still had no sample of the "
+                     f"{labels.numel()} training samples; valid: a larger --partition-alpha "
+                     f"or fewer --workers")
 
 
 def shards(labels: Tensor, n_workers: int, generator: torch.Generator,
@@ -101,11 +105,19 @@ def shards(labels: Tensor, n_workers: int, generator: torch.Generator,
     shards of nearly equal size, and ``s`` random shards given to each worker (McMahan et
     al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
     AISTATS 2017: 200 shards of 300 MNIST images, 2 per client). With ``s = 2`` most workers
-    see only two classes."""
-    n_shards = n_workers * shards_per_worker
-    _check_workers(labels.numel(), n_shards)
+    see only two classes. Every shard needs a sample: ``1 <= s <= N // n``."""
+    n_samples = labels.numel()
+    _check_workers(n_samples, n_workers)
+    most = n_samples // n_workers
     if shards_per_worker < 1:
-        raise ValueError(f"shards per worker must be at least 1, got {shards_per_worker}")
+        raise ValueError(f"--partition-shards {shards_per_worker}: at least one shard per "
+                         f"worker; valid: --partition-shards 1 to {most}")
+    n_shards = n_workers * shards_per_worker
+    if n_shards > n_samples:
+        raise ValueError(f"--workers {n_workers} x --partition-shards {shards_per_worker} = "
+                         f"{n_shards} shards for the {n_samples} training samples (a shard "
+                         f"needs one); valid: --partition-shards 1 to {most} with --workers "
+                         f"{n_workers}")
     order = torch.randperm(labels.numel(), generator=generator)
     pieces = _sorted_by_label(order, labels).tensor_split(n_shards)
     owner = torch.randperm(n_shards, generator=generator).view(n_workers, shards_per_worker)
@@ -118,14 +130,22 @@ def gamma_similarity(labels: Tensor, n_workers: int, generator: torch.Generator,
     """A fraction ``gamma`` of the samples spread iid, the other ``1 - gamma`` sorted by
     label and cut into ``n`` contiguous pieces, one per worker (the "gamma-similarity" of
     Karimireddy, He & Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
-    Bucketing", ICLR 2022). ``gamma = 1`` is iid, ``gamma = 0`` fully label-sorted."""
-    _check_workers(labels.numel(), n_workers)
+    Bucketing", ICLR 2022). ``gamma = 1`` is iid, ``gamma = 0`` fully label-sorted.
+
+    The iid part is cut as :func:`iid` cuts (the first ``n_iid mod n`` pieces one longer);
+    the sorted part's contiguous pieces then make every worker's total ``N // n`` or one
+    more (the first ``N mod n`` workers), so no worker is left without a sample while
+    ``n <= N``. When ``n`` divides both parts, both are cut into equal pieces."""
+    n_samples = labels.numel()
+    _check_workers(n_samples, n_workers)
     if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    order = torch.randperm(labels.numel(), generator=generator)
-    n_iid = int(gamma * labels.numel())
+        raise ValueError(f"--partition-gamma {gamma}: must be in [0, 1]")
+    order = torch.randperm(n_samples, generator=generator)
+    n_iid = int(gamma * n_samples)
     iid_part = order[:n_iid].tensor_split(n_workers)
-    sorted_part = _sorted_by_label(order[n_iid:], labels).tensor_split(n_workers)
+    totals = [n_samples // n_workers + (i < n_samples % n_workers) for i in range(n_workers)]
+    sorted_part = _sorted_by_label(order[n_iid:], labels).split(
+        [total - piece.numel() for total, piece in zip(totals, iid_part, strict=True)])
     return tuple(_shuffled(torch.cat([a, b]), generator)
                  for a, b in zip(iid_part, sorted_part, strict=True))
 
