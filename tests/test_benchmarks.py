@@ -58,7 +58,7 @@ def table_rows(stdout, first_cell):
 
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_aggregators.py", "bench_cnn.py", "bench_dist.py", "bench_sim.py",
-              "paper_logreg_grid.py", "zoo_logreg_grid.py"}
+              "bench_threads.py", "paper_logreg_grid.py", "zoo_logreg_grid.py"}
     assert set(SCRIPTS) == tested, "a script in benchmarks/ without a smoke test here"
 
 
@@ -130,6 +130,18 @@ def test_bench_cnn_smoke(run_bounded, tmp_path, results_untouched):
         assert len(row) == 9 and all(re.fullmatch(r"[\d.]+ ms", row[k]) for k in (2, 3, 5, 7))
     assert re.search(r"^digits, smallcnn, Signum, 10 workers, 1 epoch .*test accuracy "
                      r"[\d.]+%$", stdout, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_threads_smoke(run_bounded, tmp_path, results_untouched):
+    out = tmp_path / "threads.json"
+    stdout = smoke(run_bounded, tmp_path, "bench_threads.py", "--smoke", "--out", str(out))
+    written = json.loads(out.read_text())
+    assert written["metrics_identical"] is True and written["repeats"] == 1
+    assert len(written["median_s"]) == 2 and all(t > 0 for t in written["median_s"].values())
+    assert re.search(r"^ratio \(before / default\): [\d.]+x; metrics identical: yes$", stdout,
+                     re.M)
 
 
 @pytest.mark.slow
