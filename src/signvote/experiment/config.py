@@ -377,7 +377,7 @@ def trajectory_key(config: TrainConfig) -> dict[str, Any]:
     ``rule = "sgd"`` is that default, so it is left out). Two configs are the same run
     exactly when their keys are equal, resolved or not; a field added to the schema with
     a default that keeps the old behaviour adds nothing to any key."""
-    c = fill_defaults(config)
+    c = fill_defaults(dataclasses.replace(config, out="-"))  # out is no part of it
     key = {}
     for name, spec in FIELDS.items():
         if spec.metadata["section"] not in KEY_SECTIONS:
