@@ -246,3 +246,132 @@ def test_an_unreadable_sweep_listing_is_said_and_the_folders_are_read(sweep_copy
     warnings = []
     assert len(results.tidy_rows(out, warnings.append)) == EPOCHS
     assert len(warnings) == 1 and "sweep.json cannot be read" in warnings[0]
+
+
+# --- a finished run is never overwritten without being asked -----------------------------
+
+
+def small_run(out: Path, **options):
+    from signvote.experiment.config import TrainConfig
+
+    return TrainConfig(workers=2, epochs=2, batch_size=4000, out=str(out), **options)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_training_twice_into_one_folder_is_refused_and_the_first_run_kept(tmp_path):
+    from signvote.engine.sim import train
+    from signvote.experiment.config import ConfigError
+
+    out = tmp_path / "run"
+    train(small_run(out), progress=False)
+    before = folder_bytes(out)
+    with pytest.raises(ConfigError, match=rf"--out {out} holds a finished run; valid: "
+                                          r"--overwrite to replace it, or another --out"):
+        train(small_run(out, seed=3), progress=False)
+    assert folder_bytes(out) == before
+    result = train(small_run(out, seed=3, overwrite=True), progress=False)
+    assert runs.read_run(out).config["seed"] == 3 == result.config.seed
+
+
+def test_a_folder_with_a_cut_short_or_damaged_run_is_reused(tmp_path):
+    from signvote.engine.sim import train
+
+    out = tmp_path / "run"
+    train(small_run(out), progress=False)
+    cut_metrics_mid_line(out)
+    train(small_run(out, seed=3), progress=False)  # damaged: reused without --overwrite
+    (out / "summary.json").unlink()
+    train(small_run(out, seed=4), progress=False)  # cut short: reused
+    assert runs.read_run(out).config["seed"] == 4
+
+
+def test_the_command_refuses_in_one_line(tmp_path, capsys):
+    from signvote.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--workers", "2", "--epochs", "1", "--batch-size", "4000", "--quiet",
+            "--out", str(out)]
+    assert main(args) == 0
+    before = folder_bytes(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert str(out) in line and "--overwrite" in line
+    assert folder_bytes(out) == before
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_the_distributed_launcher_refuses_before_starting_a_process(tmp_path, monkeypatch):
+    from signvote.engine import dist
+    from signvote.engine.sim import train
+    from signvote.experiment.config import ConfigError
+
+    out = tmp_path / "run"
+    train(small_run(out), progress=False)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("the launcher started its processes")
+
+    monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", no_launch)
+    with pytest.raises(ConfigError, match="holds a finished run"):
+        dist.launch(small_run(out, engine="dist", layout="peer"), [])
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """The environment of rank 0 of a world of one (``--layout peer --workers 1``), so
+    that the distributed engine's rank runs in this process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "localhost", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+
+
+def dist_run(out: Path, **options):
+    from signvote.experiment.config import TrainConfig
+
+    return TrainConfig(workers=1, epochs=3, batch_size=1000, engine="dist", layout="peer",
+                       checkpoint_every=2, out=str(out), **options)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_a_rank_refuses_a_finished_run_and_resumes_a_cut_short_one(tmp_path, one_rank,
+                                                                   monkeypatch):
+    import torch
+
+    from signvote.engine import dist
+    from signvote.experiment.config import ConfigError
+
+    whole = dist.train(dist_run(tmp_path / "whole"), progress=False)
+    with pytest.raises(ConfigError, match="holds a finished run"):
+        dist.train(dist_run(tmp_path / "whole"), progress=False)
+
+    class CutError(Exception):
+        pass
+
+    def cut_at_step_9(self, step):
+        if step == 9:
+            raise CutError
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        patch.setattr(dist._Rank, "_maybe_fault", cut_at_step_9)
+        with pytest.raises(CutError):
+            dist.train(dist_run(out), progress=False)
+    assert (out / dist.CHECKPOINT).exists() and not (out / "summary.json").exists()
+    resumed = dist.train(dist_run(out), progress=False)  # no --overwrite needed
+    assert resumed.summary["resumed_from_step"] == 8
+    assert torch.equal(resumed.params, whole.params)
+    assert [r["test_loss"] for r in resumed.metrics] == [r["test_loss"] for r in whole.metrics]
+    assert dist.train(dist_run(out, overwrite=True), progress=False).summary[
+        "resumed_from_step"] == 0

@@ -65,6 +65,7 @@ from signvote.engine.run import (
     RunResult,
     RunSetup,
     attack_generator,
+    check_overwrite,
     coin_generators,
     epoch_row,
     finish_summary,
@@ -125,6 +126,7 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     c = prepare(config, engine="dist").config  # every check (data, model, batch) here, once
+    check_overwrite(c)  # before any process starts
     launch_config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=world_size(c), run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=c.max_restarts,
@@ -374,10 +376,17 @@ class _Rank:
             runs.atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
 
     def _load(self, out: Path) -> dict[str, Any] | None:
-        found = [None]
+        """The checkpoint to resume from (rank 0 reads it, every rank receives it), or None.
+        Every rank raises the same :class:`ConfigError` when ``out`` holds a finished run
+        that the config does not say to overwrite (:func:`check_overwrite`)."""
+        found: list[Any] = [None, None]
         if self.rank == 0:
+            try:
+                check_overwrite(self.c)
+            except ConfigError as exc:
+                found[1] = str(exc)
             path = out / CHECKPOINT
-            if path.exists():
+            if path.exists() and found[1] is None:
                 try:  # tensors and plain data only: nothing in it is unpickled as code
                     ckpt = torch.load(path, weights_only=True)
                 except Exception as exc:  # an unreadable checkpoint: start over
@@ -388,8 +397,10 @@ class _Rank:
                     print(f"signvote: ignoring {path}: it belongs to another config",
                           file=sys.stderr)
                     ckpt = None
-                found = [ckpt]
+                found[0] = ckpt
         dist.broadcast_object_list(found, src=0)
+        if found[1] is not None:
+            raise ConfigError(found[1])
         return found[0]
 
     # -- the loop ----------------------------------------------------------------------

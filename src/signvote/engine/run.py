@@ -226,9 +226,23 @@ def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
                     workers_table, rng_state)
 
 
+def check_overwrite(config: TrainConfig) -> None:
+    """Refuse to start a run in a folder that holds a finished run
+    (:func:`signvote.experiment.runs.read_run`) unless ``config.overwrite``: a finished run
+    is never replaced without being asked. A folder with a partial or damaged run (no
+    ``summary.json``, or files that disagree) is reused. Raises :class:`ConfigError`."""
+    out = Path(config.out)
+    if not config.overwrite and runs.run_problem(out) is None:
+        raise ConfigError(f"--out {out} holds a finished run; valid: --overwrite to "
+                          f"replace it, or another --out")
+
+
 def start_run_folder(setup: RunSetup) -> Path:
-    """Create the run folder, drop a previous run's summary and metrics, write the config
-    and the partition table; returns the folder."""
+    """Create the run folder (refused by :func:`check_overwrite` when it holds a finished
+    run and the config does not say ``overwrite``), drop a previous run's summary, metrics
+    and parameters (``summary.json`` first, so that from here on the folder is not a
+    finished run), write the config and the partition table; returns the folder."""
+    check_overwrite(setup.config)
     out = Path(setup.config.out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "metrics.csv", "params.pt"):

@@ -47,7 +47,10 @@ def run_id(config: TrainConfig) -> str:
 
 
 def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig]:
-    """The configs with ``out`` set to their folder in the sweep; duplicates dropped."""
+    """The configs with ``out`` set to their folder in the sweep and ``overwrite`` on (the
+    sweep runs only the runs that are not done, so what it replaces is a damaged run or one
+    of another identity; ``overwrite`` is not part of a run's identity); duplicates
+    dropped."""
     seen, placed = set(), []
     for c in configs:
         if c.engine != "sim":
@@ -57,7 +60,8 @@ def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig
         rid = run_id(c)
         if rid not in seen:
             seen.add(rid)
-            placed.append(dataclasses.replace(c, out=str(Path(sweep_dir) / "runs" / rid)))
+            placed.append(dataclasses.replace(c, out=str(Path(sweep_dir) / "runs" / rid),
+                                              overwrite=True))
     return placed
 
 
