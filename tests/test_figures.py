@@ -93,3 +93,121 @@ def test_the_logistic_byzantine_figure_reproduces_the_papers_ordering(tmp_path):
     assert len(rows) == 15 * 80
     assert json.loads((tmp_path / "logreg-byzantine" / "report.json").read_text())[
         "scale"] == "full"
+
+
+def mnist_on_disk() -> bool:
+    from signvote.data.images import candidate_folders, find_split_files
+
+    return any(find_split_files(f) is not None for f in candidate_folders("mnist", None))
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() \
+        else []
+
+
+@pytest.mark.skipif(mnist_on_disk(), reason="MNIST is on disk here")
+@pytest.mark.parametrize("names", [["mnist-blind"], list(reproduce.FIGURES)])
+def test_a_figure_without_its_data_is_refused_before_anything_is_written(tmp_path, names):
+    from signvote.data import DatasetError
+
+    with pytest.raises(DatasetError, match="mnist"):
+        reproduce.check_inputs(names, None, None, None)
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match="mnist"):
+        reproduce.reproduce(names[-1], out, progress=False)
+    assert files_under(tmp_path) == []  # no sweep.json, no folder
+
+
+@pytest.mark.skipif(mnist_on_disk(), reason="MNIST is on disk here")
+def test_reproduce_all_without_mnist_is_one_line_and_exit_2_with_nothing_written(
+        tmp_path, capsys):
+    from signvote import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", "all", "--out", str(tmp_path / "out"), "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mnist" in err and "Traceback" not in err
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("scale, dataset, match", [
+    ("tiny", None, r"--scale 'tiny'; valid: full, reduced"),
+    (None, "linreg", r"--dataset linreg: a regression task.*valid: logreg, mnist"),
+    (None, "KMNIST", r"--dataset: unknown value 'KMNIST'"),
+])
+def test_a_bad_scale_or_dataset_is_refused_before_anything_is_written(tmp_path, scale,
+                                                                      dataset, match):
+    from signvote.experiment.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        reproduce.check_inputs(["logreg-blind"], scale, dataset, None)
+    with pytest.raises(ConfigError, match=match):
+        reproduce.reproduce("logreg-blind", tmp_path / "out", scale, dataset=dataset,
+                            progress=False)
+    with pytest.raises(ConfigError, match=r"unknown figure 'fig-9'; valid: logreg-blind"):
+        reproduce.check_inputs(["fig-9"], None, None, None)
+    assert files_under(tmp_path) == []
+
+
+def test_the_logistic_figures_inputs_pass_the_check():
+    reproduce.check_inputs(["logreg-blind", "logreg-byzantine"], None, None, None)
+    reproduce.check_inputs(["mnist-byzantine"], "reduced", "digits", None)
+
+
+def test_the_report_cites_the_values_inside_the_project_not_a_missing_file(tmp_path):
+    section = {"name": "logreg-byzantine", "scale": "full", "note": "", "seeds": [8005],
+               "dataset": "logreg", "runs": 15, "wall_s": 12.5,
+               "ours": {label: [{"acc": 90.0, "loss": 0.2}] * 5
+                        for label, _ in reproduce.RULES}}
+    (tmp_path / "logreg-byzantine").mkdir()
+    (tmp_path / "logreg-byzantine" / "report.json").write_text(json.dumps(section))
+    report = reproduce.write_report(tmp_path).read_text()
+    assert "shared/" not in report
+    assert "reproduce.FIGURES" in report and "docs/reproduction.md" in report
+    assert "15 runs, 12.5 s of training on this machine (the runs' own time)" in report
+
+
+def paper_table(text: str) -> dict[tuple[str, str], tuple[float | None, ...]]:
+    """The table of docs/reproduction.md's section "The paper's values": (figure name,
+    optimizer) -> the five accuracies (None for '-')."""
+    section = text.split("## The paper's values", 1)[1].split("\n## ", 1)[0]
+    table, figure = {}, None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) != 7 or cells[2] in ("0%", "---"):
+            continue
+        figure = cells[0].strip("`") or figure
+        values = tuple(None if c == "-" else float(c.split()[0]) for c in cells[2:])
+        table[(figure, cells[1])] = values
+    return table
+
+
+def test_the_papers_values_in_the_docs_are_the_reports():
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
+    table = paper_table(docs.read_text())
+    want = {(name, label): values for name, figure in reproduce.FIGURES.items()
+            for label, values in figure.paper_acc.items()}
+    assert table == want
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_redrawing_a_finished_figure_rewrites_the_same_report(tmp_path, monkeypatch):
+    """The report's time is the runs' own (their summary.json wall_s summed), not the time
+    of the command that redraws them."""
+    tiny = reproduce.Figure(3, "logreg", "byzantine", 1, 1e-4,
+                            reproduce.FIGURES["logreg-byzantine"].paper_acc, 0.5)
+    monkeypatch.setitem(reproduce.FIGURES, "logreg-byzantine", tiny)
+    first = reproduce.reproduce("logreg-byzantine", tmp_path, jobs=1, progress=False)
+    report = (tmp_path / "REPORT.md").read_text()
+    walls = [json.loads(p.read_text())["wall_s"]
+             for p in (tmp_path / "logreg-byzantine" / "runs").glob("*/summary.json")]
+    assert len(walls) == first["runs"] == 15
+    assert first["wall_s"] == round(math.fsum(walls), 1)
+    again = reproduce.reproduce("logreg-byzantine", tmp_path, jobs=1, progress=False)
+    assert again == first
+    assert (tmp_path / "REPORT.md").read_text() == report

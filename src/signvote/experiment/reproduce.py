@@ -6,10 +6,14 @@
 - seed 8005, per-worker batch 12, lr x0.1 every 30 epochs, Signum's beta 0.9.
 
 It then draws the figure in the paper's layout and writes ``REPORT.md``, which sets our
-final accuracies beside the values read off the paper's figures
-(``shared/paper/README.md``) and checks the paper's claims.
+final accuracies beside the values read off the paper's figures (:data:`FIGURES`, listed
+with their source in docs/reproduction.md) and checks the paper's claims.
 
-The runs form a sweep in ``OUT/FIGURE`` (parallel, resumable).
+The runs form a sweep in ``OUT/FIGURE`` (parallel, resumable). Before it writes anything,
+:func:`reproduce` checks its inputs (:func:`check_inputs`): a figure, scale or dataset it
+cannot run, or data it cannot load, is refused with nothing written. The time the report
+gives is the runs' own (the sum of their ``summary.json`` ``wall_s``), so redrawing a
+finished figure rewrites the same report.
 
 ``--scale reduced`` runs a smaller version, for a CPU; the figure and the report say
 which. On the MNIST figures it uses `smallcnn` and 3 epochs instead of `mnistnet` and 25.
@@ -19,14 +23,19 @@ The simulator has no GPU path, so ``full`` runs on the CPU too. For MNIST that i
 
 from __future__ import annotations
 
+import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from signvote.experiment import plots, results, runs, sweep
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
+
+PAPER = ("Akoun & Meyer, \"SignSGD: Fault-Tolerance to Blind and Byzantine Adversaries\" "
+         "(arXiv 2202.02085), Figures 2-5")
+"""Where :data:`FIGURES`' ``paper_acc`` values come from: read off these figures by eye
+(about +-0.5 point of accuracy; docs/reproduction.md lists them)."""
 
 RULES = (("DistSGD", {"rule": "sgd", "aggregator": "sum"}), ("SignSGD", {"rule": "signsgd"}),
          ("Signum", {"rule": "signum"}))
@@ -42,7 +51,8 @@ class Figure:
     adversary: str  # "blind" or "byzantine"
     epochs: int
     sign_lr: float
-    paper_acc: dict[str, tuple[float | None, ...]]  # %, final epoch, 0..4 adversaries
+    paper_acc: dict[str, tuple[float | None, ...]]  # %, final epoch, 0..4 adversaries;
+    # read off the paper's figure (PAPER), None where the paper draws no curve
     chance: float  # the accuracy of a constant guess
 
     @property
@@ -105,30 +115,79 @@ def configs(name: str, scale: str, seeds: list[int], dataset: str | None = None,
     return out
 
 
+def check_inputs(figures: list[str], scale: str | None, dataset: str | None,
+                 data_dir: str | None) -> None:
+    """Check that every figure of ``figures`` can be reproduced at ``scale`` (None: each
+    figure's :func:`default_scale`) on ``dataset`` (None: the figure's own), with the data
+    read from ``data_dir``, before anything is run or written.
+
+    Raises :class:`ConfigError` for the first unknown figure or scale, a dataset that is
+    not a classification task (the figures are accuracies), or a model that does not fit
+    the data, and :class:`signvote.data.DatasetError` for the first dataset that cannot be
+    loaded (missing or damaged files). Writes nothing: the data is loaded and the model
+    built once in memory, as a run would."""
+    from signvote import data, models
+
+    for name in figures:
+        if name not in FIGURES:
+            raise ConfigError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}, all")
+        if scale is not None and scale not in SCALES:
+            raise ConfigError(f"--scale {scale!r}; valid: {', '.join(SCALES)}")
+        if dataset in data.REGRESSION:
+            valid = [d for d in data.DATASETS if d not in data.REGRESSION]
+            raise ConfigError(f"--dataset {dataset}: a regression task, and the figures "
+                              f"draw accuracies; valid: {', '.join(valid)}")
+    checked: set[tuple[str, str | None, str | None]] = set()
+    for name in figures:
+        for c in configs(name, scale or default_scale(name), [8005], dataset, data_dir):
+            key = (c.dataset, c.data_dir, c.model)
+            if key in checked:
+                continue
+            checked.add(key)
+            found = data.load(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
+            try:
+                models.build(c.model, found.input_shape, found.n_classes)
+            except ValueError as exc:
+                raise ConfigError(f"--model {c.model}: {exc}") from None
+
+
+def runs_time(placed: list[TrainConfig]) -> float:
+    """The runs' own time: the sum of the ``wall_s`` of each finished run's
+    ``summary.json`` among ``placed`` (configs whose ``out`` is their sweep folder). It does
+    not count the time a resumed or finished sweep spends redrawing."""
+    total = 0.0
+    for c in placed:
+        if sweep.is_done(c):
+            summary = json.loads((Path(c.out) / "summary.json").read_text(encoding="utf-8"))
+            total += float(summary.get("wall_s") or 0.0)
+    return total
+
+
 def reproduce(name: str, out: str | Path, scale: str | None = None,
               seeds: list[int] | None = None, dataset: str | None = None,
               data_dir: str | None = None, jobs: int | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Run (or finish) figure ``name``'s sweep in ``OUT/NAME``, draw ``OUT/NAME.png`` and
-    ``.svg``, and rewrite ``OUT/REPORT.md``; returns the figure's report section data."""
-    if name not in FIGURES:
-        raise ConfigError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}")
+    ``.svg``, and rewrite ``OUT/REPORT.md``; returns the figure's report section data.
+
+    :func:`check_inputs` runs first, so a figure that cannot be reproduced (no data, say)
+    raises before any file is written. The section's ``wall_s`` is the runs' own time
+    (:func:`runs_time`)."""
+    check_inputs([name], scale, dataset, data_dir)
     scale = scale or default_scale(name)
-    if scale not in SCALES:
-        raise ConfigError(f"--scale {scale!r}; valid: {', '.join(SCALES)}")
     figure = FIGURES[name]
     seeds = seeds or [8005]
     dataset = dataset or figure.dataset
     out = Path(out)
-    t0 = time.perf_counter()
-    sweep.run_sweep(configs(name, scale, seeds, dataset, data_dir), out / name, jobs,
-                    progress)
-    wall = time.perf_counter() - t0
+    grid = configs(name, scale, seeds, dataset, data_dir)
+    sweep.run_sweep(grid, out / name, jobs, progress)
+    placed = sweep.place(grid, out / name)
     rows = results.tidy_rows(out / name)
     note = scale_note(figure, scale, dataset)
     plots.save(plots.paper_figure(rows, figure.adversary, figure.title, note), out / name)
     section = {"name": name, "scale": scale, "note": note, "seeds": seeds,
-               "dataset": dataset, "wall_s": round(wall, 1),
+               "dataset": dataset, "runs": len(placed),
+               "wall_s": round(runs_time(placed), 1),
                "ours": final_table(rows, figure.adversary)}
     runs.write_json(out / name / "report.json", section)
     write_report(out)
@@ -186,20 +245,19 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     lines = ["# Reproduction report", "",
              "Our final-epoch test accuracy (%, mean over seeds) beside the values read off "
-             "the paper's figures by eye (about +-0.5 point; `shared/paper/README.md`). "
-             "Written by `signvote reproduce`.", ""]
+             f"the paper's figures by eye (about +-0.5 point): {PAPER}. The values are "
+             "`signvote.experiment.reproduce.FIGURES`, listed in signvote's "
+             "docs/reproduction.md. Written by `signvote reproduce`.", ""]
     for name, figure in FIGURES.items():
         path = out / name / "report.json"
         if not path.exists():
             continue
-        import json
-
-        section = json.loads(path.read_text())
+        section = json.loads(path.read_text(encoding="utf-8"))
         lines += [f"## {figure.title} (`{name}`)", "",
                   f"Scale: {section['scale']}" + (f" ({section['note']})" if section["note"]
                                                   else " (the paper's settings)")
                   + f"; seeds {', '.join(map(str, section['seeds']))}; "
-                  f"{section['wall_s']} s on this machine. Figure: `{name}.png`.", "",
+                  + _time_text(section) + f" Figure: `{name}.png`.", "",
                   "| optimizer | | 0% | 10% | 20% | 30% | 40% |", "|---|---|---|---|---|---|---|"]
         for label, cells in section["ours"].items():
             ours = [("-" if c["acc"] is None else f"{c['acc']:.1f}") for c in cells]
@@ -221,6 +279,13 @@ def write_report(out: str | Path) -> Path:
     path = out / "REPORT.md"
     runs.atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _time_text(section: dict[str, Any]) -> str:
+    """The runs' own time in words (a ``report.json`` of an older signvote has no
+    ``runs``)."""
+    count = f"{section['runs']} runs, " if "runs" in section else ""
+    return f"{count}{section['wall_s']} s of training on this machine (the runs' own time)."
 
 
 def theory_section(rate_repeats: int = 4) -> list[str]:
