@@ -3,6 +3,7 @@ sweep's processes on Ctrl-C and SIGKILL (issue 15)."""
 
 import concurrent.futures as futures
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -375,3 +376,107 @@ def test_a_rank_refuses_a_finished_run_and_resumes_a_cut_short_one(tmp_path, one
     assert [r["test_loss"] for r in resumed.metrics] == [r["test_loss"] for r in whole.metrics]
     assert dist.train(dist_run(out, overwrite=True), progress=False).summary[
         "resumed_from_step"] == 0
+
+
+# --- one sweep writes a folder at a time ----------------------------------------------------
+
+
+def test_a_second_sweep_of_a_folder_is_refused_saying_who_holds_it(sweep_copy, monkeypatch,
+                                                                 capsys):
+    import os
+    import socket
+
+    from signvote.cli import main
+
+    path, out, _ = sweep_copy
+    monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", InlinePool)
+    with sweep.locked(out):
+        holder = json.loads((out / sweep.LOCK).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        who = f"pid {os.getpid()} on {socket.gethostname()} since {holder['since']}"
+        with pytest.raises(sweep.SweepLockedError,
+                           match=re.escape(f"being written by another sweep ({who})")):
+            sweep.run_sweep(grid.load_grid(path), out, jobs=1, progress=False)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as caught:
+            main(["sweep", str(path), "--out", str(out), "--quiet"])
+        assert caught.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert who in line
+    assert sweep.run_sweep(grid.load_grid(path), out, jobs=1, progress=False)["rows"] == EPOCHS
+
+
+def test_results_of_a_running_sweep_read_its_finished_runs_and_say_it_runs(
+        sweep_copy, monkeypatch):
+    from signvote.experiment import config
+
+    _, out, placed = sweep_copy
+    running = out / "runs" / "000000000000"  # a run being written: no summary.json yet
+    shutil.copytree(placed.out, running)
+    (running / "summary.json").unlink()
+    listing = json.loads((out / "sweep.json").read_text())
+    listing["runs"].append({"id": running.name, "config": config.TrainConfig().to_dict()})
+    (out / "sweep.json").write_text(json.dumps(listing))
+    monkeypatch.setattr(sweep.os, "getpid", lambda: 1)  # the lock is another process's
+    with sweep.locked(out):
+        monkeypatch.undo()
+        assert sweep.lock_holder(out).startswith("pid 1 on ")
+        warnings = []
+        rows = results.tidy_rows(out, warnings.append)
+    assert {r["run"] for r in rows} == {Path(placed.out).name}
+    (warning,) = warnings
+    assert f"the sweep in {out} is still running (pid 1 on " in warning
+    assert sweep.lock_holder(out) is None
+    warnings.clear()
+    results.tidy_rows(out, warnings.append)
+    assert warnings == []
+
+
+def test_a_run_being_started_is_not_finished_from_its_first_file_operation(sweep_copy,
+                                                                          monkeypatch):
+    from signvote.engine import run
+
+    _, _, placed = sweep_copy
+    folder = Path(placed.out)
+    seen = []
+    unlink = Path.unlink
+
+    def watch(self, missing_ok=False):
+        seen.append((self.name, runs.run_problem(folder)))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", watch)
+    setup = run.prepare(placed)
+    run.start_run_folder(setup)
+    assert seen[0] == ("summary.json", None)  # the first thing removed is the summary
+    assert all(problem is not None for _, problem in seen[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_the_lock_dies_with_its_process(sweep_copy, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, out, _ = sweep_copy
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom signvote.experiment import sweep\n"
+        f"with sweep.locked({str(out)!r}):\n    print('locked', flush=True)\n"
+        "    time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert sweep.lock_holder(out).startswith(f"pid {holder.pid} on ")
+        with pytest.raises(sweep.SweepLockedError, match=f"pid {holder.pid} on "):
+            with sweep.locked(out):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while sweep.lock_holder(out) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with sweep.locked(out):
+        pass

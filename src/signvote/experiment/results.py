@@ -63,7 +63,15 @@ def finished(sweep_dir: str | Path, warn: Callable[[str], None] = warn
     """The sweep's finished runs (:func:`signvote.experiment.runs.read_run`), in the order
     of ``sweep.json``. A damaged run (its files there but not in agreement) is skipped
     with one line through ``warn`` naming its folder and what is wrong; a run without
-    ``summary.json`` (running, or cut short) is skipped silently."""
+    ``summary.json`` (running, or cut short) is skipped silently. When another process's
+    sweep is writing the folder (:func:`signvote.experiment.sweep.lock_holder`), ``warn``
+    says so: only the runs finished so far are read."""
+    from signvote.experiment.sweep import lock_holder
+
+    holder = lock_holder(sweep_dir)
+    if holder is not None:
+        warn(f"the sweep in {sweep_dir} is still running ({holder}); reading only the "
+             f"runs finished so far")
     found = []
     for folder in run_folders(sweep_dir, warn):
         try:

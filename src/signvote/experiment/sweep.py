@@ -23,11 +23,15 @@ the tidy tables ``results.csv`` and ``results.parquet`` are written at the end
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
+import datetime
 import json
 import multiprocessing
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,79 @@ from signvote.experiment.config import (
     trajectory_id,
     trajectory_key,
 )
+
+LOCK = ".lock"
+"""The sweep folder's lock file: one sweep writes a folder at a time (:func:`locked`)."""
+
+
+class SweepLockedError(ConfigError):
+    """Another sweep is writing the folder; the message says who (pid, host, since when)."""
+
+
+def _holder_text(text: str) -> str:
+    """Who holds a lock, from its file's text (written by :func:`locked`)."""
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+    except (ValueError, TypeError, KeyError):
+        return "a process that has not yet said who it is"
+
+
+@contextlib.contextmanager
+def locked(sweep_dir: str | Path) -> Iterator[None]:
+    """Hold the sweep folder's exclusive lock for the block: ``fcntl.flock`` on
+    ``SWEEP/.lock``, which then holds this process's pid, host and start time (JSON).
+    The lock goes with its process, however it ends (the kernel releases a flock when its
+    file is closed), so a killed sweep leaves no stale lock; the file itself stays (removing
+    it would let two processes lock two different files). Raises :class:`SweepLockedError`
+    saying who holds it when another process does."""
+    import fcntl
+
+    path = Path(sweep_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepLockedError(
+                f"{sweep_dir} is being written by another sweep "
+                f"({_holder_text(path.read_text(errors='replace'))}); valid: wait for it to "
+                f"finish or stop it, or another --out") from None
+        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": since}).encode() + b"\n", 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lock_holder(sweep_dir: str | Path) -> str | None:
+    """Who holds the sweep folder's lock (``pid P on HOST since TIME``) when another
+    process does, else None (no lock file, nobody holding it, or this very process)."""
+    import fcntl
+
+    path = Path(sweep_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = path.read_text(errors="replace")
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                if json.loads(text)["pid"] == os.getpid():
+                    return None
+            return _holder_text(text)
+        return None
+    finally:
+        os.close(fd)
 
 
 def run_id(config: TrainConfig) -> str:
@@ -158,16 +235,25 @@ def _train(config: TrainConfig) -> str:
 def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Run every config of the grid that is not done, ``jobs`` at a time (default: one per
-    core), then write the tidy tables; returns counts of what happened."""
-    from signvote.experiment import results
-
+    core), then write the tidy tables; returns counts of what happened. The sweep holds the
+    folder's lock throughout (:func:`locked`): a second sweep of the same folder raises
+    :class:`SweepLockedError`."""
     sweep_dir = Path(sweep_dir)
     placed = place(configs, sweep_dir)
+    check_datasets([c for c in placed if not is_done(c)])  # before anything is written
+    with locked(sweep_dir):
+        return _run_locked(placed, sweep_dir, jobs, progress)
+
+
+def _run_locked(placed: list[TrainConfig], sweep_dir: Path, jobs: int | None,
+                progress: bool) -> dict[str, Any]:
+    """:func:`run_sweep`'s work, under the sweep folder's lock."""
+    from signvote.experiment import results
+
     renamed = adopt_renamed(placed, sweep_dir)
     runs.write_json(sweep_dir / "sweep.json", {
         "runs": [{"id": Path(c.out).name, "config": c.to_dict()} for c in placed]})
     todo = [c for c in placed if not is_done(c)]
-    check_datasets(todo)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     bar = None
     if progress:
