@@ -74,3 +74,46 @@ def test_tensorboard_logs_every_epochs_metrics(tmp_path):
     for key in ("train_loss", "test_loss", "test_acc", "lr"):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         assert logged == [(r["epoch"], pytest.approx(r[key])) for r in result.metrics]
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    before = os.umask(request.param)
+    yield request.param
+    os.umask(before)
+
+
+def test_written_files_have_the_mode_of_a_plain_open(tmp_path, umask):
+    import stat
+
+    from signvote.experiment import sweep
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    runs.write_json(tmp_path / "summary.json", {"status": "completed"})
+    runs.write_csv(tmp_path / "metrics.csv", ["epoch"], [{"epoch": 1}])
+    runs.write_params(tmp_path / "params.pt", {})
+    with sweep.locked(tmp_path):
+        pass
+    assert runs.current_umask() == umask
+    want = 0o666 & ~umask
+    assert stat.S_IMODE(plain.stat().st_mode) == want
+    for name in ("summary.json", "metrics.csv", "params.pt", sweep.LOCK):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
+    runs.write_json(tmp_path / "summary.json", {"status": "diverged"})  # replaced: the same
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == want
+
+
+def test_the_umask_is_read_without_proc_too(umask, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert runs.current_umask() == umask
+    assert os.umask(umask) == umask  # and left as it was
