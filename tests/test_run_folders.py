@@ -255,7 +255,8 @@ def test_an_unreadable_sweep_listing_is_said_and_the_folders_are_read(sweep_copy
 def small_run(out: Path, **options):
     from signvote.experiment.config import TrainConfig
 
-    return TrainConfig(workers=2, epochs=2, batch_size=4000, out=str(out), **options)
+    return TrainConfig(**{"workers": 2, "epochs": 2, "batch_size": 4000, "out": str(out),
+                          **options})
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -480,3 +481,28 @@ def test_the_lock_dies_with_its_process(sweep_copy, tmp_path):
         time.sleep(0.01)
     with sweep.locked(out):
         pass
+
+
+# --- a diverged epoch ------------------------------------------------------------------------
+
+
+def test_an_epoch_with_a_non_finite_loss_has_no_train_accuracy(tmp_path):
+    import math
+
+    import torch
+
+    from signvote.engine import run
+    from signvote.engine.sim import train
+
+    setup = run.prepare(small_run(tmp_path / "unused"))
+    for loss, want_acc in ((float("nan"), None), (float("inf"), None), (0.5, 3 / 8)):
+        stats = run.EpochStats()
+        stats.add(torch.tensor([0.25, loss]), torch.tensor([1, 2]), 8)
+        row, finite = run.epoch_row(0, 1, stats, setup.x, setup, 1e-3, 0.0)
+        assert row["train_acc"] == want_acc and finite == math.isfinite(loss)
+    result = train(small_run(tmp_path / "run", rule="sgd", byzantine=1, attack="nan",
+                             epochs=3, batch_size=100), progress=False)
+    (last,) = [r for r in result.metrics if not math.isfinite(r["train_loss"])]
+    assert result.status == "diverged" and last["train_acc"] is None
+    (row,) = [r for r in runs.read_run(tmp_path / "run").metrics if r["epoch"] == last["epoch"]]
+    assert row["train_acc"] is None and row["test_acc"] is None

@@ -291,10 +291,12 @@ def epoch_row(epoch: int, step: int, stats: EpochStats, x: Tensor, setup: RunSet
               lr: float, t0: float) -> tuple[dict[str, Any], bool]:
     """The metrics row of 0-based ``epoch`` (the scored workers' mean batch loss and
     accuracy over the epoch, the test loss and accuracy of ``x``) and whether the training
-    loss and the parameters are finite (the test metrics are NaN and None when not)."""
+    loss and the parameters are finite (the test metrics are NaN and None when not). An
+    epoch whose training loss is not finite has no training accuracy either (None): it
+    counted predictions of parameters that diverged within it."""
     train_loss = float(torch.cat([t.reshape(-1) for t in stats.losses]).mean())
     train_acc = (float(torch.stack([t.sum() for t in stats.correct]).sum()) / stats.seen
-                 if stats.correct else None)
+                 if stats.correct and math.isfinite(train_loss) else None)
     finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
     data = setup.data
     test_loss, test_acc = (
