@@ -341,8 +341,9 @@ def one_rank(monkeypatch):
 def dist_run(out: Path, **options):
     from signvote.experiment.config import TrainConfig
 
-    return TrainConfig(workers=1, epochs=3, batch_size=1000, engine="dist", layout="peer",
-                       checkpoint_every=2, out=str(out), **options)
+    return TrainConfig(**{"workers": 1, "epochs": 3, "batch_size": 1000, "engine": "dist",
+                          "layout": "peer", "checkpoint_every": 2, "out": str(out),
+                          **options})
 
 
 @pytest.mark.slow
@@ -506,3 +507,29 @@ def test_an_epoch_with_a_non_finite_loss_has_no_train_accuracy(tmp_path):
     assert result.status == "diverged" and last["train_acc"] is None
     (row,) = [r for r in runs.read_run(tmp_path / "run").metrics if r["epoch"] == last["epoch"]]
     assert row["train_acc"] is None and row["test_acc"] is None
+
+
+# --- one truth for the frame size ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [1, 7, 8, 9, 922, 1_000_001])
+def test_the_summary_counts_the_wire_frame(dim):
+    from signvote.engine import protocol, run
+
+    assert run.message_bytes(dim, sends_signs=True) == protocol.frame_bytes(dim)
+    assert protocol.frame_bytes(dim) == protocol.HEADER + -(-dim // 8)
+    assert run.message_bytes(dim, sends_signs=False) == 4 * dim
+
+
+def test_the_simulators_summary_says_the_distributed_engines_frame(tmp_path):
+    """The distributed engine sends ``frame_bytes(d)`` a step for a row without zeros
+    (tests/test_dist.py::test_bytes_per_step_are_the_protocol_sizes measures it)."""
+    from signvote.engine import protocol
+    from signvote.engine.sim import train
+
+    sim = train(small_run(tmp_path / "sim", epochs=1), progress=False, write=False)
+    d = sim.summary["params"]
+    assert d == 922 and sim.summary["bytes_sent_per_worker_per_step"] == 120
+    assert protocol.frame_bytes(d) == 120
+    sgd = train(small_run(tmp_path / "sgd", epochs=1, rule="sgd"), progress=False, write=False)
+    assert sgd.summary["bytes_sent_per_worker_per_step"] == 4 * d

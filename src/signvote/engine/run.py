@@ -34,6 +34,7 @@ import signvote
 from signvote import aggregators, attacks, contracts, models, rules
 from signvote.data import Dataset, partition
 from signvote.data import load as load_dataset
+from signvote.engine import protocol
 from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
@@ -82,8 +83,11 @@ def choose_adversaries(
 
 
 def message_bytes(dim: int, sends_signs: bool) -> int:
-    """Upload size of one worker's message: 1 bit per coordinate for signs, 4 bytes for fp32."""
-    return math.ceil(dim / 8) if sends_signs else 4 * dim
+    """Upload size of one worker's message, the distributed engine's frame
+    (:func:`signvote.engine.protocol.frame_bytes`): for signs the 4-byte header and 1 bit
+    per coordinate, ``4 + ceil(d / 8)`` (a row without zeros, which is what the wire sends
+    for it); 4 bytes a coordinate for fp32."""
+    return protocol.frame_bytes(dim) if sends_signs else 4 * dim
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
