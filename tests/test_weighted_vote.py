@@ -4,6 +4,8 @@ measured behaviour under a coalition that sends one constant sign (issue 15)."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +165,28 @@ def test_warmup_is_no_defence_while_honest_signs_stay_near_chance():
     _, trace = run_vote("weighted-majority-vote(warmup=20)", [0.55] * 30)
     assert trace[19][2] > 0.5  # counted against the plain vote, the coalition still wins
     assert all(bool((v == 1).all()) for _, v, _ in trace[20:])
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_weighted_vote_coalition_benchmark_smoke(run_bounded, tmp_path):
+    """benchmarks/weighted_vote_coalition.py --smoke runs, and its tables say what
+    benchmarks/RESULTS.md quotes: the weighted vote follows the coalition with seed 8005,
+    the warm-up does not, and gaussian(mean=5,std=0) is inf on the wire."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "weighted_vote_coalition.py"
+    result = run_bounded([sys.executable, str(script), "--smoke"],
+                         env={"OMP_NUM_THREADS": "1"}, limit_s=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+    for rule in ("signum", "signsgd"):
+        plain = rows[f"{rule} / majority-vote"]
+        weighted = rows[f"{rule} / weighted-majority-vote"]
+        warm = rows[f"{rule} / weighted-majority-vote(warmup=67)"]
+        assert float(weighted[0]) < float(plain[0]) - 5  # seed 8005: taken
+        assert warm == plain  # one epoch of warm-up is one epoch of the plain vote
+        for row in (plain, weighted, warm):
+            assert row[0] == row[3]  # inf and gaussian(mean=5,std=0): the same signs
+        assert rows[f"{rule} / weighted-majority-vote, 8005"][-1] == "2"  # past 1/2 at step 2
+    assert rows["signum / weighted-majority-vote, 1"][-1] == "never"
+    assert not list(tmp_path.iterdir())  # nothing written
