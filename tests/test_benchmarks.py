@@ -58,7 +58,8 @@ def table_rows(stdout, first_cell):
 
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_aggregators.py", "bench_cnn.py", "bench_dist.py", "bench_sim.py",
-              "bench_threads.py", "paper_logreg_grid.py", "zoo_logreg_grid.py"}
+              "bench_threads.py", "paper_logreg_grid.py", "weighted_vote_coalition.py",
+              "zoo_logreg_grid.py"}
     assert set(SCRIPTS) == tested, "a script in benchmarks/ without a smoke test here"
 
 
