@@ -297,3 +297,48 @@ def test_an_old_run_folder_is_reused_and_a_run_under_another_default_is_not(
     assert main(["sweep", str(path), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
     assert "1 run now, 1 already done" in capsys.readouterr().out
     assert json.loads((folders[0] / "config.json").read_text())["lr_decay_rate"] == 0.1
+
+
+def tidy(accs: dict[int, list[float | None]], diverged=(), **config) -> list[dict]:
+    """Tidy rows of one run per seed, with the epochs' ``test_acc`` and ``test_loss``."""
+    return [{"run": f"r{seed}-{config}", **{k: None for k in results.CONFIG_COLUMNS},
+             "seed": seed, **config, "status": "diverged" if seed in diverged else "completed",
+             "epoch": e + 1, "test_acc": acc,
+             "test_loss": float("nan") if acc is None else 1 - acc}
+            for seed, series in accs.items() for e, acc in enumerate(series)]
+
+
+def test_a_group_with_diverged_runs_says_so_instead_of_nan():
+    rows = (tidy({1: [0.5, 0.9], 2: [0.6, None], 3: [0.4, 0.8]}, diverged={2}, rule="signum")
+            + tidy({1: [0.7, None], 2: [None]}, diverged={1, 2}, rule="sgd")
+            + tidy({1: [0.5, 0.6], 2: [0.7, 0.8]}, rule="signsgd"))
+    signum, sgd, signsgd = results.summarize(rows)
+    assert signum["seeds"] == 3 and signum["diverged"] == 1
+    assert signum["final_test_acc"] == pytest.approx((0.9 + 0.8) / 2)  # the two that did not
+    assert signum["best_test_acc"] == pytest.approx((0.9 + 0.6 + 0.8) / 3)
+    assert sgd["diverged"] == 2 and sgd["final_test_acc"] is None
+    assert sgd["best_test_acc"] == pytest.approx(0.7) and signsgd["diverged"] == 0
+    table = results.format_summary([signum, sgd, signsgd])
+    assert "nan" not in table.lower()
+    lines = table.splitlines()
+    assert lines[0] == "| rule | seeds | final_test_acc | best_test_acc |"
+    assert lines[2].startswith("| signum | 3 | 0.85 ± ") and lines[2].endswith(
+        " (1 of 3 seeds diverged) | 0.7667 ± 0.38 |")
+    assert lines[3] == "| sgd | 2 | diverged (2 of 2 seeds) | 0.7 |"
+    assert lines[4] == "| signsgd | 2 | 0.7 ± 1.3 | 0.7 ± 1.3 |"
+    all_at_once = results.summarize(tidy({1: [None]}, diverged={1}, rule="sgd"))
+    assert results.format_summary(all_at_once).splitlines()[2] == (
+        "| 1 | diverged (1 of 1 seeds) | diverged (1 of 1 seeds) |")
+
+
+def test_a_regression_sweep_is_summarized_by_its_test_loss():
+    rows = [{**r, "test_acc": None} for r in tidy({1: [0.5, 0.9], 2: [0.6, 0.7]},
+                                                  rule="sgd")]
+    assert results.default_metric(rows) == "test_loss"
+    assert results.default_metric(tidy({1: [0.5]})) == "test_acc"
+    assert results.default_metric(tidy({1: [None]}, diverged={1})) == "test_loss"
+    (summary,) = results.summarize(rows, results.default_metric(rows))
+    assert summary["final_test_loss"] == pytest.approx((0.1 + 0.3) / 2)
+    assert summary["best_test_loss"] == pytest.approx((0.1 + 0.3) / 2)  # the lowest
+    table = results.format_summary([summary])
+    assert "| seeds | final_test_loss | best_test_loss |" in table and "nan" not in table

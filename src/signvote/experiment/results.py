@@ -212,8 +212,11 @@ def default_metric(rows: Sequence[dict[str, Any]]) -> str:
 def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc"
               ) -> list[dict[str, Any]]:
     """One row per group of runs that differ only in ``seed``: the config fields that vary
-    between groups, the number of seeds, and the mean and 95% half-width over seeds of the
-    final and of the best ``metric`` (best: the highest accuracy, the lowest loss)."""
+    between groups, the number of seeds, how many of them diverged (``status``
+    ``diverged``), and the mean and 95% half-width over seeds of the final and of the best
+    ``metric`` (best: the highest accuracy, the lowest loss). The final value is the mean
+    over the seeds that did not diverge (None when all did): a diverged run has no final
+    value. The best counts every run's finite epochs, a diverged run's before it diverged."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_run.setdefault(row["run"], []).append(row)
@@ -221,42 +224,61 @@ def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc"
     groups: dict[tuple, dict[str, Any]] = {}
     for run_rows in by_run.values():
         first = run_rows[0]
-        key = tuple((k, first[k]) for k in CONFIG_COLUMNS if k != "seed")
-        values = [r[metric] for r in run_rows if r[metric] is not None
+        key = tuple((k, first.get(k)) for k in CONFIG_COLUMNS if k != "seed")
+        values = [r[metric] for r in run_rows if r.get(metric) is not None
                   and math.isfinite(r[metric])]
-        group = groups.setdefault(key, {"final": [], "best": [], "seeds": 0})
+        group = groups.setdefault(key, {"final": [], "best": [], "seeds": 0, "diverged": 0})
         group["seeds"] += 1
-        last = run_rows[-1][metric]
-        group["final"].append(float("nan") if last is None else last)
+        if first.get("status") == "diverged":
+            group["diverged"] += 1
+        else:
+            last = run_rows[-1].get(metric)
+            group["final"].append(float("nan") if last is None else last)
         if values:
             group["best"].append(max(values) if higher_is_better else min(values))
     varying = [k for k in CONFIG_COLUMNS if k != "seed"
                and len({dict(key)[k] for key in groups}) > 1]
     summary = []
     for key, group in groups.items():
-        final_mean, final_half = mean_ci95(group["final"])
+        final_mean, final_half = (mean_ci95(group["final"]) if group["final"]
+                                  else (None, None))
         best_mean, best_half = (mean_ci95(group["best"]) if group["best"]
-                                else (float("nan"), None))
+                                else (None, None))
         summary.append({**{k: dict(key)[k] for k in varying}, "seeds": group["seeds"],
+                        "diverged": group["diverged"],
                         f"final_{metric}": final_mean, "final_ci95": final_half,
                         f"best_{metric}": best_mean, "best_ci95": best_half})
     return summary
 
 
+def _value_cell(value: float | None, half: float | None, diverged: int, seeds: int) -> str:
+    """A summary cell: the mean (4 significant digits) ± the 95% CI, with how many seeds
+    diverged; "diverged (k of n seeds)" where no value is left, "n/a" where the metric has
+    no value and nothing diverged."""
+    note = f"diverged ({diverged} of {seeds} seeds)"
+    if value is None or not math.isfinite(value):
+        return note if diverged else "n/a"
+    text = f"{value:.4g}" + ("" if half is None else f" ± {half:.2g}")
+    return text + (f" ({diverged} of {seeds} seeds diverged)" if diverged else "")
+
+
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
-    """``summary`` as a Markdown table (numbers to 4 significant digits, ± the 95% CI)."""
+    """``summary`` as a Markdown table (numbers to 4 significant digits, ± the 95% CI); a
+    group whose runs diverged says so in its final cell (:func:`_value_cell`)."""
     if not summary:
         return "(no finished runs)"
     metric_keys = [k for k in summary[0] if k.startswith(("final_", "best_"))
                    and not k.endswith("ci95")]
-    config_keys = [k for k in summary[0] if k not in metric_keys
+    config_keys = [k for k in summary[0] if k not in metric_keys and k != "diverged"
                    and not k.endswith("ci95")]
     lines = ["| " + " | ".join(config_keys + metric_keys) + " |",
              "|" + "---|" * (len(config_keys) + len(metric_keys))]
     for row in summary:
         cells = [str(row[k]) for k in config_keys]
-        for k in metric_keys:
-            half = row[k.split("_")[0] + "_ci95"]
-            cells.append(f"{row[k]:.4g}" + ("" if half is None else f" ± {half:.2g}"))
+        diverged = row.get("diverged", 0)
+        for k in metric_keys:  # the best of a group keeps its diverged runs' epochs
+            said = diverged if k.startswith("final_") or row[k] is None else 0
+            cells.append(_value_cell(row[k], row[k.split("_")[0] + "_ci95"], said,
+                                     row["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
