@@ -580,6 +580,55 @@ def test_theory_refuses_a_rate_repeats_it_cannot_run(tmp_path):
     assert code == 2 and not (tmp_path / "th").exists()
 
 
+@pytest.mark.parametrize(("values", "option"), [
+    pytest.param({"threads": 10**6}, "--threads", marks=issue15(
+        "--threads 1000000 is accepted; torch.set_num_threads then segfaults (exit 139)")),
+    pytest.param({"threads": 10**20}, "--threads", marks=issue15(
+        "--threads 10^20 is accepted; torch.set_num_threads raises ValueError (traceback)")),
+    pytest.param({"engine": "dist", "dist_timeout": 1e300}, "--dist-timeout", marks=issue15(
+        "--dist-timeout 1e300 is accepted; every rank dies of OverflowError (timedelta)")),
+])
+def test_resolve_refuses_values_the_engine_cannot_take(values, option):
+    with pytest.raises(ConfigError, match=option):
+        resolve(TrainConfig(**values))
+
+
+@issue15("--threads 10^20: ValueError 'Overflow when unpacking long' traceback from "
+         "torch.set_num_threads (engine/threads.py:torch_threads)")
+def test_train_refuses_a_thread_count_torch_cannot_take(tmp_path):
+    code, _, stderr = cli(["train", "--quiet", "-e", "1", "--workers", "1", "--batch-size",
+                           "400", "--threads", str(10**20), "--out", str(tmp_path / "run")])
+    check_outcome(code, stderr, "--threads 10^20")
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@issue15("--threads 40000 (and 10^5, 10^6): the process segfaults (exit 139, nothing on "
+         "stderr) in torch.set_num_threads on a 2-core machine; 5000 runs")
+def test_train_with_a_million_threads_is_refused_not_a_crash(tmp_path, run_bounded):
+    import sys
+
+    proc = run_bounded([sys.executable, "-m", "signvote", "train", "--quiet", "-e", "1",
+                        "--workers", "1", "--batch-size", "400", "--threads", "40000",
+                        "--out", str(tmp_path / "run")], limit_s=120)
+    check_outcome(proc.returncode, proc.stderr, "--threads 40000")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@issue15("a sweep whose runs fail to build (--partition-shards 100000) is refused in one "
+         "line, but only from inside the pool: OUT/.lock and OUT/sweep.json are left")
+def test_a_sweep_refused_at_run_time_writes_nothing(tmp_path):
+    (tmp_path / "s.toml").write_text('workers = 2\nepochs = 1\nbatch_size = 400\n'
+                                     'partition = "shards"\npartition_shards = 100000\n')
+    code, _, stderr = cli(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "sw"),
+                           "--quiet", "--jobs", "1"])
+    check_outcome(code, stderr, "partition_shards = 100000")
+    assert code == 2 and not (tmp_path / "sw").exists()
+
+
 @pytest.mark.slow
 @hostile(7)
 @given(argv=st.sampled_from([
@@ -1215,6 +1264,18 @@ def test_plot_of_a_sweep_of_damaged_runs_is_one_line(finished_sweep):
                                        ("1", "summary.json", "bytes", b"")]) as (folder, _, _):
         code, _, stderr = cli(["plot", str(folder)])
         check_outcome(code, stderr, "every summary.json empty")
+
+
+@pytest.mark.parametrize("title", [
+    pytest.param("$x^$", marks=issue15("plot --title '$x^$': matplotlib's mathtext "
+                                        "ParseSyntaxException traceback (exit 1)")),
+    pytest.param("$\\frac{$", marks=issue15("plot --title '$\\frac{$': mathtext traceback")),
+    "50% of $5",
+])
+def test_plot_takes_any_title(title, finished_sweep, tmp_path):
+    code, _, stderr = cli(["plot", str(finished_sweep), "--title", title, "--output",
+                           str(tmp_path / "fig")])
+    check_outcome(code, stderr, title)
 
 
 @fixed15("metrics.csv cut to whole rows beside an intact summary.json is read as finished")
