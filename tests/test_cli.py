@@ -41,7 +41,7 @@ def run_cli(args, capsys):
     (["--partition", "shards", "--partition-shards", "0"], "--partition-shards must be at"),
     (["--partition", "gamma", "--partition-gamma", "2"], "--partition-gamma must be in [0, 1]"),
     (["--partition-alpha", "0"], "--partition-alpha must be a finite number > 0"),
-    (["--partition", "shards", "--partition-shards", "900"], "9000 shards for the 8000 training samples"),
+    (["--partition", "shards", "--partition-shards", "900"], "= 9000 shards for the 8000"),
     (["--partition", "zipf"], "valid: iid, dirichlet, shards, gamma"),
     (["--aggregator", "nnm"], "'nnm' is a pre-aggregator, it needs an aggregator after it"),
     (["--aggregator", "krum(tau=2)"], "aggregator 'krum' takes no parameter tau; valid: f, "
@@ -57,7 +57,7 @@ def run_cli(args, capsys):
     (["--rule", "stochastic-sign", "--sign-bound", "0"], "--sign-bound must be a finite number"),
     (["--engine", "mpi"], "--engine: unknown value 'mpi'; valid: sim, dist"),
     (["--engine", "dist", "--layout", "ring"], "--layout: unknown value 'ring'; valid: server"),
-    (["--engine", "dist", "--dist-timeout", "0"], "--dist-timeout must be a finite number"),
+    (["--engine", "dist", "--dist-timeout", "0"], "--dist-timeout must be a number of seconds"),
     (["--engine", "dist", "--max-restarts", "-1"], "--max-restarts must be 0 or more"),
     (["--engine", "dist", "--checkpoint-every", "-5"], "--checkpoint-every must be 0 or more"),
     (["--engine", "dist", "--batch-size", "5000"], "exceeds the 800 samples per worker"),

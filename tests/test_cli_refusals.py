@@ -126,7 +126,7 @@ def test_unknown_name_suggests_the_closest_known_name_only_when_close():
     (["--dataset", "mnsit"], "did you mean mnist?"),
     (["--aggregator", "krum(f=2,f=3)"], "given twice"),
     (["--attack", "gaussian(std=-1)"], "std must be a finite number >= 0"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "0"], "--threads must be in [1, 1024], got 0"),
 ])
 def test_bad_train_values_are_refused_in_one_line(args, message, tmp_path, capsys):
     out = tmp_path / "run"

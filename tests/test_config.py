@@ -43,7 +43,7 @@ def test_declared_checks_give_the_messages():
         ("lr_decay_rate", 0.0, "--lr-decay-rate must be in (0, 1], got 0.0"),
         ("partition_gamma", 1.5, "--partition-gamma must be in [0, 1], got 1.5"),
         ("dist_timeout", float("inf"),
-         "--dist-timeout must be a finite number of seconds > 0, got inf"),
+         "--dist-timeout must be a number of seconds in (0, 604800], got inf"),
         ("checkpoint_every", -5, "--checkpoint-every must be 0 or more, got -5"),
     ]:
         with pytest.raises(ConfigError) as caught:

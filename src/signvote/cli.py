@@ -30,6 +30,9 @@ from signvote.experiment.config import (
 )
 
 EXIT_USAGE = 2
+MAX_RATE_REPEATS = 1000
+"""The most ``theory --rate-repeats`` (its time grows in proportion: the default 10 takes
+seconds)."""
 SHORT = {"blind": "-i", "byzantine": "-b", "epochs": "-e", "seed": "-s"}
 """Short flags kept from the paper's seed command line (``main.py nprocs dataset -i -b -e -s``)."""
 
@@ -272,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     theory.add_argument("--sweep", metavar="DIR", default=None,
                         help="a sweep run with measure_theory = true over Byzantine counts: "
                              "mark its observed breakdown at its measured p")
-    theory.add_argument("--rate-repeats", metavar="N", type=int, default=10,
+    theory.add_argument("--rate-repeats", metavar="N", type=_parse_int, default=10,
                         help="independent simulated runs per rate-bound case, at least 2 "
                              "(default: 10)")
 
@@ -444,9 +447,9 @@ def run_theory(args: argparse.Namespace) -> int:
     check_out("theory", args.out)
     if args.sweep is not None:
         args.sweep = str(find_sweep("theory", args.sweep))
-    if args.rate_repeats < 2:
-        fail(f"signvote theory: error: --rate-repeats {args.rate_repeats}: need at "
-             "least 2 (a standard error needs two runs)")
+    if not 2 <= args.rate_repeats <= MAX_RATE_REPEATS:
+        fail(f"signvote theory: error: --rate-repeats {args.rate_repeats}: valid: 2 (a "
+             f"standard error needs two runs) to {MAX_RATE_REPEATS}")
     result = theory_report.write(args.out, args.sweep, args.rate_repeats)
     print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere; "
           f"{result['rate_checks']} rate checks, {result['rates_failed']} fail "

@@ -44,6 +44,10 @@ from signvote.registry import unknown_name
 SEED_MAX = 2**32 - 1
 """The largest seed: every stream's seed (``seed + 4 + 1000 i`` for worker i, ``seed +
 1000 r`` for rank r) stays far inside torch's 64-bit range, and a seed is never two."""
+MAX_THREADS = 1024
+"""The most ``--threads`` (torch's thread pool crashes the process far above the cores)."""
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""The longest ``--dist-timeout``: a week (a ``timedelta`` overflows at about 1e14 s)."""
 ENGINES = ("sim", "dist")
 LAYOUTS = ("server", "peer")
 
@@ -179,7 +183,9 @@ class TrainConfig:
                              check=at_least(0))
     dist_timeout: float = _opt(60.0, "--engine dist: seconds a rank waits for another before "
                                "the run fails", section=RECOVERY,
-                               check=finite(">", 0, "number of seconds"))
+                               check=Check(lambda v: 0 < v <= MAX_TIMEOUT_S,
+                                           f"must be a number of seconds in (0, "
+                                           f"{MAX_TIMEOUT_S:g}]"))
     measure_theory: bool = _opt(False, "measure the theory's quantities every step (the "
                                 "simulator; costs a full-batch gradient a step): the "
                                 "empirical p, the fraction of wrong vote coordinates, "
@@ -190,7 +196,9 @@ class TrainConfig:
                              section=OUTPUT)
     threads: int | None = _opt(None, "CPU threads of the run's PyTorch ops (default: 1 for "
                                "models under 1M parameters, where more threads only spin, "
-                               "else one per core)", section=OUTPUT, check=at_least(1))
+                               "else one per core)", section=OUTPUT,
+                               check=Check(lambda v: 1 <= v <= MAX_THREADS,
+                                           f"must be in [1, {MAX_THREADS}]"))
     overwrite: bool = _opt(False, "replace a finished run in --out (without it, a folder "
                            "holding a finished run is refused)", section=OUTPUT)
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_AGGREGATOR[_ATTACK]"
@@ -265,6 +273,9 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start}: "
                           f"{exc.reason}); valid: a TOML file") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {str(path)!r} is nested too deep to read; valid: a TOML "
+                          f"table of options") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc}") from None
 
@@ -306,10 +317,16 @@ def resolve(config: TrainConfig) -> TrainConfig:
     values = {}
     for name, spec in FIELDS.items():  # each field's declared type, choices and check
         value = getattr(c, name)
+        if value is None and spec.default is not None:
+            raise ConfigError(f"{flag(name)}: no value (None); leave it out for its default "
+                              f"{spec.default!r}")
         if value is None:
             continue
         value = values[name] = coerce(name, value, flag(name))
         choices = choices_of(name)
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"{flag(name)}: {value!r} holds a NUL character; valid: text "
+                              f"without one")
         if isinstance(value, str) and not value.strip():
             raise ConfigError(f"{flag(name)}: empty" + (f"; valid: {', '.join(choices)}"
                               if choices else "") + " (leave it out for its default)")

@@ -52,6 +52,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         return key, value.strip()
+    except RecursionError:
+        raise ConfigError(f"--set {key}=...: the value is nested too deep to read; valid: a "
+                          f"TOML value or list") from None
 
 
 def check_table(table: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
