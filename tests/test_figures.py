@@ -211,3 +211,18 @@ def test_redrawing_a_finished_figure_rewrites_the_same_report(tmp_path, monkeypa
     again = reproduce.reproduce("logreg-byzantine", tmp_path, jobs=1, progress=False)
     assert again == first
     assert (tmp_path / "REPORT.md").read_text() == report
+
+
+@pytest.mark.xfail(strict=True, reason="plots.varying_fields reads the tidy table's per-epoch "
+                   "`lr` metric column as the config field lr: every figure of more than "
+                   "lr_decay_step (30) epochs is refused, make demo's included (issue 15)")
+def test_the_paper_layout_draws_runs_whose_learning_rate_decays():
+    """The tidy table's ``lr`` column is the epoch's (decayed) learning rate, not a field
+    in which the runs differ: a run's later epochs are the same run."""
+    rows = fake_rows(epochs=3)
+    for row in rows:
+        base = 1e-3 if row["rule"] == "sgd" else 1e-4
+        row["lr"] = base * 0.1 ** (row["epoch"] // 2)  # lr_decay_step 2
+    fig = plots.paper_figure(rows, "byzantine", "title")
+    assert len(fig.axes) == 6
+    plots.pyplot().close(fig)
