@@ -75,7 +75,10 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         what = "truncated" if found < expected else "too long"
         raise IDXError(f"{name}: {what}: the header's shape {shape} needs {expected} bytes of "
                        f"{dtype.name} data, the file has {found}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as exc:  # a zero count beside sizes no array can have
+        raise IDXError(f"{name}: the header's shape {shape} is no array ({exc})") from None
     return array.astype(dtype.newbyteorder("="))
 
 

@@ -44,6 +44,12 @@ class PlotError(ConfigError):
     """The rows cannot be drawn as asked; the message names what differs and what to do."""
 
 
+def plain(text: str) -> str:
+    """``text`` drawn as it is: matplotlib reads ``$...$`` as math (and fails on a ``$``
+    it cannot parse, such as a title ``$x^$``), so every ``$`` is escaped."""
+    return text.replace("$", r"\$")
+
+
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no screen)."""
     import matplotlib
@@ -296,7 +302,7 @@ def paper_figure(rows: Sequence[dict[str, Any]], adversary: str = "byzantine",
         handles.append(Line2D([], [], marker="x", color="black", linestyle="none",
                               label="diverged"))
     axes[0][0].legend(handles=handles, fontsize=8)
-    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
+    fig.suptitle(plain(title) + (f"\n{plain(note)}" if note else ""), fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -443,7 +449,7 @@ def heatmap(rows: Sequence[dict[str, Any]], title: str = ""):
     what = ("final test accuracy %" if accuracy
             else "final test loss (regression: no accuracy)")
     fig.colorbar(image, ax=ax, label=what)
-    ax.set_title(title or f"{what.split(' (')[0]} (worst attack boxed)")
+    ax.set_title(plain(title) or f"{what.split(' (')[0]} (worst attack boxed)")
     fig.tight_layout()
     return fig
 
