@@ -156,6 +156,7 @@ def test_the_logistic_figures_inputs_pass_the_check():
     reproduce.check_inputs(["mnist-byzantine"], "reduced", "digits", None)
 
 
+@pytest.mark.slow  # the report's theory section: seconds
 def test_the_report_cites_the_values_inside_the_project_not_a_missing_file(tmp_path):
     section = {"name": "logreg-byzantine", "scale": "full", "note": "", "seeds": [8005],
                "dataset": "logreg", "runs": 15, "wall_s": 12.5,
