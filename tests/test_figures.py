@@ -214,9 +214,6 @@ def test_redrawing_a_finished_figure_rewrites_the_same_report(tmp_path, monkeypa
     assert (tmp_path / "REPORT.md").read_text() == report
 
 
-@pytest.mark.xfail(strict=True, reason="plots.varying_fields reads the tidy table's per-epoch "
-                   "`lr` metric column as the config field lr: every figure of more than "
-                   "lr_decay_step (30) epochs is refused, make demo's included (issue 15)")
 def test_the_paper_layout_draws_runs_whose_learning_rate_decays():
     """The tidy table's ``lr`` column is the epoch's (decayed) learning rate, not a field
     in which the runs differ: a run's later epochs are the same run."""

@@ -31,9 +31,10 @@ def sweep_rows(grid, n_epochs=3, **fixed):
     """Rows of every point of ``grid`` (field -> values), one run each."""
     rows = []
     names = list(grid)
-    for i, values in enumerate(itertools.product(*grid.values())):
+    for values in itertools.product(*grid.values()):
         base = config_row(**fixed, **dict(zip(names, values, strict=True)))
-        rows += with_metrics(base, f"run{i}", n_epochs)
+        # the run's id as a sweep names it: two calls never give two runs one id
+        rows += with_metrics(base, config.trajectory_id(config.from_dict(base)), n_epochs)
     return rows
 
 

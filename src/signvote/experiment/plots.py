@@ -119,9 +119,11 @@ def varying_fields(rows: Iterable[dict[str, Any]], ignore: Collection[str] = ()
     A field a row lacks, or holds as None, is at its default (a row of an older sweep).
     """
     seen: dict[str, set[tuple[Any, Any]]] = {}
-    distinct: set[tuple[Any, ...]] = set()
+    distinct: set[Any] = set()
     for row in rows:
-        marker = tuple(_hashable(row.get(k)) for k in IDENTITY_FIELDS)
+        # a run is its id where the rows have one: its first row (epoch 1) holds the
+        # config's lr, and the later ones the decayed lr of their epoch under the same key
+        marker = row.get("run") or tuple(_hashable(row.get(k)) for k in IDENTITY_FIELDS)
         if marker in distinct:  # the same run's other epochs
             continue
         distinct.add(marker)
