@@ -314,3 +314,15 @@ def test_training_leaves_the_callers_thread_count_as_it_was(tmp_path):
 
 def test_the_dist_timeout_default_is_a_minute():
     assert resolve(TrainConfig()).dist_timeout == 60.0
+
+
+def test_a_parameter_that_is_no_number_says_what_would_be(capsys):
+    with pytest.raises(ValueError, match=r"alie: z must be a number, got 'x'; valid: e\.g\. z="):
+        attacks.build("alie(z=x)")
+
+
+def test_data_load_takes_a_folder_as_text(tmp_path):
+    from signvote import data
+
+    with pytest.raises(data.DatasetError, match=str(tmp_path)):
+        data.load("mnist", 1, str(tmp_path))  # a str, as from a config: no AttributeError

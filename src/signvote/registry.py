@@ -134,12 +134,13 @@ and its bracketed parameters."""
 
 def to_float(value: Any, what: str, owner: str) -> float:
     """``value`` as a float, or a ValueError naming ``owner``'s parameter ``what``."""
+    message = f"{owner}: {what} must be a number, got {value!r}; valid: e.g. {what}=1.5"
     if isinstance(value, bool):
-        raise ValueError(f"{owner}: {what} must be a number, got {value!r}")
+        raise ValueError(message)
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {what} must be a number, got {value!r}") from None
+        raise ValueError(message) from None
 
 
 def to_int(value: Any, what: str, owner: str, minimum: int | None = None) -> int:

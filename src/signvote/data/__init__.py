@@ -56,9 +56,10 @@ REGRESSION = ("linreg",)
 """The datasets whose targets are real numbers (all others are classification)."""
 
 
-def load(name: str, seed: int, data_dir: Path | None = None) -> Dataset:
+def load(name: str, seed: int, data_dir: str | Path | None = None) -> Dataset:
     """The dataset ``name``; synthetic ones are drawn from ``seed``, digits are split by it,
     IDX datasets are read from ``data_dir`` or the standard places."""
+    data_dir = None if data_dir is None else Path(data_dir)
     from signvote.data import images, synthetic
 
     if name == "linreg":
