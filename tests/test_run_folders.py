@@ -2,6 +2,7 @@
 sweep's processes on Ctrl-C and SIGKILL (issue 15)."""
 
 import concurrent.futures as futures
+import contextlib
 import json
 import re
 import shutil
@@ -533,3 +534,142 @@ def test_the_simulators_summary_says_the_distributed_engines_frame(tmp_path):
     assert protocol.frame_bytes(d) == 120
     sgd = train(small_run(tmp_path / "sgd", epochs=1, rule="sgd"), progress=False, write=False)
     assert sgd.summary["bytes_sent_per_worker_per_step"] == 4 * d
+
+
+# --- the sweep's processes: Ctrl-C, SIGTERM, SIGKILL -----------------------------------------
+
+SLOW_SWEEP = "seed = [1, 2, 3, 4, 5, 6]\nepochs = 400\n"
+"""Six runs of minutes each: a sweep that is surely still running when it is stopped."""
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc/PID/status)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                found.append(int(entry.name))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def wait_until(condition, limit_s: float, what: str) -> float:
+    """Poll ``condition`` until it holds; the seconds that took (fails after ``limit_s``)."""
+    import time
+
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > limit_s:
+            pytest.fail(f"{what} not within {limit_s} s")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def running_sweep(tmp_path):
+    """``signvote sweep`` of :data:`SLOW_SWEEP` with 2 jobs in its own session, once its
+    first run has started: (process, sweep folder, its child processes). Whatever is left
+    of the session is killed at the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to find the sweep's processes")
+    path = tmp_path / "slow.toml"
+    path.write_text(SLOW_SWEEP)
+    out = tmp_path / "out"
+    stderr = tmp_path / "stderr.txt"  # a file: a pipe would wait for orphaned workers
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "signvote", "sweep", str(path),
+                                 "--out", str(out), "--jobs", "2", "--quiet"],
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+    proc.stderr_path = stderr
+    try:
+        wait_until(lambda: list(out.glob("runs/*/metrics.csv")) or proc.poll() is not None,
+                   180, "a first epoch")
+        assert proc.poll() is None, stderr.read_text()
+        kids = children_of(proc.pid)
+        assert len(kids) >= 2  # the two pool processes (and multiprocessing's tracker)
+        yield proc, out, kids
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the session's processes, if any
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@pytest.mark.parametrize(("signal_name", "to_group"), [("SIGINT", True), ("SIGTERM", False)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_stopped_sweep_ends_within_seconds_with_its_workers(running_sweep, signal_name,
+                                                              to_group):
+    import os
+    import signal
+
+    proc, out, kids = running_sweep
+    sig = getattr(signal, signal_name)
+    if to_group:  # what a terminal's Ctrl-C does: the whole foreground process group
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    wait_until(lambda: proc.poll() is not None, 10, "the sweep's exit")
+    assert proc.returncode == 130
+    assert proc.stderr_path.read_text().strip().splitlines() == [
+        "signvote sweep: interrupted; run the same command again to finish"]
+    wait_until(lambda: not any(is_alive(k) for k in kids), 5, "the workers' end")
+    assert not list(out.glob("runs/*/summary.json"))  # the cut runs are run next time
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_the_workers_of_a_killed_sweep_end_with_it(running_sweep):
+    import os
+    import signal
+
+    proc, _, kids = running_sweep
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep alone, not its process group
+    proc.wait()
+    wait_until(lambda: not any(is_alive(k) for k in kids), 5, "the workers' end")
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_a_worker_without_prctl_ends_with_its_parent_by_polling(tmp_path):
+    """The portable fallback of die_with_parent: the thread that watches os.getppid()."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = ("import ctypes, os, time\nfrom signvote.experiment import sweep\n"
+             "def no_libc(*args, **kwargs):\n    raise OSError('no prctl here')\n"
+             "ctypes.CDLL = no_libc  # the thread alone\n"
+             "sweep.die_with_parent(os.getppid())\n"
+             "print('watching', flush=True)\ntime.sleep(600)\n")
+    parent = (f"import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', "
+              f"{child!r}])\nprint(child.pid, flush=True)\nchild.wait()\n"
+              f"print('the child ended', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        pid = int(proc.stdout.readline())
+        assert proc.stdout.readline() == "watching\n"
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone
+        proc.wait()
+        wait_until(lambda: not is_alive(pid), 5, "the orphan's end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -29,9 +29,12 @@ import datetime
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,20 +219,146 @@ def check_datasets(configs: list[TrainConfig]) -> None:
             load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
 
 
-def _start_worker(threads: int) -> None:
-    """Set up a pool process the sweep owns: its threads and its allocator policy."""
+def _start_worker(threads: int, parent: int) -> None:
+    """Set up a pool process the sweep owns: it ends with the sweep process ``parent``
+    (:func:`die_with_parent`), leaves Ctrl-C to it (a terminal sends SIGINT to the whole
+    process group; the sweep stops its workers itself), and sets its threads and its
+    allocator policy."""
     import torch
 
     from signvote.engine.memory import keep_freed_memory
 
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     keep_freed_memory()
+
+
+PARENT_POLL_S = 0.5
+"""How often a pool process checks that its sweep process is still there."""
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when the process ``parent`` ends, however it ends (``kill -9``
+    included): on Linux the kernel sends it SIGKILL (``prctl(PR_SET_PDEATHSIG)``); on any
+    system a daemon thread checks ``os.getppid()`` every :data:`PARENT_POLL_S` seconds and
+    exits the process once its parent has changed. A parent already gone exits at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="signvote-parent-watch",
+                     daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1
+"""Linux's prctl option: the signal this process gets when its parent ends."""
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # the sweep is gone: nobody would read what this process writes
 
 
 def _train(config: TrainConfig) -> str:
     from signvote.engine.sim import train
 
     return train(config, progress=False).status
+
+
+STOP_WAIT_S = 5.0
+"""How long a stopped pool process has to end after SIGTERM before it gets SIGKILL."""
+
+
+def run_pool(todo: list[TrainConfig], jobs: int, threads: int,
+             finished_one: Callable[[str], None]) -> None:
+    """Train ``todo`` in ``jobs`` pool processes (``spawn``, ``threads`` torch threads
+    each), calling ``finished_one(status)`` as each run ends.
+
+    On KeyboardInterrupt (Ctrl-C) or SIGTERM (turned into KeyboardInterrupt meanwhile), the
+    queued runs are cancelled at once, the pool's processes are terminated (SIGTERM, then
+    SIGKILL after :data:`STOP_WAIT_S`), and the interruption is raised again: a run cut
+    short has no ``summary.json``, so the next sweep runs it again. On another error the
+    queued runs are cancelled, the running ones finish, and the error is raised."""
+    pool = futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(threads, os.getpid()))
+    submitted: list[futures.Future] = []
+    try:
+        with _sigterm_as_interrupt():
+            with _sigint_blocked():  # the processes start here, and inherit the mask
+                submitted.extend(pool.submit(_train, c) for c in todo)
+            for future in futures.as_completed(submitted):
+                finished_one(future.result())
+    except (KeyboardInterrupt, SystemExit):
+        stop_pool(pool, submitted)
+        raise
+    except BaseException:
+        for future in submitted:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_pool(pool: futures.ProcessPoolExecutor, submitted: list[futures.Future]) -> None:
+    """Cancel every queued call of ``pool`` and end its processes now (SIGTERM, then
+    SIGKILL for one still alive after :data:`STOP_WAIT_S`)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for future in submitted:
+        future.cancel()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread for the block. The pool's processes are started in it,
+    and a process inherits its signal mask, so a Ctrl-C that reaches their whole process
+    group while they are still importing (before :func:`_start_worker` ignores SIGINT)
+    does not end them with a traceback; the sweep stops them itself. A SIGINT to this
+    process is delivered when the block ends (or meanwhile to another of its threads, which
+    interrupts this one as usual)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt (in the main thread only, where
+    Python runs signal handlers), so that a terminated sweep stops its pool as Ctrl-C does;
+    the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | None = None,
@@ -263,18 +392,18 @@ def _run_locked(placed: list[TrainConfig], sweep_dir: Path, jobs: int | None,
                    unit="run", file=sys.stderr, dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 10.0)
     statuses: dict[str, int] = {}
-    if todo:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with futures.ProcessPoolExecutor(
-                max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(threads,)) as pool:
-            for future in futures.as_completed([pool.submit(_train, c) for c in todo]):
-                status = future.result()
-                statuses[status] = statuses.get(status, 0) + 1
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+
+    def finished_one(status: str) -> None:
+        statuses[status] = statuses.get(status, 0) + 1
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if todo:
+            run_pool(todo, jobs, max(1, (os.cpu_count() or 1) // jobs), finished_one)
+    finally:
+        if bar is not None:
+            bar.close()
     table = results.write_tables(sweep_dir)
     return {"runs": len(placed), "ran": len(todo), "skipped": len(placed) - len(todo),
             "renamed": renamed, "statuses": statuses, "rows": table}
