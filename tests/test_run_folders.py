@@ -127,13 +127,20 @@ def test_a_damaged_run_is_not_done_and_results_skip_it_with_one_warning(damage, 
     assert results.tidy_rows(out, warnings.append) == []
     assert results.finished_runs(out) == []
     assert len(warnings) == 1 and placed.out in warnings[0] and reason in warnings[0]
-    # the command: one warning line on stderr, no row, no traceback
-    assert main(["results", str(out)]) == 0
+    with pytest.raises(results.NoFinishedRunError) as caught:
+        results.tidy_rows(out, warnings.append, require=True)
+    assert len(warnings) == 1  # nothing more: the error says it all, in one line
+    assert placed.out in str(caught.value) and reason in str(caught.value)
+    assert "\n" not in str(caught.value)
+    # the command: one line on stderr naming the run and what is wrong, no traceback
+    try:
+        code = main(["results", str(out)])
+    except SystemExit as exc:
+        code = exc.code
     captured = capsys.readouterr()
-    assert "(no finished runs)" in captured.out
     lines = captured.err.splitlines()
     assert len(lines) == 1 and placed.out in lines[0] and reason in lines[0], lines
-    assert len(results.read_table(out / "results.csv")) == 0
+    assert (code, "(no finished runs)" in captured.out) in ((0, True), (2, False))
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -673,3 +680,50 @@ def test_a_worker_without_prctl_ends_with_its_parent_by_polling(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+
+# --- a stored config of the wrong types --------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [[], "40", {"a": 1}, 2.5, True])
+def test_a_run_whose_config_has_a_field_of_another_type_is_damaged(value, sweep_copy):
+    _, out, placed = sweep_copy
+    _edit_json("config.json", epochs=value)(Path(placed.out))
+    with pytest.raises(runs.UnfinishedRunError, match=re.escape(
+            "config.json field epochs: expected a whole number")):
+        sweep.read_finished(placed.out)
+    assert not sweep.is_done(placed)
+    warnings = []
+    assert results.tidy_rows(out, warnings.append) == []
+    assert len(warnings) == 1 and "config.json field epochs" in warnings[0]
+
+
+def test_the_tables_hold_any_stored_value(sweep_copy):
+    import pyarrow.parquet as pq
+
+    _, out, placed = sweep_copy
+    second = out / "runs" / "000000000000"
+    shutil.copytree(placed.out, second)
+    _edit_json("config.json", seed=2 ** 70)(second)  # a whole number beyond 64 bits
+    listing = json.loads((out / "sweep.json").read_text())
+    listing["runs"].append({"id": second.name, "config": {}})
+    (out / "sweep.json").write_text(json.dumps(listing))
+    assert results.write_tables(out) == 2 * EPOCHS
+    seeds = {r["seed"] for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert seeds == {str(placed.seed), str(2 ** 70)}
+    assert {r["seed"] for r in results.read_table(out / "results.csv")} == seeds
+
+
+def test_no_finished_run_is_one_line_that_says_why(sweep_copy, monkeypatch):
+    _, out, placed = sweep_copy
+    (Path(placed.out) / "summary.json").unlink()
+    with pytest.raises(results.NoFinishedRunError, match=r"has no finished run yet$"):
+        results.tidy_rows(out, require=True)
+    monkeypatch.setattr(sweep.os, "getpid", lambda: 1)
+    with sweep.locked(out):
+        monkeypatch.undo()
+        with pytest.raises(results.NoFinishedRunError,
+                           match=r"no finished run yet \(its sweep is still running \(pid 1 "):
+            results.tidy_rows(out, require=True)
+    assert results.tidy_rows(out) == []  # without require: no row, nothing to say

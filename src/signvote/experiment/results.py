@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from signvote.experiment import runs
-from signvote.experiment.config import FIELDS
+from signvote.experiment.config import FIELDS, ConfigError
 
 CONFIG_COLUMNS = tuple(k for k in FIELDS if k != "out")
 
@@ -58,27 +58,43 @@ def run_folders(sweep_dir: str | Path, warn: Callable[[str], None] = warn) -> li
     return sorted(f for f in (sweep_dir / "runs").glob("*") if f.is_dir())
 
 
-def finished(sweep_dir: str | Path, warn: Callable[[str], None] = warn
-             ) -> list[runs.FinishedRun]:
-    """The sweep's finished runs (:func:`signvote.experiment.runs.read_run`), in the order
-    of ``sweep.json``. A damaged run (its files there but not in agreement) is skipped
-    with one line through ``warn`` naming its folder and what is wrong; a run without
-    ``summary.json`` (running, or cut short) is skipped silently. When another process's
-    sweep is writing the folder (:func:`signvote.experiment.sweep.lock_holder`), ``warn``
-    says so: only the runs finished so far are read."""
-    from signvote.experiment.sweep import lock_holder
+class NoFinishedRunError(ConfigError):
+    """A sweep folder with no finished run to read; the message says why (the damaged runs
+    and what is wrong with each, a sweep still running)."""
 
+
+def finished(sweep_dir: str | Path, warn: Callable[[str], None] = warn,
+             require: bool = False) -> list[runs.FinishedRun]:
+    """The sweep's finished runs (:func:`signvote.experiment.sweep.read_finished`), in the
+    order of ``sweep.json``. A damaged run (its files there but not in agreement) is
+    skipped with one line through ``warn`` naming its folder and what is wrong; a run
+    without ``summary.json`` (running, or cut short) is skipped silently. When another
+    process's sweep is writing the folder (:func:`signvote.experiment.sweep.lock_holder`),
+    ``warn`` says so: only the runs finished so far are read. With ``require``, a sweep
+    with no finished run raises :class:`NoFinishedRunError`, one line that says all of
+    this instead of the warnings."""
+    from signvote.experiment.sweep import lock_holder, read_finished
+
+    notes: list[str] = []
     holder = lock_holder(sweep_dir)
     if holder is not None:
-        warn(f"the sweep in {sweep_dir} is still running ({holder}); reading only the "
-             f"runs finished so far")
-    found = []
-    for folder in run_folders(sweep_dir, warn):
+        notes.append(f"the sweep in {sweep_dir} is still running ({holder}); reading only "
+                     f"the runs finished so far")
+    found, damaged = [], []
+    for folder in run_folders(sweep_dir, notes.append):
         try:
-            found.append(runs.read_run(folder))
+            found.append(read_finished(folder))
         except runs.UnfinishedRunError as exc:
             if exc.damaged:
-                warn(f"skipping {folder}: {exc.reason}")
+                damaged.append(f"{folder}: {exc.reason}")
+    if require and not found:
+        why = [f"{len(damaged)} damaged run(s): " + "; ".join(damaged)] if damaged else []
+        if holder is not None:
+            why.append(f"its sweep is still running ({holder})")
+        raise NoFinishedRunError(f"{sweep_dir} has no finished run yet"
+                                 + (" (" + "; ".join(why) + ")" if why else ""))
+    for note in [*notes, *(f"skipping {d}" for d in damaged)]:
+        warn(note)
     return found
 
 
@@ -88,12 +104,13 @@ def finished_runs(sweep_dir: str | Path, warn: Callable[[str], None] = _quiet) -
     return [run.folder for run in finished(sweep_dir, warn)]
 
 
-def tidy_rows(sweep_dir: str | Path, warn: Callable[[str], None] = warn
-              ) -> list[dict[str, Any]]:
+def tidy_rows(sweep_dir: str | Path, warn: Callable[[str], None] = warn,
+              require: bool = False) -> list[dict[str, Any]]:
     """One row per finished run and epoch: ``run``, ``status``, the config, the metrics.
-    Damaged runs are skipped, each with a line through ``warn`` (:func:`finished`)."""
+    Damaged runs are skipped, each with a line through ``warn``; with ``require``, no
+    finished run raises :class:`NoFinishedRunError` (:func:`finished`)."""
     rows = []
-    for run in finished(sweep_dir, warn):
+    for run in finished(sweep_dir, warn, require):
         base = {"run": run.folder.name, "status": run.summary["status"],
                 **{k: run.config.get(k) for k in CONFIG_COLUMNS}}
         rows.extend({**base, **metric} for metric in run.metrics)
@@ -119,11 +136,23 @@ def write_tables(sweep_dir: str | Path, rows: Sequence[dict[str, Any]] | None = 
     rows = tidy_rows(sweep_dir, _quiet) if rows is None else rows
     columns = columns_of(rows) or ["run", "status", *CONFIG_COLUMNS, *runs.METRIC_COLUMNS]
     runs.write_csv(sweep_dir / "results.csv", columns, rows)
-    table = pa.table({c: [row.get(c) for row in rows] for c in columns})
+    table = pa.table({c: _arrow_column([row.get(c) for row in rows]) for c in columns})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     runs.atomic_write_bytes(sweep_dir / "results.parquet", buffer.getvalue())
     return len(rows)
+
+
+def _arrow_column(values: list[Any]) -> Any:
+    """``values`` as a pyarrow array of their own type, or as text when pyarrow cannot type
+    them (mixed types, an integer beyond 64 bits): a stored config may hold anything."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v)
+                         for v in values], type=pa.string())
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:

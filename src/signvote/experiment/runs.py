@@ -269,7 +269,8 @@ def read_run(folder: str | Path) -> FinishedRun:
         raise UnfinishedRunError(folder, f"metrics.csv has {len(metrics)} epoch(s); "
                                      f"summary.json says {completed} were completed")
     epochs = config.get("epochs")
-    if summary["status"] == "completed" and isinstance(epochs, int) and epochs != completed:
+    if (summary["status"] == "completed" and isinstance(epochs, int)
+            and not isinstance(epochs, bool) and epochs != completed):
         raise UnfinishedRunError(folder, f"summary.json says completed after {completed} "
                                      f"epoch(s); config.json asks for {epochs}")
     if "final_test_loss" in summary and not _same_number(summary["final_test_loss"],

@@ -40,8 +40,10 @@ from typing import Any
 
 from signvote.experiment import runs
 from signvote.experiment.config import (
+    FIELDS,
     ConfigError,
     TrainConfig,
+    coerce,
     from_dict,
     trajectory_id,
     trajectory_key,
@@ -145,13 +147,27 @@ def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig
     return placed
 
 
+def read_finished(folder: str | Path) -> runs.FinishedRun:
+    """The finished run in ``folder``: :func:`signvote.experiment.runs.read_run` (files
+    that agree), and a ``config.json`` whose every field of the schema is null or of the
+    field's type (``coerce``). Raises :class:`~signvote.experiment.runs.UnfinishedRunError`
+    saying what is wrong. The one test of "finished" for the sweep and its results."""
+    run = runs.read_run(folder)
+    for name, value in run.config.items():
+        if name in FIELDS and value is not None:
+            try:
+                coerce(name, value, f"config.json field {name}")
+            except ConfigError as exc:
+                raise runs.UnfinishedRunError(run.folder, str(exc)) from None
+    return run
+
+
 def _finished(folder: Path) -> tuple[dict[str, Any], str] | None:
     """The stored ``config.json`` of the finished run in ``folder`` and its trajectory key
-    as JSON text, or None when the folder holds no finished run
-    (:func:`signvote.experiment.runs.read_run`: its files missing, damaged, or not in
-    agreement) or its config cannot be read as one."""
+    as JSON text, or None when the folder holds no finished run (:func:`read_finished`:
+    its files missing, damaged, or not in agreement) or its config cannot be read as one."""
     try:
-        stored = runs.read_run(folder).config
+        stored = read_finished(folder).config
         return stored, _key_text(from_dict(stored))
     except (ValueError, TypeError, KeyError, ArithmeticError):
         return None
