@@ -342,3 +342,22 @@ def test_a_regression_sweep_is_summarized_by_its_test_loss():
     assert summary["best_test_loss"] == pytest.approx((0.1 + 0.3) / 2)  # the lowest
     table = results.format_summary([summary])
     assert "| seeds | final_test_loss | best_test_loss |" in table and "nan" not in table
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('partition = "shards"\npartition_shards = 100000\n', "--partition shards: "),
+    ('dataset = "digits"\nworkers = 2\nbatch_size = 719\n', "--batch-size 719 exceeds the "
+                                                           "718 samples"),
+])
+def test_a_sweep_whose_runs_cannot_be_built_is_refused_before_writing(text, message,
+                                                                      tmp_path, monkeypatch):
+    class NoPool:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a run was started")
+
+    monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", NoPool)
+    configs = grid.load_grid(write(tmp_path, f"workers = 2\nepochs = 1\nseed = [1, 2]\n{text}"
+                                   if "workers" not in text else f"seed = [1, 2]\n{text}"))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        sweep.run_sweep(configs, tmp_path / "out", jobs=1, progress=False)
+    assert not (tmp_path / "out").exists()

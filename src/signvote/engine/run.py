@@ -168,6 +168,51 @@ def build_plan(config: TrainConfig) -> AdversaryPlan:
                          attacks.build(c.attack) if c.byzantine else None)
 
 
+def build_model(c: TrainConfig, data: Dataset) -> torch.nn.Module:
+    """The model of resolved config ``c`` for ``data`` (initialised from torch's global
+    generator); a model that does not fit the data raises :class:`ConfigError`."""
+    try:
+        return models.build(c.model, data.input_shape, data.n_classes)
+    except ValueError as exc:
+        raise ConfigError(f"--model {c.model}: {exc}") from None
+
+
+def build_partition(c: TrainConfig, data: Dataset) -> partition.Partition:
+    """The workers' training-set indices of resolved config ``c`` (drawn from
+    ``seed + PARTITION_STREAM``); one that cannot be made raises :class:`ConfigError`."""
+    try:
+        return partition.get(
+            c.partition, data.train_y, c.workers,
+            torch.Generator().manual_seed(c.seed + PARTITION_STREAM),
+            alpha=c.partition_alpha, shards_per_worker=c.partition_shards,
+            gamma=c.partition_gamma)
+    except ValueError as exc:
+        raise ConfigError(f"--partition {c.partition}: {exc}") from None
+
+
+def samples_per_epoch(c: TrainConfig, data: Dataset) -> int:
+    """The samples each worker walks an epoch, ``N // n``; a batch larger than that
+    raises :class:`ConfigError`."""
+    per_epoch = data.train_x.shape[0] // c.workers
+    if c.batch_size > per_epoch:
+        raise ConfigError(
+            f"--batch-size {c.batch_size} exceeds the {per_epoch} samples per worker and "
+            f"epoch; valid: 1 to {per_epoch}"
+        )
+    return per_epoch
+
+
+def check_buildable(c: TrainConfig, data: Dataset) -> None:
+    """Raise the :class:`ConfigError` that :func:`prepare` would raise for resolved config
+    ``c`` on ``data`` (the model does not fit, the partition cannot be made, the batch is
+    too large), without building anything else; torch's global generator is left as it
+    was."""
+    with torch.random.fork_rng(devices=[]):
+        build_model(c, data)
+    build_partition(c, data)
+    samples_per_epoch(c, data)
+
+
 def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
     """Resolve ``config`` and build the data, model, partition, rules and adversaries.
 
@@ -178,30 +223,14 @@ def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
     data = load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed)
-        try:
-            module = models.build(c.model, data.input_shape, data.n_classes)
-        except ValueError as exc:
-            raise ConfigError(f"--model {c.model}: {exc}") from None
+        module = build_model(c, data)
         rng_state = torch.get_rng_state()
     module.train()
     layout = ParamLayout.of(module)
     x = layout.flatten(module)
     batched = BatchedModel(module, layout)
-
-    try:
-        part = partition.get(
-            c.partition, data.train_y, c.workers,
-            torch.Generator().manual_seed(c.seed + PARTITION_STREAM),
-            alpha=c.partition_alpha, shards_per_worker=c.partition_shards,
-            gamma=c.partition_gamma)
-    except ValueError as exc:
-        raise ConfigError(f"--partition {c.partition}: {exc}") from None
-    per_epoch = data.train_x.shape[0] // c.workers  # samples each worker walks an epoch
-    if c.batch_size > per_epoch:
-        raise ConfigError(
-            f"--batch-size {c.batch_size} exceeds the {per_epoch} samples per worker and "
-            f"epoch; valid: 1 to {per_epoch}"
-        )
+    part = build_partition(c, data)
+    per_epoch = samples_per_epoch(c, data)
 
     rule = rules.get(c.rule, c.momentum, c.sign_bound)
     aggregator = aggregators.build(c.aggregator, c.aggregator_f)

@@ -45,6 +45,7 @@ from signvote.experiment.config import (
     TrainConfig,
     coerce,
     from_dict,
+    resolve,
     trajectory_id,
     trajectory_key,
 )
@@ -221,18 +222,33 @@ def adopt_renamed(placed: list[TrainConfig], sweep_dir: str | Path) -> int:
     return renamed
 
 
-def check_datasets(configs: list[TrainConfig]) -> None:
-    """Load each dataset the runs need once, here, so that a missing one is reported before
-    any run starts (raises :class:`signvote.data.DatasetError`)."""
-    from signvote.data import REGRESSION
-    from signvote.data import load as load_dataset
+BUILD_FIELDS = ("dataset", "data_dir", "model", "workers", "partition", "partition_alpha",
+                "partition_shards", "partition_gamma", "batch_size")
+"""The fields on which whether a run can be built on its data depends."""
 
-    seen = set()
-    for c in configs:
+
+def check_datasets(configs: list[TrainConfig]) -> None:
+    """Load each dataset the runs need once, here, and check that every run can be built
+    on it (:func:`signvote.engine.run.check_buildable`: the model fits, the partition can
+    be made, the batch is not too large; once per combination of :data:`BUILD_FIELDS`,
+    on the data of its first seed), so that a missing dataset or a run that cannot start
+    is reported before anything is written (raises :class:`signvote.data.DatasetError` or
+    :class:`ConfigError`)."""
+    from signvote.data import load as load_dataset
+    from signvote.engine.run import check_buildable
+
+    loaded: dict[tuple, Any] = {}
+    checked = set()
+    for c in map(resolve, configs):
+        build = tuple(getattr(c, f) for f in BUILD_FIELDS)
+        if build in checked:
+            continue
+        checked.add(build)
         key = (c.dataset, c.data_dir)
-        if key not in seen and c.dataset not in ("logreg", *REGRESSION):
-            seen.add(key)
-            load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
+        if key not in loaded:
+            loaded[key] = load_dataset(c.dataset, c.seed,
+                                       Path(c.data_dir) if c.data_dir else None)
+        check_buildable(c, loaded[key])
 
 
 def _start_worker(threads: int, parent: int) -> None:
