@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signvote import aggregators, attacks, contracts
@@ -611,7 +611,7 @@ def test_train_with_40000_threads_is_refused_not_a_crash(tmp_path, run_bounded):
 
 @pytest.mark.slow
 @pytest.mark.dist
-@issue15("a sweep whose runs fail to build (--partition-shards 100000) is refused in one "
+@fixed15("a sweep whose runs fail to build (--partition-shards 100000) is refused in one "
          "line, but only from inside the pool: OUT/.lock and OUT/sweep.json are left")
 def test_a_sweep_refused_at_run_time_writes_nothing(tmp_path):
     (tmp_path / "s.toml").write_text('workers = 2\nepochs = 1\nbatch_size = 400\n'
@@ -1142,24 +1142,9 @@ def damaged_copy(original: Path, damages) -> Iterator[tuple[Path, set[str], dict
         yield folder, broken, metric_rows(original)
 
 
-def retyped_config(damages) -> bool:
-    """A config.json field set to a value of another type than the field's: a known
-    failure (:func:`test_results_of_a_config_json_with_a_retyped_field`), not generated
-    until it is fixed."""
-    return any(name == "config.json" and how == "key" and arg[0] in FIELDS
-               and type(arg[1]) is not base_type(arg[0]) for _, name, how, arg in damages)
-
-
-def no_run_left(code: int | str, stderr: str) -> bool:
-    """``plot`` refused a sweep whose every run is damaged: a warning line per run before
-    the error line, a known failure (:func:`test_plot_of_a_sweep_of_damaged_runs_is_one_line`)."""
-    return code == 2 and "has no finished run" in stderr and "warning: skipping" in stderr
-
-
 @hostile(40)
 @given(damages=damaged_sweeps())
 def test_results_of_a_damaged_sweep_are_the_true_rows_or_refused(damages, finished_sweep):
-    assume(not retyped_config(damages))
     with damaged_copy(finished_sweep, damages) as (folder, broken, truth):
         before = snapshot(folder)
         code, _, stderr = cli(["results", str(folder)])
@@ -1188,12 +1173,9 @@ def test_dry_run_on_a_damaged_sweep_never_says_done_of_a_damaged_run(damages,
 @hostile(4)
 @given(damages=damaged_sweeps(), kind=st.sampled_from(["paper", "heatmap"]))
 def test_plot_of_a_damaged_sweep_draws_or_is_refused(damages, kind, finished_sweep):
-    assume(not retyped_config(damages))
     with damaged_copy(finished_sweep, damages) as (folder, _, _):
         before = snapshot(folder)
         code, _, stderr = cli(["plot", str(folder), "--kind", kind])
-        if no_run_left(code, stderr):
-            return
         check_outcome(code, stderr, damages)
         if code == 2:
             assert snapshot(folder) == before
@@ -1225,11 +1207,11 @@ def test_damaged_sweep_files_are_refused_or_skipped_in_results_and_plot(command,
 
 
 @pytest.mark.parametrize("value", [
-    pytest.param([], marks=issue15("config.json epochs [] beside ints: pyarrow ArrowInvalid "
+    pytest.param([], marks=fixed15("config.json epochs [] beside ints: pyarrow ArrowInvalid "
                                    "traceback in results.write_tables")),
-    pytest.param("2", marks=issue15("config.json epochs '2' beside ints: pyarrow "
+    pytest.param("2", marks=fixed15("config.json epochs '2' beside ints: pyarrow "
                                     "traceback")),
-    pytest.param({"a": 1}, marks=issue15("config.json epochs {...}: pyarrow traceback")),
+    pytest.param({"a": 1}, marks=fixed15("config.json epochs {...}: pyarrow traceback")),
 ])
 def test_results_of_a_config_json_with_a_retyped_field(value, finished_sweep):
     with damaged(finished_sweep, "0", "config.json", "key", ("epochs", value)) as (
@@ -1238,7 +1220,7 @@ def test_results_of_a_config_json_with_a_retyped_field(value, finished_sweep):
         check_outcome(code, stderr, value)
 
 
-@issue15("plot of a sweep whose every run is damaged: a warning line per run, then the "
+@fixed15("plot of a sweep whose every run is damaged: a warning line per run, then the "
          "error (three lines, exit 2)")
 def test_plot_of_a_sweep_of_damaged_runs_is_one_line(finished_sweep):
     with damaged_copy(finished_sweep, [("0", "summary.json", "bytes", b""),

@@ -39,7 +39,7 @@ def test_run_folder_contents(tmp_path):
     assert config["aggregator"] == "majority-vote" and config["momentum"] == 0.9
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 3 * 67
-    assert summary["bytes_sent_per_worker_per_step"] == math.ceil(922 / 8)
+    assert summary["bytes_sent_per_worker_per_step"] == 4 + math.ceil(922 / 8)  # the frame
     assert summary["final_test_acc"] == result.metrics[-1]["test_acc"]
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert header == "epoch,step,train_loss,test_loss,train_acc,test_acc,lr,wall_s"
@@ -97,7 +97,7 @@ def test_learning_rate_steps_down_every_decay_step():
 
 
 def test_message_bytes():
-    assert message_bytes(922, True) == 116 and message_bytes(922, False) == 3688
+    assert message_bytes(922, True) == 120 and message_bytes(922, False) == 3688
 
 
 def test_update_rule_by_hand():
@@ -156,6 +156,6 @@ def test_aggregator_f_defaults_to_the_adversaries_and_can_be_set():
 def test_stochastic_sign_rule_trains_and_sends_one_bit():
     result = train(TrainConfig(epochs=3, rule="stochastic-sign", lr=1e-3), progress=False,
                    write=False)
-    assert result.summary["bytes_sent_per_worker_per_step"] == math.ceil(
+    assert result.summary["bytes_sent_per_worker_per_step"] == 4 + math.ceil(
         result.summary["params"] / 8)
     assert result.summary["final_test_acc"] > 0.8

@@ -388,8 +388,11 @@ def run_results(args: argparse.Namespace) -> int:
     from signvote.experiment import results
 
     folder = find_sweep("results", args.sweep_dir)
-    results.write_tables(folder)
-    rows = results.tidy_rows(folder)
+    try:
+        rows = results.tidy_rows(folder, require=True)
+    except ConfigError as exc:
+        fail(f"signvote results: error: {exc}")
+    results.write_tables(folder, rows)
     metric = args.metric or results.default_metric(rows)
     print(results.format_summary(results.summarize(rows, metric)))
     return 0
@@ -428,10 +431,8 @@ def run_plot(args: argparse.Namespace) -> int:
     folder = find_sweep("plot", args.sweep_dir)
     stem = Path(args.output) if args.output else folder / args.kind
     check_out("plot", stem.parent, "--output")
-    rows = results.tidy_rows(folder)
-    if not rows:
-        fail(f"signvote plot: error: {str(folder)!r} has no finished run yet")
     try:
+        rows = results.tidy_rows(folder, require=True)
         fig = (plots.paper_figure(rows, args.adversary, args.title) if args.kind == "paper"
                else plots.heatmap(rows, args.title))
     except ConfigError as exc:
