@@ -261,9 +261,14 @@ def make_sweep(folder: Path) -> None:
 
 def test_results_finds_the_sweep_one_level_down_or_lists_them(tmp_path, capsys):
     top = tmp_path / "demo"
-    make_sweep(top / "logreg-byzantine")
-    code, _out, err = run_cli(["results", str(top)], capsys)
-    assert code == 0 and "reading the sweep in" in err and "logreg-byzantine" in err
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('rule = "sgd"\nepochs = 1\nseed = [1, 2]\n')
+    code, _out, err = run_cli(["sweep", str(sweep), "--out", str(top / "logreg-byzantine"),
+                               "--quiet", "--jobs", "1"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["results", str(top)], capsys)
+    assert code == 0 and err == f"signvote results: read the sweep in {top / 'logreg-byzantine'}\n"
+    assert out.startswith("| seeds |")  # the two seeds' group
     make_sweep(top / "logreg-blind")
     err = refused(["results", str(top)], capsys, "holds 2 sweeps")
     assert "logreg-blind" in err and "logreg-byzantine" in err
@@ -326,3 +331,21 @@ def test_data_load_takes_a_folder_as_text(tmp_path):
 
     with pytest.raises(data.DatasetError, match=str(tmp_path)):
         data.load("mnist", 1, str(tmp_path))  # a str, as from a config: no AttributeError
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_ctrl_c_while_the_command_is_still_importing_ends_in_one_line(tmp_path):
+    import signal
+    import time
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('rule = "sgd"\nepochs = 1\n')
+    proc = subprocess.Popen([sys.executable, "-m", "signvote", "sweep", str(sweep), "--out",
+                             str(tmp_path / "sw"), "--dry-run"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # torch alone takes longer than this to import
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)

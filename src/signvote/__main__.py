@@ -1,5 +1,5 @@
 """``python -m signvote`` runs the ``signvote`` command."""
 
-from signvote.cli import main
+from signvote.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

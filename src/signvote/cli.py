@@ -92,14 +92,14 @@ def check_seeds(seeds: Sequence[int]) -> None:
 
 def find_sweep(command: str, folder: str) -> Path:
     """The sweep folder ``folder`` (one with a ``runs/`` folder), or the one sweep folder
-    directly inside it (said on stderr; ``reproduce`` writes its sweeps one level down);
-    anything else is refused with where the sweeps are."""
+    directly inside it (``reproduce`` writes its sweeps one level down: the command says
+    so when it is done, :func:`say_sweep`); anything else is refused with where the
+    sweeps are."""
     top = Path(folder)
     if (top / "runs").is_dir():
         return top
     inside = sorted(p for p in top.glob("*") if (p / "runs").is_dir()) if top.is_dir() else []
     if len(inside) == 1:
-        print(f"signvote {command}: reading the sweep in {inside[0]}", file=sys.stderr)
         return inside[0]
     if inside:
         fail(f"signvote {command}: error: {folder!r} holds {len(inside)} sweeps; valid: one "
@@ -107,6 +107,12 @@ def find_sweep(command: str, folder: str) -> Path:
     what = "does not exist" if not top.exists() else "is not a sweep folder (it has no runs/)"
     fail(f"signvote {command}: error: {folder!r} {what}; valid: the --out of signvote sweep "
          f"or of signvote reproduce")
+
+
+def say_sweep(command: str, found: Path, given: str) -> None:
+    """Say on stderr which sweep was read when it is not the folder given."""
+    if found != Path(given):
+        print(f"signvote {command}: read the sweep in {found}", file=sys.stderr)
 
 
 def _parse_int(text: str) -> int:
@@ -395,6 +401,7 @@ def run_results(args: argparse.Namespace) -> int:
     results.write_tables(folder, rows)
     metric = args.metric or results.default_metric(rows)
     print(results.format_summary(results.summarize(rows, metric)))
+    say_sweep("results", folder, args.sweep_dir)
     return 0
 
 
@@ -439,6 +446,7 @@ def run_plot(args: argparse.Namespace) -> int:
         fail(f"signvote plot: error: {exc}")
     paths = plots.save(fig, stem)
     print(" ".join(str(p) for p in paths))
+    say_sweep("plot", folder, args.sweep_dir)
     return 0
 
 
