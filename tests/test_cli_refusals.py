@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import run_cli  # the in-process command with its exit code and output
 
 from signvote import aggregators, attacks
-from signvote.cli import main, out_problem, varying_keys
+from signvote.cli import out_problem, varying_keys
 from signvote.engine.threads import SMALL_MODEL, run_threads, torch_threads
 from signvote.experiment import grid
 from signvote.experiment.config import (
@@ -22,15 +23,6 @@ from signvote.experiment.config import (
     trajectory_id,
 )
 from signvote.registry import parse_spec, unknown_name
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def refused(args, capsys, message, out=None):
