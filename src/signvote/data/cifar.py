@@ -1,0 +1,142 @@
+"""CIFAR-10 and CIFAR-100 from the official python pickles, read without trusting them.
+
+The files (Krizhevsky 2009, "Learning Multiple Layers of Features from Tiny Images"):
+``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``;
+``cifar-100-python/`` holds ``train`` and ``test``. Each is a Python 2 pickle of a dict
+whose ``data`` is a uint8 numpy array ``[N, 3072]`` (the 1024 red, then green, then blue
+values of a 32x32 image, row by row) and whose labels are ``labels`` (CIFAR-10) or
+``fine_labels`` (CIFAR-100), with byte-string keys, read with ``encoding="latin1"``.
+
+A pickle can run any code it names. :class:`RestrictedUnpickler` resolves only the names
+these files hold: numpy's array reconstructor, ``numpy.ndarray`` and ``numpy.dtype``.
+Any other global (``os.system``, a module of the user's) is refused with its name, so a
+foreign or malicious file is a :class:`~signvote.data.DatasetError`, never executed.
+
+Not yet a ``--dataset`` (issue 16 registers ``cifar10``/``cifar100`` with their models).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from signvote.data import DatasetError
+
+IMAGE_SHAPE = (3, 32, 32)
+PIXELS = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a CIFAR variant's files are and how its labels are named."""
+
+    folder: str
+    train: tuple[str, ...]
+    test: str
+    labels: str
+    classes: int
+
+
+LAYOUTS = {
+    "cifar10": Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                      "test_batch", "labels", 10),
+    "cifar100": Layout("cifar-100-python", ("train",), "test", "fine_labels", 100),
+}
+
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),  # numpy 1's name, the files' own
+    ("numpy._core.multiarray", "_reconstruct"),  # numpy 2's name
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+"""The only names a CIFAR pickle may resolve (``module``, ``name``)."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`ALLOWED_GLOBALS`: containers, numbers,
+    strings and numpy arrays come back; any other global raises ``UnpicklingError``
+    naming it."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file "
+                                         f"never does (only numpy arrays are allowed)")
+        if name == "_reconstruct":
+            from numpy._core import multiarray
+
+            return multiarray._reconstruct
+        return getattr(np, name)
+
+
+def read_batch(path: Path, labels_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images ``[N, 3, 32, 32]`` (uint8) and labels ``[N]`` (int64) of one CIFAR
+    pickle; a file that is missing, truncated, foreign or out of range is a
+    :class:`DatasetError` naming it and the reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        batch = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise DatasetError(f"{path}: not a CIFAR pickle: {exc}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError, OverflowError) as exc:
+        raise DatasetError(f"{path}: not a CIFAR pickle (truncated or damaged: "
+                           f"{type(exc).__name__})") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: holds a {type(batch).__name__}; a CIFAR pickle holds "
+                           f"a dict")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    images, labels = batch.get("data"), batch.get(labels_key)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
+            or images.shape[1] != PIXELS:
+        what = (f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray)
+                else type(images).__name__)
+        raise DatasetError(f"{path}: 'data' is {what}; a CIFAR file's is uint8 "
+                           f"[N, {PIXELS}]")
+    if len(images) == 0:
+        raise DatasetError(f"{path}: holds no images")
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError):
+        labels = np.asarray([""])
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DatasetError(f"{path}: {labels_key!r} is not a list of whole numbers")
+    if len(labels) != len(images):
+        raise DatasetError(f"{path}: {len(images)} images but {len(labels)} labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        raise DatasetError(f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])}; "
+                           f"valid: 0 to {classes - 1}")
+    return images.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
+def read_cifar(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                 np.ndarray]:
+    """``train_x, train_y, test_x, test_y`` of CIFAR variant ``name`` (``cifar10``,
+    ``cifar100``) from ``folder`` (the one holding ``cifar-10-batches-py/``, or that
+    folder itself); images uint8 ``[N, 3, 32, 32]``, labels int64."""
+    if name not in LAYOUTS:
+        raise DatasetError(f"unknown CIFAR variant {name!r}; valid: {', '.join(LAYOUTS)}")
+    layout = LAYOUTS[name]
+    root = folder if folder.name == layout.folder else folder / layout.folder
+    missing = [f for f in (*layout.train, layout.test) if not (root / f).is_file()]
+    if missing:
+        raise DatasetError(f"{name}: {root} lacks {', '.join(missing)}; expected the "
+                           f"official python version's files ({layout.folder}/)")
+    train = [read_batch(root / f, layout.labels, layout.classes) for f in layout.train]
+    test_x, test_y = read_batch(root / layout.test, layout.labels, layout.classes)
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+            test_x, test_y)
+
+
+def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel's mean and standard deviation over ``images [N, C, H, W]`` scaled to
+    [0, 1] (float64), what per-channel normalisation subtracts and divides by."""
+    scaled = images.astype(np.float64) / 255.0
+    return scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
