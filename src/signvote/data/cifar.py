@@ -66,10 +66,17 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file "
                                          f"never does (only numpy arrays are allowed)")
         if name == "_reconstruct":
-            from numpy._core import multiarray
-
-            return multiarray._reconstruct
+            return _reconstruct()
         return getattr(np, name)
+
+
+def _reconstruct() -> object:
+    """numpy's array reconstructor, under numpy 2's name or numpy 1's."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    return multiarray._reconstruct
 
 
 def read_batch(path: Path, labels_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
