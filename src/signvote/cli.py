@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import signvote
 from signvote.data import DatasetError
+from signvote.entry import EXIT_INTERRUPTED
 from signvote.experiment.config import (
     FIELDS,
     SPEC_FIELDS,
@@ -313,7 +314,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return resolve(TrainConfig(**values))
 
 
-def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def run_train(args: argparse.Namespace) -> int:
     from signvote.engine import dist
 
     try:
@@ -323,7 +324,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if dist.launched_by_torchrun():  # this process is one rank
                 dist.train(config, progress=not args.quiet)
                 return 0
-            s = dist.launch(config, list(argv))
+            s = dist.launch(config, list(args.argv))  # the ranks run this command line
         else:
             from signvote.engine.sim import train
 
@@ -337,7 +338,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("\nsignvote train: interrupted; the run folder has no summary.json",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if s["status"] == "diverged":
         print(f"training diverged at epoch {s['diverged_at_epoch']} (non-finite loss or "
               f"parameters); stopped. Run folder: {config.out}", file=sys.stderr)
@@ -376,7 +377,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nsignvote sweep: interrupted; run the same command again to finish",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(f"{outcome['runs']} runs: {outcome['ran']} run now, {outcome['skipped']} already "
           f"done; {outcome['rows']} rows in {args.out}/results.csv and results.parquet")
     return 0
@@ -427,7 +428,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nsignvote reproduce: interrupted; run the same command again to finish",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(f"report: {args.out}/REPORT.md")
     return 0
 
@@ -479,10 +480,10 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": None, "download": run_download, "sweep": run_sweep,
+COMMANDS = {"train": run_train, "download": run_download, "sweep": run_sweep,
             "results": run_results, "reproduce": run_reproduce, "plot": run_plot,
             "theory": run_theory}
-"""Each command's function (``train`` also takes the command line, for its ranks)."""
+"""Each command's function of its parsed arguments (``args.argv``: the command line)."""
 
 EXIT_BROKEN_PIPE = 128 + 13
 """What a shell reports for a command whose reader went away (SIGPIPE), as ``ls | head``."""
@@ -492,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command not in COMMANDS:
         parser.print_help()
         return EXIT_USAGE
@@ -499,8 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     keep_freed_memory()  # this process is the command's own: its allocator policy is ours
     try:
-        return (run_train(args, argv) if args.command == "train"
-                else COMMANDS[args.command](args))
+        return COMMANDS[args.command](args)
     except BrokenPipeError:
         # the reader of stdout is gone (``signvote sweep --dry-run | head``): say nothing
         # more, and keep Python from failing again when it flushes stdout at exit
@@ -508,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"\nsignvote {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as exc:  # a folder or file the command needs cannot be written or read
         where = f": {exc.filename!r}" if exc.filename else ""
         fail(f"signvote {args.command}: error: {exc.strerror or exc}{where}")

@@ -340,6 +340,8 @@ def run_pool(todo: list[TrainConfig], jobs: int, threads: int,
 def stop_pool(pool: futures.ProcessPoolExecutor, submitted: list[futures.Future]) -> None:
     """Cancel every queued call of ``pool`` and end its processes now (SIGTERM, then
     SIGKILL for one still alive after :data:`STOP_WAIT_S`)."""
+    # ProcessPoolExecutor has no public way to end its processes before Python 3.14's
+    # terminate_workers(): its own table of them is read, and an absent one ends nothing
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for future in submitted:
         future.cancel()
