@@ -18,6 +18,12 @@ class Dataset:
             (int64 class labels, or float32 regression targets).
         task: ``"classification"`` or ``"regression"``.
         n_classes: the number of classes (1 for regression).
+        classes: the class names, label k being ``classes[k]`` (the folder dataset's
+            subfolders), or None where the dataset has no names.
+        mean, std: for images, the per-channel mean and standard deviation (of pixels
+            scaled to [0, 1], over the training set) that standardisation removed, stored
+            ``= (raw - mean) / std``; a raw black pixel is ``-mean / std`` (what
+            augmentation pads with). None where the features are no pixels.
     """
 
     name: str
@@ -27,6 +33,9 @@ class Dataset:
     test_y: Tensor
     task: str
     n_classes: int
+    classes: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -47,20 +56,37 @@ def require_samples(count: int, what: str) -> None:
                            f"one each")
 
 
-DATASETS = ("linreg", "logreg", "mnist", "fashion-mnist", "digits", "idx")
+DATASETS = ("linreg", "logreg", "mnist", "fashion-mnist", "digits", "idx", "cifar10",
+            "cifar100", "folder")
 """The registered dataset names: synthetic ``linreg``/``logreg`` (drawn from the seed),
-``mnist``/``fashion-mnist``/``idx`` (IDX files, see :mod:`signvote.data.images`) and
-scikit-learn's ``digits``."""
+``mnist``/``fashion-mnist``/``idx`` (IDX files, see :mod:`signvote.data.images`),
+scikit-learn's ``digits``, ``cifar10``/``cifar100`` (the python pickles,
+:mod:`signvote.data.cifar`) and ``folder`` (your own images, one subfolder a class,
+:mod:`signvote.data.folder`)."""
+
+TABULAR = ("linreg", "logreg")
+"""The registered datasets whose samples are feature vectors, not images ``[C, H, W]``."""
+
+AUGMENTED = ("cifar10", "cifar100")
+"""The datasets trained with augmentation (random crop and flip) unless ``--augment off``."""
 
 REGRESSION = ("linreg",)
 """The datasets whose targets are real numbers (all others are classification)."""
 
 
-def load(name: str, seed: int, data_dir: str | Path | None = None) -> Dataset:
+def load(name: str, seed: int, data_dir: str | Path | None = None,
+         image_size: int | None = None) -> Dataset:
     """The dataset ``name``; synthetic ones are drawn from ``seed``, digits are split by it,
-    IDX datasets are read from ``data_dir`` or the standard places."""
+    IDX and CIFAR datasets are read from ``data_dir`` or the standard places, ``folder``
+    from ``data_dir``, its images resized to ``image_size`` x ``image_size`` (default
+    :data:`signvote.data.folder.DEFAULT_IMAGE_SIZE`; the other datasets have a size of
+    their own and refuse one)."""
     data_dir = None if data_dir is None else Path(data_dir)
-    from signvote.data import images, synthetic
+    from signvote.data import cifar, folder, images, synthetic
+
+    if image_size is not None and name != "folder":
+        raise DatasetError(f"dataset {name}: image_size {image_size} is the size the folder "
+                           f"dataset resizes to; {name} has a size of its own")
 
     if name == "linreg":
         return synthetic.linear_regression(seed)
@@ -70,4 +96,9 @@ def load(name: str, seed: int, data_dir: str | Path | None = None) -> Dataset:
         return images.digits(seed)
     if name in ("mnist", "fashion-mnist", "idx"):
         return images.load_idx(name, data_dir)
+    if name in cifar.LAYOUTS:
+        return cifar.load_cifar(name, data_dir)
+    if name == "folder":
+        return folder.load_folder(data_dir, folder.DEFAULT_IMAGE_SIZE if image_size is None
+                                  else image_size)
     raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

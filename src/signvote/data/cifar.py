@@ -12,7 +12,11 @@ these files hold: numpy's array reconstructor, ``numpy.ndarray`` and ``numpy.dty
 Any other global (``os.system``, a module of the user's) is refused with its name, so a
 foreign or malicious file is a :class:`~signvote.data.DatasetError`, never executed.
 
-Not yet a ``--dataset`` (issue 16 registers ``cifar10``/``cifar100`` with their models).
+``--dataset cifar10`` / ``cifar100`` (:func:`load_cifar`) find the folder as the MNIST
+family's files are found: in ``--data-dir`` (the folder itself, or its parent), the
+download folder (``$SIGNVOTE_DATA``, else ``~/.cache/signvote``; ``signvote download
+cifar10`` puts it there) and ``/usr/share/datasets/NAME``. The images are scaled to [0, 1]
+and standardised per channel with the training set's mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from signvote.data import DatasetError
+from signvote.data import Dataset, DatasetError, images
+from signvote.data.images import channel_statistics, check_data_dir, standardise_channels
+
+__all__ = ["ALLOWED_GLOBALS", "IMAGE_SHAPE", "LAYOUTS", "PIXELS", "Layout",
+           "RestrictedUnpickler", "candidate_folders", "channel_statistics", "find_folder",
+           "load_cifar", "read_batch", "read_cifar"]
 
 IMAGE_SHAPE = (3, 32, 32)
 PIXELS = 3 * 32 * 32
@@ -135,15 +145,53 @@ def read_cifar(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     missing = [f for f in (*layout.train, layout.test) if not (root / f).is_file()]
     if missing:
         raise DatasetError(f"{name}: {root} lacks {', '.join(missing)}; expected the "
-                           f"official python version's files ({layout.folder}/)")
+                           f"official python version's files ({layout.folder}/); to get "
+                           f"them: signvote download {name} [--data-dir DIR]")
     train = [read_batch(root / f, layout.labels, layout.classes) for f in layout.train]
     test_x, test_y = read_batch(root / layout.test, layout.labels, layout.classes)
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
             test_x, test_y)
 
 
-def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each channel's mean and standard deviation over ``images [N, C, H, W]`` scaled to
-    [0, 1] (float64), what per-channel normalisation subtracts and divides by."""
-    scaled = images.astype(np.float64) / 255.0
-    return scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
+def candidate_folders(name: str, data_dir: Path | None) -> list[Path]:
+    """The folders searched, in order, for CIFAR variant ``name``'s folder (each may be
+    that folder itself or hold it): ``data_dir``, the download folder, the system one."""
+    roots = [data_dir] if data_dir is not None else []
+    roots += [images.default_data_dir(), images.SYSTEM_DATA_DIR / name]
+    return list(dict.fromkeys(roots))
+
+
+def find_folder(name: str, data_dir: Path | None) -> Path:
+    """The first of :func:`candidate_folders` that is, or holds, ``name``'s folder
+    (``cifar-10-batches-py/``, ``cifar-100-python/``); none is a :class:`DatasetError`
+    saying where it looked and how to get the files."""
+    layout = LAYOUTS[name]
+    if data_dir is not None:
+        check_data_dir(data_dir)
+    roots = candidate_folders(name, data_dir)
+    for root in roots:
+        for folder in (root, root / layout.folder):
+            if folder.name == layout.folder and folder.is_dir():
+                return folder
+    files = ", ".join((*layout.train, layout.test))
+    raise DatasetError(
+        f"dataset {name}: folder {layout.folder}/ not found; looked in: "
+        + ", ".join(str(r) for r in roots) + f". To get it: (1) download it (needs the "
+        f"network and torchvision): pip install 'signvote[download]' && signvote download "
+        f"{name} [--data-dir DIR]; or (2) put the official python version's "
+        f"{layout.folder}/ ({files}) in a folder and pass --data-dir FOLDER")
+
+
+def load_cifar(name: str, data_dir: Path | None = None) -> Dataset:
+    """CIFAR variant ``name`` (``cifar10``: 50,000 training and 10,000 test images of 10
+    classes; ``cifar100``: the same counts of 100 fine classes) from the folder
+    :func:`find_folder` finds: images float32 ``[N, 3, 32, 32]``, ``x' = (x / 255 - mu_c) /
+    sigma_c`` with each channel's training mean and standard deviation
+    (:func:`signvote.data.images.standardise_channels`), labels int64."""
+    if name not in LAYOUTS:
+        raise DatasetError(f"unknown CIFAR variant {name!r}; valid: {', '.join(LAYOUTS)}")
+    train_x, train_y, test_x, test_y = read_cifar(name, find_folder(name, data_dir))
+    train_t, test_t, mean, std = standardise_channels(train_x, test_x)
+    return Dataset(name, train_t, torch.from_numpy(train_y), test_t, torch.from_numpy(test_y),
+                   "classification", LAYOUTS[name].classes, mean=mean, std=std)
+

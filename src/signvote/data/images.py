@@ -2,7 +2,8 @@
 
 Images become float32 tensors ``[N, 1, H, W]`` scaled to [0, 1] and then standardised with
 the training set's mean and standard deviation (one scalar each, as the PyTorch MNIST
-example's ``Normalize((0.1307,), (0.3081,))``); labels become int64.
+example's ``Normalize((0.1307,), (0.3081,))``); labels become int64. Colour images (CIFAR,
+the folder dataset) are standardised per channel (:func:`standardise_channels`).
 """
 
 from __future__ import annotations
@@ -70,16 +71,54 @@ def not_found_message(name: str, folders: list[Path]) -> str:
 
 
 def standardise_images(train: np.ndarray, test: np.ndarray, scale: float
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Images ``[N, H, W]`` as float32 ``[N, 1, H, W]``, divided by ``scale`` and
     standardised with the training set's mean and standard deviation; a training set
-    whose standard deviation is 0 or undefined (a single value) is only centred."""
+    whose standard deviation is 0 or undefined (a single value) is only centred. Returns
+    the two tensors, the mean and the standard deviation divided by (1 when centred)."""
     train_t, test_t = (torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
                        .div_(scale).unsqueeze(1) for a in (train, test))
     mean = train_t.mean()
     std = train_t.std() if train_t.numel() > 1 else torch.zeros(())
     std = torch.where(std > 0, std, 1.0)
-    return train_t.sub_(mean).div_(std), test_t.sub_(mean).div_(std)
+    return train_t.sub_(mean).div_(std), test_t.sub_(mean).div_(std), float(mean), float(std)
+
+
+def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel's mean and (population) standard deviation over uint8 ``images
+    [N, C, H, W]`` scaled to [0, 1] (float64): ``mu_c = sum_v v h_c(v) / |h_c|``,
+    ``sigma_c^2 = sum_v (v - mu_c)^2 h_c(v) / |h_c|`` over the channel's histogram ``h_c``
+    of the 256 values ``v = k / 255``, exact and without a float copy of the images (CIFAR's
+    training set would be 1.2 GB of float64); what per-channel normalisation subtracts and
+    divides by."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images [N, C, H, W], got {images.dtype} "
+                         f"{images.shape}")
+    values = np.arange(256) / 255.0
+    hist = np.stack([np.bincount(images[:, c].ravel(), minlength=256)
+                     for c in range(images.shape[1])]).astype(np.float64)
+    count = hist.sum(axis=1)
+    mean = hist @ values / count
+    var = (hist * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / count
+    return mean, np.sqrt(var)
+
+
+def standardise_channels(train: np.ndarray, test: np.ndarray
+                         ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...],
+                                    tuple[float, ...]]:
+    """uint8 images ``[N, C, H, W]`` as float32, scaled to [0, 1] and standardised per
+    channel with the training set's statistics (:func:`channel_statistics`), ``x' = (x /
+    255 - mu_c) / sigma_c`` (torchvision's ``ToTensor`` then ``Normalize(mean, std)``); a
+    channel of one value (``sigma_c = 0``) is only centred. Returns the two tensors and
+    the means and standard deviations divided by."""
+    mean, std = channel_statistics(train)
+    std = np.where(std > 0, std, 1.0)
+    shape = (1, -1, 1, 1)
+    mean_t = torch.from_numpy(mean).to(torch.float32).view(shape)
+    std_t = torch.from_numpy(std).to(torch.float32).view(shape)
+    train_t, test_t = (torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
+                       .div_(255.0).sub_(mean_t).div_(std_t) for a in (train, test))
+    return train_t, test_t, tuple(map(float, mean)), tuple(map(float, std))
 
 
 def check_images(images: np.ndarray, where: str) -> None:
@@ -208,8 +247,10 @@ def load_idx(name: str, data_dir: Path | None = None) -> Dataset:
         n_classes = classes_found(arrays["train_labels"], str(files.train_labels))
         counted = f"the {n_classes} classes found in the training labels, {files.train_labels}"
     test_y = labels_tensor(arrays["test_labels"], str(files.test_labels), n_classes, counted)
-    train_x, test_x = standardise_images(arrays["train_images"], arrays["test_images"], 255.0)
-    return Dataset(name, train_x, train_y, test_x, test_y, "classification", n_classes)
+    train_x, test_x, mean, std = standardise_images(arrays["train_images"],
+                                                    arrays["test_images"], 255.0)
+    return Dataset(name, train_x, train_y, test_x, test_y, "classification", n_classes,
+                   mean=(mean,), std=(std,))
 
 
 def digits(seed: int, train_fraction: float = 0.8) -> Dataset:
@@ -228,20 +269,29 @@ def digits(seed: int, train_fraction: float = 0.8) -> Dataset:
     require_samples(cut, f"dataset digits, training split of fraction {train_fraction}")
     require_samples(len(labels) - cut,
                     f"dataset digits, test split of fraction {1 - train_fraction:g}")
-    train_x, test_x = standardise_images(images[:cut], images[cut:], 16.0)
+    train_x, test_x, mean, std = standardise_images(images[:cut], images[cut:], 16.0)
     counted = "the 10 classes of digits"
     return Dataset("digits", train_x,
                    labels_tensor(labels[:cut], "digits training labels", 10, counted),
                    test_x, labels_tensor(labels[cut:], "digits test labels", 10, counted),
-                   "classification", CLASSES["digits"])
+                   "classification", CLASSES["digits"], mean=(mean,), std=(std,))
+
+
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10",
+                     "cifar100": "CIFAR100"}
+"""The datasets ``signvote download`` fetches, and torchvision's class for each."""
+
+DOWNLOADABLE = tuple(TORCHVISION_CLASS)
 
 
 def download(name: str, data_dir: Path) -> Path:
-    """Download ``mnist`` or ``fashion-mnist`` into ``data_dir`` with torchvision (the
-    ``download`` extra); returns the folder holding the IDX files."""
-    if name not in TORCHVISION_FOLDER:
+    """Download ``mnist``, ``fashion-mnist``, ``cifar10`` or ``cifar100`` into ``data_dir``
+    with torchvision (the ``download`` extra); returns the folder holding the files (the
+    IDX files' ``FOLDER/raw``; CIFAR's ``cifar-10-batches-py/`` or ``cifar-100-python/``,
+    where ``signvote train --dataset NAME --data-dir DATA_DIR`` finds them)."""
+    if name not in TORCHVISION_CLASS:
         raise DatasetError(f"cannot download {name!r}; downloadable: "
-                           + ", ".join(TORCHVISION_FOLDER))
+                           + ", ".join(DOWNLOADABLE))
     try:
         from torchvision import datasets
     except Exception as exc:  # ImportError, or a torchvision built for another torch
@@ -249,10 +299,14 @@ def download(name: str, data_dir: Path) -> Path:
             f"downloading needs torchvision, which did not import ({type(exc).__name__}: "
             f"{exc}); install it with: pip install 'signvote[download]'"
         ) from None
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    cls = getattr(datasets, TORCHVISION_CLASS[name])
     try:
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as exc:  # network errors, disk full, ...
         raise DatasetError(f"downloading {name} into {data_dir} failed: {exc}") from None
-    return data_dir / TORCHVISION_FOLDER[name] / "raw"
+    if name in TORCHVISION_FOLDER:
+        return data_dir / TORCHVISION_FOLDER[name] / "raw"
+    from signvote.data.cifar import LAYOUTS
+
+    return data_dir / LAYOUTS[name].folder
