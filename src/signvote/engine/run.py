@@ -11,9 +11,9 @@ engine: :func:`start_run_folder`, one :func:`epoch_row` per epoch shown by
 Random streams: every random choice of a run has its own generator from the one seed:
 the data from ``seed``, the partition from ``seed + 1``, the adversaries from ``seed + 2``,
 random attacks from ``seed + 3``, worker i's stochastic-sign coins from ``seed + 4 +
-1000 i``; the model's initialisation (and dropout) from torch's global generator seeded
-with ``seed``, inside :func:`run_rng` so that the caller's global generator is left as it
-was.
+1000 i``, worker i's augmentation (crops and flips) from ``seed + 5 + 1000 i``; the
+model's initialisation (and dropout) from torch's global generator seeded with ``seed``,
+inside :func:`run_rng` so that the caller's global generator is left as it was.
 """
 
 from __future__ import annotations
@@ -32,16 +32,18 @@ from torch import Tensor
 
 import signvote
 from signvote import aggregators, attacks, contracts, models, rules
-from signvote.data import Dataset, partition
+from signvote.data import Dataset, augment, partition
 from signvote.data import load as load_dataset
 from signvote.engine import protocol
 from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate
+from signvote.engine.parts import Parts, build_module, check_fit, resolve_parts
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
-from signvote.experiment.config import ConfigError, TrainConfig, resolve
+from signvote.experiment.config import ConfigError, TrainConfig
 
 # Offsets that give every random stream of a run its own generator from the one seed.
 PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM, RULE_STREAM = 1, 2, 3, 4
+AUGMENT_STREAM = 5
 
 
 @dataclass
@@ -62,6 +64,22 @@ def coin_generators(seed: int, workers: range | list[int]) -> list[torch.Generat
     """The generators of the given workers' coins: worker ``i`` draws from
     ``seed + RULE_STREAM + 1000 i`` in every engine."""
     return [torch.Generator().manual_seed(seed + RULE_STREAM + 1000 * i) for i in workers]
+
+
+def augment_generators(seed: int, workers: range | list[int]) -> list[torch.Generator]:
+    """The generators of the given workers' augmentation (crops and flips): worker ``i``
+    draws from ``seed + AUGMENT_STREAM + 1000 i`` in every engine."""
+    return [torch.Generator().manual_seed(seed + AUGMENT_STREAM + 1000 * i) for i in workers]
+
+
+def augmenter(c: TrainConfig, data: Dataset, workers: range | list[int]
+              ) -> augment.Augmenter | None:
+    """The augmentation of resolved config ``c``'s ``workers`` (their batches ``[k, b, C,
+    H, W]``, in this order) on ``data``, padding with its black; None under ``augment =
+    "off"``."""
+    if c.augment != "on":
+        return None
+    return augment.Augmenter(augment_generators(c.seed, workers), augment.black(data))
 
 
 def attack_generator(seed: int) -> torch.Generator:
@@ -160,12 +178,15 @@ class RunSetup:
         return self.data.train_x[walk], self.data.train_y[walk]
 
 
-def build_plan(config: TrainConfig) -> AdversaryPlan:
-    """The adversaries of a resolved config: who (drawn from the seed) and what."""
+def build_plan(config: TrainConfig, attack: contracts.Attack | None = None) -> AdversaryPlan:
+    """The adversaries of a resolved config: who (drawn from the seed) and what (``attack``,
+    else the config's ``--attack``)."""
     c = config
     blind_mask, byzantine_mask = choose_adversaries(c.workers, c.blind, c.byzantine, c.seed)
+    if attack is None and c.byzantine:
+        attack = attacks.build(c.attack)
     return AdversaryPlan(blind_mask, byzantine_mask, attacks.get("blind-inversion"),
-                         attacks.build(c.attack) if c.byzantine else None)
+                         attack if c.byzantine else None)
 
 
 def build_model(c: TrainConfig, data: Dataset) -> torch.nn.Module:
@@ -202,6 +223,22 @@ def samples_per_epoch(c: TrainConfig, data: Dataset) -> int:
     return per_epoch
 
 
+def load_data(c: TrainConfig) -> Dataset:
+    """The dataset of resolved config ``c`` (its name, seed, ``--data-dir`` and
+    ``--image-size``)."""
+    return load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None,
+                        c.image_size)
+
+
+def check_augment(c: TrainConfig, data: Dataset) -> None:
+    """Refuse ``--augment on`` for data whose samples are not images ``[C, H, W]`` (a
+    :class:`ConfigError`): crops and flips need rows and columns."""
+    if c.augment == "on" and len(data.input_shape) != 3:
+        raise ConfigError(f"--augment on crops and flips images [channels, height, width]; "
+                          f"--dataset {c.dataset} has samples of shape "
+                          f"{tuple(data.input_shape)}; valid: --augment off")
+
+
 def check_buildable(c: TrainConfig, data: Dataset) -> None:
     """Raise the :class:`ConfigError` that :func:`prepare` would raise for resolved config
     ``c`` on ``data`` (the model does not fit, the partition cannot be made, the batch is
@@ -211,30 +248,42 @@ def check_buildable(c: TrainConfig, data: Dataset) -> None:
         build_model(c, data)
     build_partition(c, data)
     samples_per_epoch(c, data)
+    check_augment(c, data)
 
 
-def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
-    """Resolve ``config`` and build the data, model, partition, rules and adversaries.
+def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
+            ) -> RunSetup:
+    """Resolve ``config`` and build the data, model, partition, rules and adversaries;
+    those that ``parts`` gives as objects are taken from it
+    (:func:`~signvote.engine.parts.resolve_parts`: the config then records a description
+    of each, and the model and loss are tried on two training samples first).
 
     Leaves no process-wide trace: torch's global generator is seeded for the model's
     initialisation inside a fork and given back (the run continues from
     ``RunSetup.rng_state``)."""
-    c = resolve(config)
-    data = load_dataset(c.dataset, c.seed, Path(c.data_dir) if c.data_dir else None)
+    parts = Parts() if parts is None else parts
+    c = resolve_parts(config, parts)
+    data = parts.data if parts.data is not None else load_data(c)
+    check_augment(c, data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed)
-        module = build_model(c, data)
+        module = (build_model(c, data) if parts.model is None
+                  else build_module(parts.model, data))
         rng_state = torch.get_rng_state()
     module.train()
+    if parts.model is not None or parts.data is not None or parts.loss is not None:
+        check_fit(module, data, parts.loss, c.model)
     layout = ParamLayout.of(module)
     x = layout.flatten(module)
     batched = BatchedModel(module, layout)
     part = build_partition(c, data)
     per_epoch = samples_per_epoch(c, data)
 
-    rule = rules.get(c.rule, c.momentum, c.sign_bound)
-    aggregator = aggregators.build(c.aggregator, c.aggregator_f)
-    plan = build_plan(c)
+    rule = parts.rule if parts.rule is not None else rules.get(c.rule, c.momentum,
+                                                                  c.sign_bound)
+    aggregator = (parts.aggregator if parts.aggregator is not None
+                  else aggregators.build(c.aggregator, c.aggregator_f))
+    plan = build_plan(c, parts.attack)
 
     summary: dict[str, Any] = {
         "status": "completed",
@@ -247,6 +296,8 @@ def prepare(config: TrainConfig, engine: str = "sim") -> RunSetup:
         "signvote_version": signvote.__version__,
         "torch_version": torch.__version__,
     }
+    if not parts.empty:
+        summary["objects"] = parts.descriptions()
     workers_table = partition_table(part, data, plan.blind_mask, plan.byzantine_mask)
     summary["partition"] = c.partition
     if data.task == "classification":
@@ -263,7 +314,12 @@ def check_overwrite(config: TrainConfig) -> None:
     """Refuse to start a run in a folder that holds a finished run
     (:func:`signvote.experiment.runs.read_run`) unless ``config.overwrite``: a finished run
     is never replaced without being asked. A folder with a partial or damaged run (no
-    ``summary.json``, or files that disagree) is reused. Raises :class:`ConfigError`."""
+    ``summary.json``, or files that disagree) is reused. A config without ``out`` (a run
+    built from objects, :mod:`signvote.engine.parts`) has no folder. Raises
+    :class:`ConfigError`."""
+    if config.out is None:
+        raise ConfigError("a run built from objects has no default folder (its identity is "
+                          "the objects'); valid: out='runs/NAME', or write=False")
     out = Path(config.out)
     if not config.overwrite and runs.run_problem(out) is None:
         raise ConfigError(f"--out {out} holds a finished run; valid: --overwrite to "

@@ -7,10 +7,11 @@ This module is the loop only.
 The training set is partitioned among the workers (``--partition``; iid by default, the
 seed's layout); every epoch each worker walks ``N // n`` of its samples as an endless
 cycle (``data.partition.epoch_indices``), ``batch_size`` samples a step, the last batch of
-an epoch being shorter when that does not divide. The learning rate is
-``lr * lr_decay_rate ** (epoch // lr_decay_step)`` (0-based epoch). The test set is
-evaluated after every epoch. The same config and seed give a bit-identical metrics.csv on
-the same machine.
+an epoch being shorter when that does not divide; under ``--augment on`` each worker's batch
+is cropped and flipped by the numbers of its own stream (``data/augment.py``). The
+learning rate is ``lr * lr_decay_rate ** (epoch // lr_decay_step)`` (0-based epoch). The
+test set is evaluated after every epoch. The same config and seed give a bit-identical
+metrics.csv on the same machine.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from torch import Tensor
 
 from signvote import theory
 from signvote.engine.gradients import WorkerStep, worker_gradients
+from signvote.engine.parts import Parts
 from signvote.engine.run import (
     Display,
     EpochStats,
     RunResult,
     RunSetup,
     attack_generator,
+    augmenter,
     coin_generators,
     epoch_row,
     finish_summary,
@@ -52,9 +55,12 @@ def data_path(setup: RunSetup) -> DataPath:
                     coin_generators(c.seed, range(c.workers)), setup.n_classes)
 
 
-def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> RunResult:
-    """Train with the simulator; writes the run folder ``config.out`` when ``write``."""
-    setup = prepare(config)
+def train(config: TrainConfig, *, progress: bool = True, write: bool = True,
+          parts: Parts | None = None) -> RunResult:
+    """Train with the simulator; writes the run folder ``config.out`` when ``write``.
+    ``parts``: objects the run is built from instead of the config's names
+    (:class:`~signvote.engine.parts.Parts`; :func:`signvote.train` makes them)."""
+    setup = prepare(config, parts=parts)
     with (torch_threads(run_threads(setup.config.threads, setup.layout.dim)),
           run_rng(setup.rng_state)):
         return _loop(setup, progress, write)
@@ -63,6 +69,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True) -> 
 def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
     c, x = setup.config, setup.x
     path = data_path(setup)
+    augment = augmenter(c, setup.data, range(c.workers))  # None under --augment off
     out = start_run_folder(setup) if write else None
     scored = ~setup.plan.byzantine_mask  # the train metrics' workers
     n_scored = int(scored.sum())
@@ -82,6 +89,8 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
         agreement = torch.zeros(2, setup.layout.dim, dtype=torch.int64)  # agreed, counted
         for start in setup.starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
+            if augment is not None:
+                xb = augment(xb)  # every worker's batch, from its own stream
             if c.measure_theory:
                 x_before = x
                 x, state, honest, seen = path.step_observed(x, state, xb, yb, lr, step)

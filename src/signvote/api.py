@@ -1,0 +1,430 @@
+"""The Python entry point: train your own model on your own data.
+
+:func:`train` takes every option of ``signvote train`` as a keyword (checked by the same
+:func:`~signvote.experiment.config.resolve`), and the model, the data, the loss, the
+worker rule, the aggregator and the attack as names (or specs) or as objects::
+
+    import signvote
+    result = signvote.train(model=MyNet(), data=(train_x, train_y, test_x, test_y),
+                            rule="signum", aggregator="majority-vote", attack="vote-cancel",
+                            byzantine=2, workers=7, epochs=5, lr=1e-3, out="runs/mine")
+
+It writes the run folder ``signvote train`` writes (``config.json``, ``metrics.csv``,
+``partition.csv``, ``params.pt``, ``summary.json``) and returns the
+:class:`~signvote.engine.run.RunResult`. With names only it is the command line's run,
+number for number, in the same default ``out``. A part given as an object is recorded in
+``config.json`` as a description in angle brackets (``"<object mymodule.MyNet>"``;
+:func:`signvote.engine.parts.describe`) and in ``summary.json``'s ``objects``; such a run
+has no identity made of names, hence no default folder: it needs ``out=`` (or
+``write=False``). Objects run in the simulator only (``engine="sim"``): the distributed
+engine's processes build their run from names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from signvote import contracts, rules
+from signvote.data import Dataset, DatasetError, require_samples
+from signvote.engine.parts import Loss, ModelFactory, Parts, describe
+from signvote.engine.run import RunResult
+from signvote.experiment.config import FIELDS, ConfigError, TrainConfig, resolve
+from signvote.registry import unknown_name
+
+__all__ = ["dataset", "from_datasets", "train"]
+
+DATA_KEYS = ("train_x", "train_y", "test_x", "test_y")
+"""The tensors of data given as a mapping or a 4-tuple, in this order."""
+
+KEYWORDS = ("model", "data", "loss", "rule", "aggregator", "attack", "out", "classes",
+            "progress", "write")
+"""The keywords of :func:`train` besides the config's fields."""
+
+
+def train(model: str | nn.Module | ModelFactory | None = None,
+          data: str | Dataset | Sequence[Any] | Mapping[str, Any] | None = None,
+          loss: Loss | None = None,
+          rule: str | rules.WorkerRule | None = None,
+          aggregator: str | contracts.Aggregator | Callable[[Tensor], Tensor] | None = None,
+          attack: str | contracts.Attack | None = None, *,
+          out: str | None = None, classes: int | None = None, progress: bool = True,
+          write: bool = True, **options: Any) -> RunResult:
+    r"""Train with SignSGD/Signum (or SGD) and a robust aggregator under Byzantine workers,
+    as ``signvote train`` does, from names or objects; returns the run's result and writes
+    its folder ``out`` (when ``write``).
+
+    Every worker computes ``g_i`` on its own batch, sends ``M_i = rule(g_i)`` (Signum:
+    ``sign(m_i)``, ``m_i <- beta m_i + (1 - beta) g_i``; Bernstein et al. 2018, 2019), the
+    Byzantine ones send ``attack(M)`` instead, and the parameters move by
+    ``x <- x - lr (aggregator(M) + weight_decay x)``.
+
+    Args:
+        model: a model name (``"smallcnn"``, an import spec), an ``nn.Module`` (its current
+            parameters are the initial point; the run trains a deep copy, the caller's is
+            never changed) or a factory ``(input_shape, n_classes) -> nn.Module`` (called
+            under the run's seed, as the built-in models are). Default: the dataset's
+            model; for data given as objects ``logregnet`` (which flattens any sample),
+            ``smallcnn`` for images ``[C, H, W]``, ``linregnet`` for a regression.
+        data: a dataset name (``"digits"``), tensors ``(train_x, train_y, test_x,
+            test_y)`` (a tuple or a mapping with those keys; numpy arrays too), two
+            ``torch.utils.data.Dataset`` objects ``(train, test)`` yielding ``(x, y)``
+            pairs, or a :class:`signvote.data.Dataset`. Tensors and datasets are loaded
+            into memory once (:func:`dataset`, :func:`from_datasets`): integer labels
+            make a classification (``classes`` = the largest label + 1, or ``classes``),
+            float targets a regression.
+        loss: a per-sample loss ``loss(outputs[N, ...], targets[N]) -> [N]`` (a function,
+            or a torch loss built with ``reduction='none'``); each worker descends the
+            mean over its batch. Default: cross-entropy for a classification, the squared
+            error for a regression.
+        rule: a worker rule name (``"signum"``) or a :class:`signvote.rules.WorkerRule`
+            (``rules.get("signum", momentum=0.5)``: one equal to a registered rule is
+            that name; another carries its own momentum and bound).
+        aggregator: a spec (``"nnm+krum"``), an object following
+            :class:`signvote.contracts.Aggregator`, or a plain callable ``messages[n, d]
+            -> [d]`` (:func:`signvote.contracts.as_aggregator`: the conservative
+            capabilities).
+        attack: a spec (``"alie(z=1.5)"``) or an object following
+            :class:`signvote.contracts.Attack` (derive from
+            :class:`signvote.contracts.AttackBase`); run by ``byzantine`` workers.
+        out: the run folder. Default, with names only: the command line's
+            (``config.default_out``); a run with objects needs one.
+        classes: the number of classes of data given as tensors or datasets (default:
+            the largest label + 1).
+        progress: show a progress bar on stderr.
+        write: write the run folder.
+        **options: every option of ``signvote train``, underscores for dashes
+            (``workers=7, byzantine=2, epochs=5, lr=1e-3, seed=1``); an unknown one is
+            refused naming the valid ones.
+
+    Raises:
+        ConfigError: an unknown option, a bad value or an object that does not fit,
+            one line naming it and the valid values (before anything is written).
+        DatasetError: data that cannot be used (shapes, counts, NaN, negative labels).
+    """
+    values = _options(options)
+    parts: dict[str, Any] = {}
+    _model(model, values, parts)
+    _data(data, classes, values, parts)
+    if loss is not None:
+        _refuse(callable(loss), f"loss: expected a function loss(outputs[N, ...], "
+                f"targets[N]) -> [N], got {loss!r}")
+        parts["loss"] = loss
+    _rule(rule, values, parts)
+    _aggregator(aggregator, values, parts)
+    _attack(attack, values, parts)
+    if out is not None:
+        values["out"] = out
+    given = Parts(**parts)
+    config = TrainConfig(**values)
+    if not given.empty and write and out is None:
+        raise ConfigError(f"out: a run built from objects ({', '.join(given.descriptions())}) "
+                          f"has no default folder (its identity is the objects', not names); "
+                          f"valid: out='runs/NAME', or write=False")
+    if values.get("engine") == "dist" and given.empty:
+        return _distributed(config, progress, write)
+    from signvote.engine import sim
+
+    return sim.train(config, progress=progress, write=write, parts=given)
+
+
+def _refuse(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's fields among ``options``; an unknown keyword is refused naming the
+    valid ones. The fields that :func:`train` takes by name are not options."""
+    valid = [name for name in FIELDS if name not in KEYWORDS]
+    for name in options:
+        if name not in valid:
+            raise ConfigError(unknown_name("option", name, sorted([*KEYWORDS, *valid])))
+    return dict(options)
+
+
+def _model(model: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
+    if model is None or isinstance(model, str):
+        if model is not None:
+            values["model"] = model
+        return
+    _refuse(isinstance(model, nn.Module) or callable(model),
+            f"model: expected a model name, a torch.nn.Module or a function (input_shape, "
+            f"n_classes) -> nn.Module; got a {type(model).__name__}")
+    parts["model"] = model
+
+
+def _data(data: Any, classes: int | None, values: dict[str, Any],
+          parts: dict[str, Any]) -> None:
+    if "dataset" in values and data is not None:
+        raise ConfigError(f"data and dataset={values['dataset']!r}: give the data once")
+    if data is None or isinstance(data, str):
+        if data is not None:
+            values["dataset"] = data
+        _refuse(classes is None, f"classes {classes}: a dataset name has classes of its own; "
+                f"valid: classes with data given as tensors or datasets")
+        return
+    if isinstance(data, Dataset):
+        _refuse(classes is None, f"classes {classes}: a signvote.data.Dataset has its own "
+                f"({data.n_classes}); valid: leave classes out")
+        check_dataset(data)
+        parts["data"] = data
+        return
+    if isinstance(data, Mapping):
+        missing = [k for k in DATA_KEYS if k not in data]
+        extra = [k for k in data if k not in DATA_KEYS]
+        _refuse(not missing and not extra,
+                f"data: a mapping needs the keys {', '.join(DATA_KEYS)}; "
+                + (f"missing {', '.join(missing)}" if missing else
+                   f"unknown {', '.join(map(str, extra))}"))
+        parts["data"] = dataset(*(data[k] for k in DATA_KEYS), classes=classes)
+        return
+    if isinstance(data, Sequence) and len(data) == 4:
+        parts["data"] = dataset(*data, classes=classes)
+        return
+    if isinstance(data, Sequence) and len(data) == 2:
+        parts["data"] = from_datasets(*data, classes=classes)
+        return
+    raise ConfigError("data: expected a dataset name, (train_x, train_y, test_x, test_y), "
+                      "(train_dataset, test_dataset) or a signvote.data.Dataset; got "
+                      + (f"a sequence of {len(data)}" if isinstance(data, Sequence)
+                         else f"a {type(data).__name__}"))
+
+
+def _rule(rule: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
+    if rule is None or isinstance(rule, str):
+        if rule is not None:
+            values["rule"] = rule
+        return
+    _refuse(isinstance(rule, rules.WorkerRule),
+            f"rule: expected a rule name ({', '.join(rules.names())}) or a "
+            f"signvote.rules.WorkerRule (rules.get(name, momentum)); got a "
+            f"{type(rule).__name__}")
+    _refuse(values.get("momentum") is None and values.get("sign_bound") is None,
+            f"momentum/sign_bound: the rule object {rule.name} carries its own (beta "
+            f"{rule.beta}, bound {rule.bound}); valid: leave them out")
+    if _registered(rule):  # the registered rule of that name: the run is made of names
+        values.update(rule=rule.name, momentum=rule.beta, sign_bound=rule.bound)
+    else:
+        parts["rule"] = rule
+
+
+def _registered(rule: rules.WorkerRule) -> bool:
+    """Whether ``rule`` is what its registered name builds with its momentum and bound."""
+    if rule.name not in rules.names():
+        return False
+    try:
+        return rules.get(rule.name, rule.beta, rule.bound) == rule
+    except ValueError:
+        return False
+
+
+def _aggregator(aggregator: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
+    if aggregator is None or isinstance(aggregator, str):
+        if aggregator is not None:
+            values["aggregator"] = aggregator
+        return
+    try:
+        parts["aggregator"] = contracts.as_aggregator(aggregator)
+    except TypeError as exc:
+        raise ConfigError(f"aggregator: {exc}; valid: a spec such as 'nnm+krum'") from None
+
+
+def _attack(attack: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
+    if attack is None or isinstance(attack, str):
+        if attack is not None:
+            values["attack"] = attack
+        return
+    _refuse(isinstance(attack, contracts.Attack),
+            f"attack: a {type(attack).__name__} is no attack: it must declare capabilities "
+            f"and check(workers, byzantine) and be called as attack(messages, "
+            f"byzantine_mask, ctx) (signvote.contracts.Attack; derive from "
+            f"signvote.contracts.AttackBase); or a spec such as 'alie(z=1.5)'")
+    parts["attack"] = attack
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def dataset(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
+            classes: int | None = None, name: str = "tensors") -> Dataset:
+    """A :class:`signvote.data.Dataset` of tensors (or numpy arrays): features
+    ``[N, ...]`` (as float32), one target per sample ``[N]``. Integer targets are class
+    labels in ``[0, classes)`` (int64; ``classes`` default: the largest label of either
+    split + 1), float targets a regression (float32). Raises
+    :class:`~signvote.data.DatasetError`, one line naming the tensor: samples and targets
+    of different counts, samples of different shapes in the two splits, an empty split,
+    NaN or infinite values, negative labels or labels not below ``classes``."""
+    xs = [_tensor(train_x, "train_x"), _tensor(test_x, "test_x")]
+    ys = [_tensor(train_y, "train_y"), _tensor(test_y, "test_y")]
+    for x, y, split in zip(xs, ys, ("train", "test"), strict=True):
+        if x.dim() < 2:
+            raise DatasetError(f"{split}_x: shape {list(x.shape)}; valid: [N, ...], one row "
+                               f"per sample (x[:, None] for one feature)")
+        if y.dim() != 1:
+            raise DatasetError(f"{split}_y: shape {list(y.shape)}; valid: [N], one target per "
+                               f"sample")
+        if x.shape[0] != y.shape[0]:
+            raise DatasetError(f"{split}_x has {x.shape[0]} samples, {split}_y "
+                               f"{y.shape[0]} targets; valid: one target per sample")
+        require_samples(x.shape[0], f"data {split}_x")
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise DatasetError(f"train_x has samples of shape {list(xs[0].shape[1:])}, test_x "
+                           f"{list(xs[1].shape[1:])}; valid: one shape for both")
+    kinds = [_target_kind(y, f"{split}_y") for y, split in zip(ys, ("train", "test"),
+                                                                 strict=True)]
+    if kinds[0] != kinds[1]:
+        raise DatasetError(f"train_y holds {kinds[0]}, test_y {kinds[1]}; valid: integer "
+                           f"class labels in both, or float targets in both")
+    xs = [_finite(x.to(torch.float32), f"{split}_x") for x, split in zip(
+        xs, ("train", "test"), strict=True)]
+    if kinds[0] == "float targets":
+        if classes is not None:
+            raise DatasetError(f"classes {classes}: float targets make a regression, which "
+                               f"has no classes; valid: integer labels, or leave classes out")
+        ys = [_finite(y.to(torch.float32), f"{split}_y") for y, split in zip(
+            ys, ("train", "test"), strict=True)]
+        return Dataset(name, xs[0], ys[0], xs[1], ys[1], "regression", 1)
+    ys = [y.to(torch.int64) for y in ys]
+    for y, split in zip(ys, ("train", "test"), strict=True):
+        if int(y.min()) < 0:
+            raise DatasetError(f"{split}_y: label {int(y.min())} is negative; valid: class "
+                               f"labels 0, 1, ...")
+    found = max(int(y.max()) for y in ys) + 1
+    if classes is None:
+        classes = found
+    elif isinstance(classes, bool) or not isinstance(classes, int) or classes < found:
+        raise DatasetError(f"classes {classes!r}: the labels go up to {found - 1}; valid: a "
+                           f"whole number >= {found}")
+    return Dataset(name, xs[0], ys[0], xs[1], ys[1], "classification", classes)
+
+
+def from_datasets(train: Any, test: Any, *, classes: int | None = None) -> Dataset:
+    """:func:`dataset` of two ``torch.utils.data.Dataset`` objects (map-style: ``len`` and
+    ``ds[i]``; or iterable) yielding ``(x, y)`` pairs, stacked into tensors once: the whole
+    dataset is loaded into memory. Raises :class:`~signvote.data.DatasetError` naming the
+    dataset and the item that is no pair, or whose sample differs in shape."""
+    (train_x, train_y), (test_x, test_y) = (_stack(ds, split) for ds, split in
+                                            ((train, "train"), (test, "test")))
+    return dataset(train_x, train_y, test_x, test_y, classes=classes, name="datasets")
+
+
+def check_dataset(data: Dataset) -> None:
+    """Refuse a :class:`signvote.data.Dataset` that :func:`dataset` would not make (float32
+    features, int64 labels in ``[0, n_classes)`` or float32 targets, counts, shapes, NaN);
+    raises :class:`~signvote.data.DatasetError` naming the tensor."""
+    _refuse_data(data.task in ("classification", "regression"),
+                 f"data {data.name}: task {data.task!r}; valid: classification, regression")
+    labels = "float targets" if data.task == "regression" else "integer class labels"
+    rebuilt = dataset(data.train_x, data.train_y, data.test_x, data.test_y,
+                      classes=data.n_classes if data.task == "classification" else None,
+                      name=data.name)
+    for a, b, what in ((data.train_y, rebuilt.train_y, "train_y"),
+                       (data.test_y, rebuilt.test_y, "test_y")):
+        _refuse_data(a.dtype == b.dtype, f"data {data.name}: {what} is {a.dtype}; valid: "
+                     f"{b.dtype} ({labels} of a {data.task})")
+    for a, what in ((data.train_x, "train_x"), (data.test_x, "test_x")):
+        _refuse_data(a.dtype == torch.float32, f"data {data.name}: {what} is {a.dtype}; "
+                     f"valid: float32")
+
+
+def _refuse_data(ok: bool, message: str) -> None:
+    if not ok:
+        raise DatasetError(message)
+
+
+def _tensor(value: Any, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach()
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DatasetError(f"{what}: a {type(value).__name__} is no tensor ({exc}); valid: "
+                           f"a torch tensor or a numpy array") from None
+
+
+def _target_kind(y: Tensor, what: str) -> str:
+    if y.dtype.is_floating_point:
+        return "float targets"
+    if y.dtype.is_complex or y.dtype == torch.bool:
+        raise DatasetError(f"{what}: dtype {y.dtype}; valid: integer class labels or float "
+                           f"targets")
+    return "integer labels"
+
+
+def _finite(t: Tensor, what: str) -> Tensor:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        first = [int(i) for i in torch.nonzero(bad)[0]]
+        raise DatasetError(f"{what}: {int(bad.sum())} values are NaN or infinite (the first "
+                           f"at {first}); valid: finite numbers")
+    return t
+
+
+def _stack(ds: Any, split: str) -> tuple[Tensor, Tensor]:
+    """The samples and targets of a torch dataset, stacked."""
+    what = f"{split} dataset {describe(ds)}"
+    if isinstance(ds, torch.utils.data.IterableDataset):
+        items = list(ds)
+    else:
+        try:
+            items = [ds[i] for i in range(len(ds))]
+        except TypeError:
+            raise DatasetError(f"{what}: not a dataset (len(ds) and ds[i]); valid: a "
+                               f"torch.utils.data.Dataset of (x, y) pairs") from None
+    require_samples(len(items), what)
+    xs, ys = [], []
+    for i, item in enumerate(items):
+        if not isinstance(item, Sequence) or len(item) != 2:
+            raise DatasetError(f"{what}: item {i} is a {type(item).__name__}, not an (x, y) "
+                               f"pair")
+        xs.append(_tensor(item[0], f"{what}: item {i}'s x"))
+        ys.append(_tensor(item[1], f"{what}: item {i}'s y"))
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if x.shape != xs[0].shape:
+            raise DatasetError(f"{what}: item {i}'s x has shape {list(x.shape)}, item 0's "
+                               f"{list(xs[0].shape)}; valid: samples of one shape")
+        if y.numel() != 1:
+            raise DatasetError(f"{what}: item {i}'s y has shape {list(y.shape)}; valid: one "
+                               f"target per sample")
+    return torch.stack(xs), torch.stack([y.reshape(()) for y in ys])
+
+
+# --- the distributed engine, from names ------------------------------------------------
+
+
+def _distributed(config: TrainConfig, progress: bool, write: bool) -> RunResult:
+    """Run ``config`` (names only) with the distributed engine: its processes run the
+    command line of the resolved config (:func:`command_line`)."""
+    from signvote.engine import dist
+    from signvote.experiment import runs
+
+    _refuse(write, "write=False: the distributed engine's processes write the run folder; "
+            "valid: write=True, or engine='sim'")
+    c = resolve(config)
+    summary = dist.launch(c, command_line(c, progress))
+    folder = runs.read_run(c.out)
+    params = torch.load(f"{c.out}/params.pt", weights_only=True)
+    return RunResult(c, summary, folder.metrics,
+                     torch.cat([p.reshape(-1) for p in params.values()]))
+
+
+def command_line(config: TrainConfig, progress: bool = True) -> list[str]:
+    """The ``signvote train`` command line of a config: ``--FIELD VALUE`` for each field
+    set (a true flag alone), ``--quiet`` without ``progress``."""
+    words = ["train"]
+    for name in FIELDS:
+        value = getattr(config, name)
+        flag = f"--{name.replace('_', '-')}"
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, repr(value) if isinstance(value, float) and math.isfinite(value)
+                      else str(value)]
+    return words + ([] if progress else ["--quiet"])
