@@ -1,26 +1,13 @@
-"""The models of the paper's experiments, built by name."""
+"""The five models of the paper's experiments (registered by :mod:`signvote.models`).
+
+Each is a factory ``(input_shape, n_classes) -> nn.Module`` returning an ``nn.Sequential``,
+which the simulator compiles into per-worker layer calls (``engine/gradients.py``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from torch import nn
-
-IMAGES = ("mnist", "fashion-mnist", "digits", "idx")
-
-MODELS: dict[str, tuple[str, ...]] = {
-    "linregnet": ("linreg",),
-    "logregnet": ("logreg",),
-    "torchnet": IMAGES,
-    "mnistnet": ("mnist", "fashion-mnist", "idx"),
-    "smallcnn": IMAGES,
-}
-"""Model name -> the datasets it fits."""
-
-DEFAULT_MODEL = {"linreg": "linregnet", "logreg": "logregnet", "mnist": "mnistnet",
-                 "fashion-mnist": "smallcnn", "digits": "smallcnn", "idx": "smallcnn"}
-"""Dataset -> the model the paper trains on it."""
 
 
 def linregnet(input_shape: tuple[int, ...], n_classes: int = 1) -> nn.Module:
@@ -74,31 +61,3 @@ def smallcnn(input_shape: tuple[int, ...], n_classes: int = 10) -> nn.Module:
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(flat, n_classes),
     )
-
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "linregnet": linregnet,
-    "logregnet": logregnet,
-    "torchnet": torchnet,
-    "mnistnet": mnistnet,
-    "smallcnn": smallcnn,
-}
-
-
-MIN_IMAGE_SIZE = {"torchnet": 6, "mnistnet": 20, "smallcnn": 4}
-"""The smallest image side each CNN accepts (its convolutions and poolings leave >= 1 pixel)."""
-
-
-def build(name: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """The model ``name`` for samples of ``input_shape`` and ``n_classes`` outputs."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
-    if name in MIN_IMAGE_SIZE:
-        if len(input_shape) != 3:
-            raise ValueError(f"needs images [channels, height, width], got samples of shape "
-                             f"{tuple(input_shape)}")
-        if min(input_shape[1:]) < MIN_IMAGE_SIZE[name]:
-            side = MIN_IMAGE_SIZE[name]
-            raise ValueError(f"needs images of at least {side}x{side} pixels, got "
-                             f"{input_shape[1]}x{input_shape[2]}")
-    return _BUILDERS[name](input_shape, n_classes)
