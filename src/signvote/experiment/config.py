@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from signvote import aggregators, attacks, models, rules
-from signvote.data import DATASETS, REGRESSION
+from signvote.data import AUGMENTED, DATASETS, REGRESSION, TABULAR
+from signvote.data.folder import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE
 from signvote.data.partition import NEEDS_LABELS, PARTITIONS
 from signvote.registry import unknown_name
 
@@ -119,8 +120,9 @@ class TrainConfig:
     """Everything that defines a training run (the defaults are the paper's logistic setting)."""
 
     dataset: str = _opt("logreg", "dataset", DATASETS)
-    model: str | None = _opt(None, "model (default: the paper's model for the dataset)",
-                             tuple(models.MODELS),
+    model: str | None = _opt(None, "model (default: the paper's model for the dataset, "
+                             "resnet20 for cifar10, cifar100, folder); the ResNets take "
+                             "norm=batch|group|none, e.g. resnet20(norm=group)", models.names,
                              derive=lambda c: models.DEFAULT_MODEL[c.dataset])
     workers: int = _opt(10, "number of workers n, adversaries included", check=at_least(1))
     rule: str = _opt("signum", "worker rule", rules.names)
@@ -163,8 +165,22 @@ class TrainConfig:
                                  check=at_least(1))
     partition_gamma: float = _opt(0.5, "iid fraction of --partition gamma (1: iid, 0: sorted "
                                   "by label)", check=within("[0, 1]"))
-    data_dir: str | None = _opt(None, "folder with the dataset's files (IDX datasets; default: "
-                                "the standard places, see --help of signvote download)",
+    augment: str | None = _opt(None, "random crop (4-pixel black padding) and horizontal "
+                               "flip of every worker's batch each step, each worker drawing "
+                               "from its own stream of the seed (default: on for "
+                               + ", ".join(AUGMENTED) + ", off otherwise)", ("on", "off"),
+                               derive=lambda c: "on" if c.dataset in AUGMENTED else "off")
+    image_size: int | None = _opt(None, f"--dataset folder: the side S its images are "
+                                  f"resized to, S x S pixels (default: {DEFAULT_IMAGE_SIZE}; "
+                                  f"the other datasets have a size of their own)",
+                                  check=Check(lambda v: 1 <= v <= MAX_IMAGE_SIZE,
+                                              f"must be in [1, {MAX_IMAGE_SIZE}]"),
+                                  derive=lambda c: (DEFAULT_IMAGE_SIZE if c.dataset == "folder"
+                                                    else None))
+    data_dir: str | None = _opt(None, "folder with the dataset's files (IDX and CIFAR "
+                                "datasets; default: the standard places, see --help of "
+                                "signvote download); --dataset folder: the folder holding "
+                                "train/CLASS/* and test/CLASS/*",
                                 section=OUTPUT)
     seed: int = _opt(8005, "seed of data, model, partition, adversaries and noise, in [0, "
                      "2^32 - 1]", check=Check(lambda v: 0 <= v <= SEED_MAX,
@@ -213,7 +229,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TYPES = typing.get_type_hints(TrainConfig)
 """Each field's type, e.g. ``float | None``."""
-SPEC_FIELDS = ("aggregator", "attack")
+SPEC_FIELDS = ("model", "aggregator", "attack")
 """Fields whose value is a spec (``nnm+krum``, ``alie(z=1.5)``), checked by building it."""
 
 
@@ -347,6 +363,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _need(c.partition not in NEEDS_LABELS or c.dataset not in REGRESSION,
           f"--partition {c.partition} needs class labels; --dataset {c.dataset} is a "
           f"regression; valid: --partition iid")
+    _need(c.image_size is None or c.dataset == "folder",
+          f"--image-size {c.image_size} is the side the folder dataset's images are resized "
+          f"to; --dataset {c.dataset} has a size of its own; valid: --dataset folder, or "
+          f"leave --image-size out")
+    _need(c.augment != "on" or c.dataset not in TABULAR,
+          f"--augment on crops and flips images; --dataset {c.dataset} has feature vectors; "
+          f"valid: --dataset " + ", ".join(d for d in DATASETS if d not in TABULAR)
+          + ", or --augment off")
     _need(c.sign_bound is None or c.rule == "stochastic-sign",
           f"--sign-bound is the bound of --rule stochastic-sign, not of --rule {c.rule}")
     momentum = rules.DEFAULT_MOMENTUM[c.rule] if c.momentum is None else c.momentum
@@ -355,9 +379,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
     except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
         raise ConfigError(f"--momentum {momentum}: {exc}") from None
     c = fill_defaults(c)
-    _need(c.dataset in models.MODELS[c.model],
-          f"--model {c.model} does not fit --dataset {c.dataset}; valid: "
-          + ", ".join(m for m, ds in models.MODELS.items() if c.dataset in ds))
+    try:
+        fits = models.fits(c.model, c.dataset) or c.dataset not in DATASETS
+    except ValueError as exc:  # an unknown model or parameter name
+        raise ConfigError(f"--model {c.model}: {exc}") from None
+    _need(fits, f"--model {c.model} does not fit --dataset {c.dataset}; valid: "
+          + ", ".join(m for m in models.names() if models.fits(m, c.dataset)))
     try:
         aggregators.check(aggregators.build(c.aggregator, c.aggregator_f), c.workers)
     except ValueError as exc:
