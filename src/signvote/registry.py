@@ -1,4 +1,10 @@
-"""A small name -> factory registry shared by aggregators and attacks."""
+"""A small name -> factory registry shared by aggregators, attacks, rules and models.
+
+A name resolves, in this order, to a factory registered here (the built-ins), to an
+installed package's entry point in the registry's group (``signvote.aggregators``, ...),
+or to an import spec ``package.module:attribute``; the last two are plugins
+(:mod:`signvote.plugins`: what their attribute must be, and the one-line errors).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable
+from importlib.metadata import EntryPoint
 from typing import Any
 
 
@@ -15,11 +22,28 @@ class UnknownNameError(ValueError):
 
 
 class Registry:
-    """Maps kebab-case names to factories (classes); ``get`` builds one with parameters."""
+    """Maps kebab-case names to factories (classes); ``get`` builds one with parameters.
 
-    def __init__(self, kind: str) -> None:
+    Besides the registered names, a registry resolves the entry points of its ``group``
+    (by default the kind's, :data:`signvote.plugins.GROUPS`: ``signvote.aggregators`` for
+    ``Registry("aggregator")``), read lazily on the first :meth:`names` or :meth:`factory`
+    and each loaded on its first use, and import specs ``package.module:attribute``."""
+
+    def __init__(self, kind: str, group: str | None = None) -> None:
         self.kind = kind
         self._factories: dict[str, Callable[..., Any]] = {}
+        self._group = group
+        self._entry_points: dict[str, list[EntryPoint]] | None = None
+        self._plugins: dict[str, Callable[..., Any]] = {}
+
+    @property
+    def group(self) -> str | None:
+        """The entry point group whose names this registry resolves (None: no group)."""
+        if self._group is not None:
+            return self._group
+        from signvote.plugins import GROUPS
+
+        return GROUPS.get(self.kind)
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Class decorator: register ``factory`` under ``name``."""
@@ -38,32 +62,78 @@ class Registry:
         self.factory(name)
         del self._factories[name]
 
+    def entry_points(self) -> dict[str, list[EntryPoint]]:
+        """The installed packages' entry points of :attr:`group` by name (read once, none
+        loaded); a name registered here is the built-in's, the entry point is shadowed."""
+        if self._entry_points is None:
+            from signvote.plugins import find_entry_points
+
+            self._entry_points = find_entry_points(self.group)
+        return {k: v for k, v in self._entry_points.items() if k not in self._factories}
+
+    def rescan(self) -> None:
+        """Read the installed packages' entry points again on the next use (after a package
+        was installed in this process, as a test does)."""
+        self._entry_points = None
+        self._plugins = {k: v for k, v in self._plugins.items() if ":" in k}
+
     def names(self) -> list[str]:
-        """The registered names, sorted."""
-        return sorted(self._factories)
+        """The registered names and the entry points' names, sorted."""
+        return sorted([*self._factories, *self.entry_points()])
 
     def names_in_order(self) -> list[str]:
-        """The registered names, in the order they were registered."""
-        return list(self._factories)
+        """The registered names, in the order they were registered, then the entry
+        points' names, sorted."""
+        return [*self._factories, *sorted(self.entry_points())]
+
+    def is_plugin(self, name: str) -> bool:
+        """Whether ``name`` is not a registered name: an entry point or an import spec."""
+        return name not in self._factories
 
     def factory(self, name: str) -> Callable[..., Any]:
-        """The factory registered under ``name``; unknown names list the known ones."""
-        try:
+        """The factory of ``name``: the one registered under it, else the entry point of
+        that name (loaded and checked once), else the import spec ``package.module:
+        attribute`` (imported and checked once). An unknown name lists the known ones; a
+        plugin that cannot be loaded, or is not of this kind, raises
+        :class:`signvote.plugins.PluginError` (a ValueError), one line saying why."""
+        if name in self._factories:
             return self._factories[name]
-        except KeyError:
-            raise UnknownNameError(unknown_name(self.kind, name, self.names())) from None
+        if name in self._plugins:
+            return self._plugins[name]
+        from signvote import plugins
+
+        if plugins.is_import_spec(name):
+            factory = plugins.adapt(self.kind, plugins.import_attribute(name, self.kind), name)
+        else:
+            found = self.entry_points().get(name)
+            if found is None:
+                raise UnknownNameError(unknown_name(self.kind, name, self.names()))
+            attribute = plugins.load_entry_point(found, self.kind)
+            factory = plugins.adapt(self.kind, attribute, f"{found[0].value} (entry point "
+                                    f"{name} of {plugins.distribution(found[0])})")
+        self._plugins[name] = factory
+        return factory
 
     def get(self, name: str, **params: Any) -> Any:
         """Build the callable registered under ``name`` with keyword ``params``."""
         factory = self.factory(name)
-        accepted = inspect.signature(factory).parameters
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            valid = ", ".join(accepted) or "none"
-            raise ValueError(
-                f"{self.kind} {name!r} takes no parameter {', '.join(unknown)}; valid: {valid}"
-            )
+        check_params(factory, params, f"{self.kind} {name!r}")
         return factory(**params)
+
+
+def check_params(factory: Callable[..., Any], params: dict[str, Any], owner: str,
+                 given: tuple[str, ...] = ()) -> None:
+    """Refuse ``params`` that ``factory`` does not take (all are taken where it has
+    ``**kwargs``), naming the valid ones; ``given``: parameters the caller passes itself,
+    not listed as valid."""
+    accepted = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        valid = ", ".join(k for k, p in accepted.items() if k not in given
+                          and p.kind is not inspect.Parameter.VAR_POSITIONAL) or "none"
+        raise ValueError(f"{owner} takes no parameter {', '.join(unknown)}; valid: {valid}")
 
 
 def unknown_name(kind: str, name: str, known: list[str]) -> str:
@@ -95,7 +165,10 @@ def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
     """Split ``"nnm+krum(f=2)"`` into ``[("nnm", {}), ("krum", {"f": 2})]``.
 
     A spec is one or more stages joined by ``+``; a stage is a name with optional
-    ``(key=value, ...)``. Malformed specs raise ValueError naming the bad part.
+    ``(key=value, ...)``, the name a registered one, an entry point's, or an import spec
+    ``package.module:attribute`` (dotted identifiers, one colon; never a file path:
+    :func:`signvote.plugins.check_import_spec`). Malformed specs raise ValueError naming the
+    bad part.
     """
     if not spec.strip():
         raise ValueError(f"{kind} {spec!r}: empty; expected NAME or NAME(key=value, ...), "
@@ -107,6 +180,16 @@ def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
             raise ValueError(f"{kind} {spec!r}: cannot read {part.strip()!r}; expected NAME or "
                              f"NAME(key=value, ...), stages joined by '+'")
         name, body = match.group(1), match.group(2)
+        if ":" in name:
+            from signvote.plugins import check_import_spec
+
+            try:
+                check_import_spec(name)
+            except ValueError as exc:
+                raise ValueError(f"{kind} {spec!r}: {exc}") from None
+        elif _NAME.fullmatch(name) is None:
+            raise ValueError(f"{kind} {spec!r}: cannot read {part.strip()!r}; expected NAME or "
+                             f"NAME(key=value, ...), stages joined by '+'")
         params: dict[str, Any] = {}
         for item in (p.strip() for p in (body or "").split(",")):
             if not item and body is not None and body.strip():
@@ -127,9 +210,11 @@ def parse_spec(spec: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
     return stages
 
 
-_STAGE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)\s*(?:\(([^()]*)\))?")
-"""A stage: a name (any case, so that a wrong one gets "did you mean" from the registry)
-and its bracketed parameters."""
+_STAGE = re.compile(r"([^\s()]+)\s*(?:\(([^()]*)\))?")
+"""A stage: a name and its bracketed parameters."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+"""A registered or entry point name (any case, so that a wrong one gets "did you mean" from
+the registry)."""
 
 
 def to_float(value: Any, what: str, owner: str) -> float:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from signvote.contracts import RuleCapabilities
-from signvote.registry import Registry, to_positive
+from signvote.registry import Registry, parse_spec, to_positive
 
 Coins = torch.Generator | Sequence[torch.Generator] | None
 """Where the stochastic sign's coins come from: one generator, one per row, or the global
@@ -50,6 +51,33 @@ def register(name: str, *, default_lr: float, default_momentum: float
 
 _DEFAULT_LR: dict[str, float] = {}
 _DEFAULT_MOMENTUM: dict[str, float] = {}
+_DECLARED: dict[int, tuple[Callable[..., WorkerRule], float, float]] = {}
+"""id(factory) -> (factory, default lr, default momentum) of the factories declared with
+:func:`declare` (the factory is kept, so its id stays its)."""
+
+
+def declare(*, default_lr: float, default_momentum: float
+            ) -> Callable[[Callable[..., WorkerRule]], Callable[..., WorkerRule]]:
+    """Declare a rule factory's default learning rate and momentum without registering it:
+    a plugin rule, named by an entry point or an import spec (:mod:`signvote.plugins`)."""
+
+    def decorate(factory: Callable[..., WorkerRule]) -> Callable[..., WorkerRule]:
+        _DECLARED[id(factory)] = (factory, float(default_lr), float(default_momentum))
+        return factory
+
+    return decorate
+
+
+def declared(factory: Callable[..., WorkerRule]) -> tuple[float, float] | None:
+    """The ``(default_lr, default_momentum)`` declared for ``factory`` (:func:`declare`),
+    or None."""
+    entry = _DECLARED.get(id(factory))
+    return (entry[1], entry[2]) if entry is not None and entry[0] is factory else None
+
+
+UNDECLARED_LR = {True: 1e-4, False: 1e-3}
+"""The default learning rate of a plugin rule that declares none, by whether it sends
+signs: signsgd's and sgd's."""
 
 
 def momentum_update(momentum: Tensor, grads: Tensor, beta: float) -> Tensor:
@@ -175,12 +203,21 @@ class _Defaults(Mapping[str, float]):
     """A live view ``name -> default`` of the registered rules (a rule registered later
     is in it too)."""
 
-    def __init__(self, table: dict[str, float]) -> None:
+    def __init__(self, table: dict[str, float], lr: bool) -> None:
         self._table = table
+        self._lr = lr
 
     def __getitem__(self, name: str) -> float:
-        REGISTRY.factory(name)  # an unknown name lists the known ones
-        return self._table[name]
+        base, params = parse(name)
+        factory = REGISTRY.factory(base)  # an unknown name lists the known ones
+        if base in self._table:
+            return self._table[base]
+        found = declared(factory)  # a plugin rule: what it declares
+        if found is not None:
+            return found[0 if self._lr else 1]
+        if not self._lr:
+            return 0.0
+        return UNDECLARED_LR[REGISTRY.get(base, momentum=0.0, **params).sends_signs]
 
     def __iter__(self) -> Iterator[str]:
         return iter(names())
@@ -197,16 +234,33 @@ def names() -> list[str]:
 RULES = tuple(names())
 """The built-in rules' names, in the order --help lists them."""
 
-DEFAULT_MOMENTUM: Mapping[str, float] = _Defaults(_DEFAULT_MOMENTUM)
-DEFAULT_LR: Mapping[str, float] = _Defaults(_DEFAULT_LR)
+DEFAULT_MOMENTUM: Mapping[str, float] = _Defaults(_DEFAULT_MOMENTUM, lr=False)
+DEFAULT_LR: Mapping[str, float] = _Defaults(_DEFAULT_LR, lr=True)
+"""A rule's default momentum and learning rate: a registered rule's, a plugin rule's
+declared ones (:func:`declare`), else momentum 0 and :data:`UNDECLARED_LR`."""
+
+
+def parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """A rule's name and parameters: ``"signum"``, ``"pkg.mod:make_rule(scale=2)"`` (one
+    stage of ``registry.parse_spec``; the momentum and the bound have options of their
+    own, ``--momentum`` and ``--sign-bound``)."""
+    stages = parse_spec(spec, "rule")
+    if len(stages) != 1:
+        raise ValueError(f"rule {spec!r}: one rule, not {len(stages)} joined by '+'")
+    name, params = stages[0]
+    for own, option in (("momentum", "--momentum"), ("bound", "--sign-bound")):
+        if own in params:
+            raise ValueError(f"rule {spec!r}: {own} is set by {option}, not in the spec")
+    return name, params
 
 
 def get(name: str, momentum: float | None = None, bound: float | None = None) -> WorkerRule:
-    """The worker rule ``name`` with ``momentum`` (None: the rule's default) and, for
-    rules that take one (``stochastic-sign``), its bound ``B`` (None: per worker and
-    step)."""
+    """The worker rule ``name`` (a spec, :func:`parse`) with ``momentum`` (None: the rule's
+    default) and, for rules that take one (``stochastic-sign``), its bound ``B`` (None:
+    per worker and step)."""
+    base, params = parse(name)
     beta = DEFAULT_MOMENTUM[name] if momentum is None else momentum
-    params = {"momentum": beta}
+    params["momentum"] = beta
     if bound is not None:
         params["bound"] = bound
-    return REGISTRY.get(name, **params)
+    return REGISTRY.get(base, **params)
