@@ -29,7 +29,13 @@ from torch import Tensor
 from signvote import contracts
 from signvote.aggregators.basic import ternary_votes
 from signvote.attacks import AttackContext
-from signvote.engine.gradients import BatchedModel, WorkerStep, worker_gradients
+from signvote.engine.gradients import (
+    BatchedModel,
+    Loss,
+    WorkerBuffers,
+    WorkerStep,
+    worker_gradients,
+)
 from signvote.rules import Coins, WorkerRule
 
 Workers = list[int] | None
@@ -137,10 +143,13 @@ def apply_update(x: Tensor, direction: Tensor, lr: float, weight_decay: float) -
 @dataclass(frozen=True)
 class StepState:
     """The explicit state a step carries to the next: the worker rule's (momentum; None
-    before the first step) and the aggregator's (``aggregator.init_state()`` at the start)."""
+    before the first step), the aggregator's (``aggregator.init_state()`` at the start)
+    and every worker's model buffers (BatchNorm's running statistics; None for a model
+    without buffers, :meth:`BatchedModel.initial_buffers` at the start)."""
 
     rule: Tensor | None = None
     aggregator: contracts.State = None
+    buffers: WorkerBuffers | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,8 @@ class DataPath:
         generator: the adversaries' random generator (advanced by random attacks).
         rule_generators: each worker's coins (stochastic sign), one per worker.
         n_classes: the number of classes (None for regression), for data-level attacks.
+        loss: the per-sample loss (None: the task's default,
+            :func:`~signvote.engine.gradients.default_loss`).
     """
 
     model: BatchedModel
@@ -177,10 +188,12 @@ class DataPath:
     generator: torch.Generator
     rule_generators: Coins = None
     n_classes: int | None = None
+    loss: Loss | None = None
 
     def initial_state(self) -> StepState:
-        """The state before the first step."""
-        return StepState(None, self.aggregator.init_state())
+        """The state before the first step: every worker with the model's own buffers."""
+        return StepState(None, self.aggregator.init_state(),
+                         self.model.initial_buffers(self.plan.blind_mask.shape[0]))
 
     def step(self, x: Tensor, state: StepState, inputs: Tensor, targets: Tensor, lr: float,
              step: int) -> tuple[Tensor, StepState, WorkerStep]:
@@ -194,7 +207,8 @@ class DataPath:
                       ) -> tuple[Tensor, StepState, WorkerStep, Observed]:
         """:meth:`step`, also returning the workers' own messages and the aggregate."""
         honest = worker_gradients(self.model, x, inputs,
-                                  self.plan.poison(targets, self.n_classes), self.task)
+                                  self.plan.poison(targets, self.n_classes), self.task,
+                                  loss=self.loss, buffers=state.buffers)
         own, rule_state = self.rule.step(honest.grads, state.rule, self.rule_generators)
         ctx = AttackContext(step, self.generator, self.rule.sends_signs,
                             contracts.Preview(self.aggregator, state.aggregator))
@@ -203,4 +217,5 @@ class DataPath:
             messages = wire(self.plan.apply(own, ctx), self.rule.sends_signs, self.aggregator)
         direction, agg_state = self.aggregator.apply(messages, state.aggregator)
         return (apply_update(x, direction, lr, self.weight_decay),
-                StepState(rule_state, agg_state), honest, Observed(own, direction))
+                StepState(rule_state, agg_state, honest.buffers), honest,
+                Observed(own, direction))
