@@ -29,6 +29,7 @@ from signvote.experiment.config import (
     load_toml,
     resolve,
 )
+from signvote.plugins import import_notices
 
 EXIT_USAGE = 2
 MAX_RATE_REPEATS = 1000
@@ -286,19 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="independent simulated runs per rate-bound case, at least 2 "
                              "(default: 10)")
 
-    from signvote.data.images import TORCHVISION_FOLDER, default_data_dir
+    from signvote.data.images import DOWNLOADABLE, default_data_dir
 
     download = commands.add_parser(
-        "download", help="download MNIST or Fashion-MNIST (needs torchvision and the network)",
-        description="Download a dataset's IDX files with torchvision (pip install "
-                    "'signvote[download]'). `signvote train --dataset NAME` finds them in "
-                    "the same --data-dir, or in the default folder without one. Offline, "
-                    "Fashion-MNIST also comes from Debian's package dataset-fashion-mnist "
-                    "(found in /usr/share/datasets/fashion-mnist), and any IDX files can be "
-                    "put in a folder passed as --data-dir.",
+        "download", help="download MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 (needs "
+                         "torchvision and the network)",
+        description="Download a dataset's files with torchvision (pip install "
+                    "'signvote[download]'): the MNIST family's IDX files, CIFAR's python "
+                    "pickles (cifar-10-batches-py/, cifar-100-python/). `signvote train "
+                    "--dataset NAME` finds them in the same --data-dir, or in the default "
+                    "folder without one. Offline, Fashion-MNIST also comes from Debian's "
+                    "package dataset-fashion-mnist (found in "
+                    "/usr/share/datasets/fashion-mnist), and the files can be put in a "
+                    "folder passed as --data-dir.",
     )
-    download.add_argument("dataset", choices=tuple(TORCHVISION_FOLDER), metavar="DATASET",
-                          help="one of: " + ", ".join(TORCHVISION_FOLDER))
+    download.add_argument("dataset", choices=DOWNLOADABLE, metavar="DATASET",
+                          help="one of: " + ", ".join(DOWNLOADABLE))
     download.add_argument("--data-dir", metavar="DIR", default=None,
                           help=f"where to put it (default: {default_data_dir()}, or "
                                f"$SIGNVOTE_DATA)")
@@ -476,7 +480,7 @@ def run_download(args: argparse.Namespace) -> int:
         folder = download(args.dataset, target)
     except DatasetError as exc:
         fail(f"signvote download: error: {exc}")
-    print(f"{args.dataset}: IDX files in {folder}")
+    print(f"{args.dataset}: files in {folder}")
     return 0
 
 
@@ -487,6 +491,12 @@ COMMANDS = {"train": run_train, "download": run_download, "sweep": run_sweep,
 
 EXIT_BROKEN_PIPE = 128 + 13
 """What a shell reports for a command whose reader went away (SIGPIPE), as ``ls | head``."""
+
+
+def plugin_notice(module: str, why: str) -> None:
+    """Say on stderr, once per module, that a plugin module is imported (its code runs):
+    ``signvote: importing plugin module mypkg.aggs (named by --aggregator)``."""
+    print(f"signvote: importing plugin module {module} ({why})", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -501,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     keep_freed_memory()  # this process is the command's own: its allocator policy is ours
     try:
-        return COMMANDS[args.command](args)
+        with import_notices(plugin_notice):
+            return COMMANDS[args.command](args)
     except BrokenPipeError:
         # the reader of stdout is gone (``signvote sweep --dry-run | head``): say nothing
         # more, and keep Python from failing again when it flushes stdout at exit

@@ -65,6 +65,7 @@ from signvote.engine.run import (
     RunResult,
     RunSetup,
     attack_generator,
+    augmenter,
     check_overwrite,
     coin_generators,
     epoch_row,
@@ -274,6 +275,8 @@ class _Rank:
                           if self.message_attack else None)
         self.attack_generator = attack_generator(c.seed)
         self.rule_generators = coin_generators(c.seed, [self.worker or 0])
+        self.augment = (None if self.worker is None  # this worker's own stream only
+                        else augmenter(c, setup.data, self.workers))
         self.rule_state: Tensor | None = None
         self.agg_state = setup.aggregator.init_state()
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
@@ -347,6 +350,8 @@ class _Rank:
         return {
             "rule_state": self.rule_state,
             "rule_generator": self.rule_generators[0].get_state(),
+            "augment_generator": (None if self.augment is None
+                                  else self.augment.generators[0].get_state()),
             "attack_generator": self.attack_generator.get_state(),
             "aggregator_state": self.agg_state,
             "epoch": epoch_stats.to_dict(),
@@ -358,6 +363,8 @@ class _Rank:
     def _restore(self, local: dict[str, Any]) -> tuple[EpochStats, dict[str, int]]:
         self.rule_state = local["rule_state"]
         self.rule_generators[0].set_state(local["rule_generator"])
+        if self.augment is not None:
+            self.augment.generators[0].set_state(local["augment_generator"])
         self.attack_generator.set_state(local["attack_generator"])
         self.agg_state = local["aggregator_state"]
         self.traffic.sent, self.traffic.received = local["traffic"]
@@ -438,6 +445,8 @@ class _Rank:
                 if self.worker is not None:
                     xb = inputs[:, start:start + c.batch_size]
                     yb = targets[:, start:start + c.batch_size]
+                    if self.augment is not None:
+                        xb = self.augment(xb)
                 before = self.traffic.sent, self.traffic.received
                 x, honest = self.step(x, xb, yb, lr, step)
                 epoch_bytes["sent"] += self.traffic.sent - before[0]

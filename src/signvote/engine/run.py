@@ -35,7 +35,7 @@ from signvote import aggregators, attacks, contracts, models, rules
 from signvote.data import Dataset, augment, partition
 from signvote.data import load as load_dataset
 from signvote.engine import protocol
-from signvote.engine.gradients import BatchedModel, ParamLayout, evaluate
+from signvote.engine.gradients import BatchedModel, Loss, ParamLayout, WorkerBuffers, evaluate
 from signvote.engine.parts import Parts, build_module, check_fit, resolve_parts
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
@@ -54,6 +54,7 @@ class RunResult:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
     params: Tensor | None = None
+    buffers: dict[str, Tensor] | None = None  # the evaluated running statistics, by name
 
     @property
     def status(self) -> str:
@@ -142,6 +143,8 @@ class RunSetup:
         workers_table: one row per worker (``partition.csv``).
         rng_state: torch's global generator after the model's initialisation, where the
             run's dropout draws continue (:func:`run_rng`).
+        loss: the per-sample loss (None: the task's default,
+            :func:`~signvote.engine.gradients.default_loss`).
     """
 
     config: TrainConfig
@@ -159,6 +162,7 @@ class RunSetup:
     summary: dict[str, Any]
     workers_table: list[dict[str, Any]]
     rng_state: Tensor
+    loss: Loss | None = None
 
     @property
     def n_classes(self) -> int | None:
@@ -201,6 +205,9 @@ def build_model(c: TrainConfig, data: Dataset) -> torch.nn.Module:
 def build_partition(c: TrainConfig, data: Dataset) -> partition.Partition:
     """The workers' training-set indices of resolved config ``c`` (drawn from
     ``seed + PARTITION_STREAM``); one that cannot be made raises :class:`ConfigError`."""
+    if c.partition in partition.NEEDS_LABELS and data.task != "classification":
+        raise ConfigError(f"--partition {c.partition} needs class labels; --dataset "
+                          f"{c.dataset} is a regression; valid: --partition iid")
     try:
         return partition.get(
             c.partition, data.train_y, c.workers,
@@ -275,7 +282,8 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         check_fit(module, data, parts.loss, c.model)
     layout = ParamLayout.of(module)
     x = layout.flatten(module)
-    batched = BatchedModel(module, layout)
+    batched = BatchedModel(module, layout,
+                           independent_samples=independent_samples(c, parts.model))
     part = build_partition(c, data)
     per_epoch = samples_per_epoch(c, data)
 
@@ -300,6 +308,8 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         summary["objects"] = parts.descriptions()
     workers_table = partition_table(part, data, plan.blind_mask, plan.byzantine_mask)
     summary["partition"] = c.partition
+    if data.classes is not None:  # label k is classes[k] (the folder dataset's subfolders)
+        summary["classes"] = list(data.classes)
     if data.task == "classification":
         summary["mean_worker_label_entropy_bits"] = round(
             sum(r["label_entropy_bits"] for r in workers_table) / c.workers, 6)
@@ -307,7 +317,19 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
             torch.bincount(data.train_y, minlength=data.n_classes))), 6)
     return RunSetup(c, data, module, layout, x, batched, part, per_epoch,
                     range(0, per_epoch, c.batch_size), rule, aggregator, plan, summary,
-                    workers_table, rng_state)
+                    workers_table, rng_state, parts.loss)
+
+
+def independent_samples(c: TrainConfig, model: Any = None) -> bool:
+    """Whether the run's model declares ``independent_samples`` (``models.info``), which
+    lets the simulator fold the workers' batches (``BatchedModel``): a model by spec, a
+    factory given as an object by its declaration (``models.declare``); a module given as
+    an object declares nothing (the vmap fallback, correct for any module)."""
+    if model is None:
+        return models.info(c.model).independent_samples
+    if isinstance(model, torch.nn.Module):
+        return False
+    return models.info(model).independent_samples
 
 
 def check_overwrite(config: TrainConfig) -> None:
@@ -376,20 +398,42 @@ class EpochStats:
         return cls(list(d["losses"]), list(d["correct"]), int(d["seen"]))
 
 
+def evaluated_buffers(setup: RunSetup, buffers: WorkerBuffers | None
+                      ) -> dict[str, Tensor] | None:
+    """The buffers (BatchNorm's running statistics) of the model that is evaluated and
+    saved, by name: the mean over the honest workers (``plan.honest_mask``) of their
+    running statistics, or over the workers that are not Byzantine when every worker is
+    blind; None for a model without buffers.
+
+    The running statistics are no part of the protocol the paper attacks (only the
+    messages are): the evaluated model is the one an honest party would hold, so it
+    trusts no adversary's statistics. A blind worker's are computed on its true data, but
+    it is an adversary (it inverts its messages), and the rule stays simple."""
+    if buffers is None:
+        return None
+    mask = setup.plan.honest_mask
+    if not bool(mask.any()):
+        mask = ~setup.plan.byzantine_mask
+    return setup.batched.buffer_layout.named(buffers.mean(mask))
+
+
 def epoch_row(epoch: int, step: int, stats: EpochStats, x: Tensor, setup: RunSetup,
-              lr: float, t0: float) -> tuple[dict[str, Any], bool]:
+              lr: float, t0: float, buffers: WorkerBuffers | None = None
+              ) -> tuple[dict[str, Any], bool]:
     """The metrics row of 0-based ``epoch`` (the scored workers' mean batch loss and
-    accuracy over the epoch, the test loss and accuracy of ``x``) and whether the training
-    loss and the parameters are finite (the test metrics are NaN and None when not). An
-    epoch whose training loss is not finite has no training accuracy either (None): it
-    counted predictions of parameters that diverged within it."""
+    accuracy over the epoch, the test loss and accuracy of ``x`` with the running
+    statistics :func:`evaluated_buffers` of every worker's ``buffers``) and whether the
+    training loss and the parameters are finite (the test metrics are NaN and None when
+    not). An epoch whose training loss is not finite has no training accuracy either
+    (None): it counted predictions of parameters that diverged within it."""
     train_loss = float(torch.cat([t.reshape(-1) for t in stats.losses]).mean())
     train_acc = (float(torch.stack([t.sum() for t in stats.correct]).sum()) / stats.seen
                  if stats.correct and math.isfinite(train_loss) else None)
     finite = math.isfinite(train_loss) and bool(torch.isfinite(x).all())
     data = setup.data
     test_loss, test_acc = (
-        evaluate(setup.module, setup.layout, x, data.test_x, data.test_y, data.task)
+        evaluate(setup.module, setup.layout, x, data.test_x, data.test_y, data.task,
+                 loss=setup.loss, buffers=evaluated_buffers(setup, buffers))
         if finite else (float("nan"), None)
     )
     return {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
@@ -412,11 +456,15 @@ def finish_summary(summary: dict[str, Any], metrics: list[dict[str, Any]], step:
     return summary
 
 
-def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any]) -> None:
-    """Write the final parameters (``params.pt``, named as the model's) and then
-    ``summary.json``, whose presence marks a finished run."""
+def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any],
+                  buffers: WorkerBuffers | None = None) -> None:
+    """Write the final parameters (``params.pt``, named as the model's, with the evaluated
+    running statistics :func:`evaluated_buffers` of every worker's ``buffers``: a state
+    dict ``load_state_dict`` takes) and then ``summary.json``, whose presence marks a
+    finished run."""
     runs.write_params(out / "params.pt",
-                      {k: v.clone() for k, v in setup.layout.unflatten(x).items()})
+                      {**{k: v.clone() for k, v in setup.layout.unflatten(x).items()},
+                       **(evaluated_buffers(setup, buffers) or {})})
     runs.write_json(out / "summary.json", summary)
 
 

@@ -35,6 +35,7 @@ from signvote.engine.run import (
     augmenter,
     coin_generators,
     epoch_row,
+    evaluated_buffers,
     finish_summary,
     learning_rate,
     prepare,
@@ -52,7 +53,7 @@ def data_path(setup: RunSetup) -> DataPath:
     c = setup.config
     return DataPath(setup.batched, setup.rule, setup.plan, setup.aggregator, setup.data.task,
                     c.weight_decay, attack_generator(c.seed),
-                    coin_generators(c.seed, range(c.workers)), setup.n_classes)
+                    coin_generators(c.seed, range(c.workers)), setup.n_classes, setup.loss)
 
 
 def train(config: TrainConfig, *, progress: bool = True, write: bool = True,
@@ -102,7 +103,7 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
             step += 1
         if not every_worker_scored:
             stats = stats.scored(scored)
-        row, finite = epoch_row(epoch, step, stats, x, setup, lr, t0)
+        row, finite = epoch_row(epoch, step, stats, x, setup, lr, t0, state.buffers)
         for key in theory.MEASURE_STEP_COLUMNS if measured else ():
             row[key] = math.fsum(m[key] for m in measured) / len(measured)
         if measured:
@@ -114,8 +115,8 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
     display.close()
     summary = finish_summary(setup.summary, metrics, step, t0, not finite)
     if out is not None:
-        write_results(out, setup, x, summary)
-    return RunResult(c, summary, metrics, x)
+        write_results(out, setup, x, summary, state.buffers)
+    return RunResult(c, summary, metrics, x, evaluated_buffers(setup, state.buffers))
 
 
 def measure(setup: RunSetup, x: Tensor, honest: WorkerStep, own: Tensor, vote: Tensor,
@@ -125,7 +126,7 @@ def measure(setup: RunSetup, x: Tensor, honest: WorkerStep, own: Tensor, vote: T
     coordinate's agreeing and counted (honest worker) pairs to ``agreement[2, d]``."""
     data = setup.data
     full = worker_gradients(setup.batched, x, data.train_x[None], data.train_y[None],
-                            data.task).grads[0]
+                            data.task, loss=setup.loss).grads[0]
     keep = setup.plan.honest_mask
     truth = torch.sign(full)
     agree = torch.sign(own[keep]) == truth

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from signvote import aggregators, attacks, models, rules
+from signvote import aggregators, attacks, models, plugins, rules
 from signvote.data import AUGMENTED, DATASETS, REGRESSION, TABULAR
 from signvote.data.folder import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE
 from signvote.data.partition import NEEDS_LABELS, PARTITIONS
@@ -110,6 +110,24 @@ def _opt(default: Any, help: str, choices: Any = None, *, section: str = TRAJECT
                                             "derive": derive})
 
 
+PLUGIN_HELP = ("; or an installed package's entry point, or an import spec package.module:"
+               "attribute, which imports that module (a dotted name on sys.path, never a "
+               "file path)")
+"""What the help of every option that takes a name says of plugins (:mod:`signvote.plugins`)."""
+
+
+def _datasets() -> tuple[str, ...]:
+    """The built-in datasets, then the entry points' (``signvote.datasets``)."""
+    return (*DATASETS, *plugins.dataset_names())
+
+
+def _default_model(c: TrainConfig) -> str:
+    if c.dataset not in models.DEFAULT_MODEL:  # a plugin dataset: no model is its own
+        raise ConfigError(f"--dataset {c.dataset} needs --model; valid: "
+                          + ", ".join(models.names()) + ", or an import spec")
+    return models.DEFAULT_MODEL[c.dataset]
+
+
 def _aggregator(c: TrainConfig) -> str:
     return ("majority-vote" if rules.get(c.rule, c.momentum, c.sign_bound).sends_signs
             else "mean")
@@ -119,13 +137,14 @@ def _aggregator(c: TrainConfig) -> str:
 class TrainConfig:
     """Everything that defines a training run (the defaults are the paper's logistic setting)."""
 
-    dataset: str = _opt("logreg", "dataset", DATASETS)
+    dataset: str = _opt("logreg", "dataset" + PLUGIN_HELP + ", with parameters: "
+                        "pkg.mod:make(n=100)", _datasets)
     model: str | None = _opt(None, "model (default: the paper's model for the dataset, "
                              "resnet20 for cifar10, cifar100, folder); the ResNets take "
-                             "norm=batch|group|none, e.g. resnet20(norm=group)", models.names,
-                             derive=lambda c: models.DEFAULT_MODEL[c.dataset])
+                             "norm=batch|group|none, e.g. resnet20(norm=group)"
+                             + PLUGIN_HELP, models.names, derive=_default_model)
     workers: int = _opt(10, "number of workers n, adversaries included", check=at_least(1))
-    rule: str = _opt("signum", "worker rule", rules.names)
+    rule: str = _opt("signum", "worker rule" + PLUGIN_HELP, rules.names)
     sign_bound: float | None = _opt(None, "bound B of --rule stochastic-sign (default: each "
                                     "worker's largest |gradient| of the step)",
                                     check=finite(">", 0))
@@ -147,13 +166,13 @@ class TrainConfig:
                                   "mean for sgd); pre-aggregators ("
                                   + ", ".join(aggregators.pre_names()) + ") go in front "
                                   "with '+' and parameters in brackets, e.g. nnm+krum, "
-                                  "centered-clipping(tau=5)", aggregators.names,
-                                  derive=_aggregator)
+                                  "centered-clipping(tau=5)" + PLUGIN_HELP + " (any "
+                                  "stage)", aggregators.names, derive=_aggregator)
     aggregator_f: int | None = _opt(None, "faults f the aggregator is built to tolerate "
                                     "(default: --byzantine + --blind)", check=at_least(0),
                                     derive=lambda c: c.byzantine + c.blind)
     attack: str = _opt("vote-cancel", "what the --byzantine workers do; parameters in "
-                       "brackets, e.g. alie(z=1.5)", attacks.names)
+                       "brackets, e.g. alie(z=1.5)" + PLUGIN_HELP, attacks.names)
     byzantine: int = _opt(0, "number of Byzantine workers running --attack (the seed's -b)",
                           check=at_least(0))
     blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)",
@@ -231,6 +250,9 @@ TYPES = typing.get_type_hints(TrainConfig)
 """Each field's type, e.g. ``float | None``."""
 SPEC_FIELDS = ("model", "aggregator", "attack")
 """Fields whose value is a spec (``nnm+krum``, ``alie(z=1.5)``), checked by building it."""
+NAME_FIELDS = ("dataset", "rule")
+"""Fields whose value is a name from their choices, or a plugin's spec (an import spec, or
+parameters: ``pkg.mod:make(n=100)``), checked by resolving it (:func:`check_plugin_names`)."""
 
 
 def flag(name: str) -> str:
@@ -346,12 +368,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if isinstance(value, str) and not value.strip():
             raise ConfigError(f"{flag(name)}: empty" + (f"; valid: {', '.join(choices)}"
                               if choices else "") + " (leave it out for its default)")
-        if choices is not None and value not in choices and name not in SPEC_FIELDS:
+        if (choices is not None and value not in choices and name not in SPEC_FIELDS
+                and not (name in NAME_FIELDS and any(ch in value for ch in ":("))):
             raise ConfigError(f"{flag(name)}: {unknown_name('value', value, list(choices))}")
         check = spec.metadata["check"]
         if check is not None and not check.ok(value):
             raise ConfigError(check.message(name, value))
     c = dataclasses.replace(c, **values)
+    check_plugin_names(c)
     _need(
         c.byzantine + c.blind <= c.workers,
         f"--byzantine {c.byzantine} + --blind {c.blind} = {c.byzantine + c.blind} adversaries "
@@ -401,6 +425,24 @@ def resolve(config: TrainConfig) -> TrainConfig:
           "--tensorboard needs the tensorboard package, which is not installed; valid: "
           "pip install 'signvote[tensorboard]', or leave --tensorboard out")
     return c
+
+
+def check_plugin_names(c: TrainConfig) -> None:
+    """Resolve the dataset and the rule of ``c`` when they are plugins (an entry point or
+    an import spec: :mod:`signvote.plugins`), so that one that cannot be imported, is not
+    found, or is not of its kind is refused here, naming its option, before anything
+    else reads it (the model, the aggregator and the attack are checked when built)."""
+    checks = (("dataset", lambda: plugins.dataset_factory(c.dataset, DATASETS),
+               c.dataset not in DATASETS),
+              ("rule", lambda: (rules.get(c.rule, rules.DEFAULT_MOMENTUM[c.rule]),
+                                rules.DEFAULT_LR[c.rule]),
+               rules.REGISTRY.is_plugin(c.rule)))
+    for name, resolve_it, plugin in checks:
+        if plugin:
+            try:
+                resolve_it()
+            except ValueError as exc:
+                raise ConfigError(f"{flag(name)} {getattr(c, name)}: {exc}") from None
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:

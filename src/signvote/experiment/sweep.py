@@ -222,8 +222,9 @@ def adopt_renamed(placed: list[TrainConfig], sweep_dir: str | Path) -> int:
     return renamed
 
 
-BUILD_FIELDS = ("dataset", "data_dir", "model", "workers", "partition", "partition_alpha",
-                "partition_shards", "partition_gamma", "batch_size")
+BUILD_FIELDS = ("dataset", "data_dir", "image_size", "model", "workers", "partition",
+                "partition_alpha", "partition_shards", "partition_gamma", "batch_size",
+                "augment")
 """The fields on which whether a run can be built on its data depends."""
 
 
@@ -234,8 +235,7 @@ def check_datasets(configs: list[TrainConfig]) -> None:
     on the data of its first seed), so that a missing dataset or a run that cannot start
     is reported before anything is written (raises :class:`signvote.data.DatasetError` or
     :class:`ConfigError`)."""
-    from signvote.data import load as load_dataset
-    from signvote.engine.run import check_buildable
+    from signvote.engine.run import check_buildable, load_data
 
     loaded: dict[tuple, Any] = {}
     checked = set()
@@ -244,10 +244,9 @@ def check_datasets(configs: list[TrainConfig]) -> None:
         if build in checked:
             continue
         checked.add(build)
-        key = (c.dataset, c.data_dir)
+        key = (c.dataset, c.data_dir, c.image_size)
         if key not in loaded:
-            loaded[key] = load_dataset(c.dataset, c.seed,
-                                       Path(c.data_dir) if c.data_dir else None)
+            loaded[key] = load_data(c)
         check_buildable(c, loaded[key])
 
 
