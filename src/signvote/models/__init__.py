@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from signvote.models import paper, resnet
-from signvote.registry import Registry, parse_spec
+from signvote.registry import Registry, check_params, parse_spec
 
 REGISTRY = Registry("model")
 
@@ -156,14 +156,7 @@ def _check_params(name: str, factory: Callable[..., Any], params: dict[str, Any]
     if given:
         raise ValueError(f"model {name!r}: {', '.join(given)} is set by the data, not by "
                          f"the spec")
-    if any(p.kind is kinds.VAR_KEYWORD for p in parameters):
-        return
-    valid = [p.name for p in parameters if p.name not in from_data
-             and p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(f"model {name!r} takes no parameter {', '.join(unknown)}; valid: "
-                         f"{', '.join(valid) or 'none'}")
+    check_params(factory, params, f"model {name!r}", given=tuple(from_data))
 
 
 def _check_shape(min_side: int | None, input_shape: tuple[int, ...]) -> None:
