@@ -20,11 +20,14 @@ Layouts (``--layout``): ``server``, rank 0 a trusted server and ranks ``1..n`` t
 For the same config and seed the parameters equal the simulator's after every step: bit
 for bit for sign rules (every worker draws the stochastic sign's coins from its own
 stream in both engines) and for the aggregators that gather rows, to float rounding for
-the mean (an all-reduce sums in another order).
+the mean (an all-reduce sums in another order). Each worker rank keeps its own model
+buffers (its row of the simulator's); rank 0 gathers them at every evaluation and
+evaluates the model with the simulator's statistics (``run.evaluated_buffers``).
 
 Faults: rank 0 writes ``OUT/checkpoint.pt`` atomically every ``--checkpoint-every`` steps
-(every epoch by default) with the parameters, every worker's rule state, the random
-generators, the aggregator's state and the metrics so far: tensors and plain data only,
+(every epoch by default) with the parameters, every worker's rule state and model
+buffers (BatchNorm's running statistics), the random generators, the aggregator's state
+and the metrics so far: tensors and plain data only,
 read back with ``torch.load(weights_only=True)``. A run that starts (or is
 restarted by torchrun, ``--max-restarts``) with a checkpoint of the same config resumes
 from it, so a killed worker costs the steps since the last checkpoint and changes nothing
@@ -58,7 +61,7 @@ from torch import Tensor
 from signvote.attacks import AttackContext
 from signvote.contracts import Preview
 from signvote.engine import protocol
-from signvote.engine.gradients import worker_gradients
+from signvote.engine.gradients import WorkerBuffers, worker_gradients
 from signvote.engine.run import (
     Display,
     EpochStats,
@@ -69,6 +72,7 @@ from signvote.engine.run import (
     check_overwrite,
     coin_generators,
     epoch_row,
+    evaluated_buffers,
     finish_summary,
     learning_rate,
     prepare,
@@ -278,6 +282,9 @@ class _Rank:
         self.augment = (None if self.worker is None  # this worker's own stream only
                         else augmenter(c, setup.data, self.workers))
         self.rule_state: Tensor | None = None
+        # this worker's model buffers (BatchNorm's running statistics), its row of the
+        # simulator's; None on the server and for a model without buffers
+        self.buffers = None if self.worker is None else setup.batched.initial_buffers(1)
         self.agg_state = setup.aggregator.init_state()
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
 
@@ -333,7 +340,9 @@ class _Rank:
         row = None
         if self.worker is not None:
             targets = self.plan.poison(targets, s.n_classes, self.workers)
-            honest = worker_gradients(s.batched, x, inputs, targets, s.data.task)
+            honest = worker_gradients(s.batched, x, inputs, targets, s.data.task,
+                                      loss=s.loss, buffers=self.buffers)
+            self.buffers = honest.buffers
             messages, self.rule_state = s.rule.step(honest.grads, self.rule_state,
                                                     self.rule_generators)
             ctx = AttackContext(step, self.attack_generator, s.rule.sends_signs)
@@ -349,6 +358,8 @@ class _Rank:
         """This rank's state: tensors and plain data only (no pickled object)."""
         return {
             "rule_state": self.rule_state,
+            "buffers": (None if self.buffers is None
+                        else (self.buffers.floats, self.buffers.counts)),
             "rule_generator": self.rule_generators[0].get_state(),
             "augment_generator": (None if self.augment is None
                                   else self.augment.generators[0].get_state()),
@@ -362,6 +373,7 @@ class _Rank:
 
     def _restore(self, local: dict[str, Any]) -> tuple[EpochStats, dict[str, int]]:
         self.rule_state = local["rule_state"]
+        self.buffers = None if local["buffers"] is None else WorkerBuffers(*local["buffers"])
         self.rule_generators[0].set_state(local["rule_generator"])
         if self.augment is not None:
             self.augment.generators[0].set_state(local["augment_generator"])
@@ -470,6 +482,7 @@ class _Rank:
                            time.perf_counter() - t0)
         display.close()
         totals = self._traffic_totals()
+        buffers = self._all_buffers()
         if self.rank != 0:
             return None
         summary = finish_summary(s.summary, metrics, step, t0, diverged)
@@ -477,9 +490,24 @@ class _Rank:
         summary.update({"layout": c.layout, "world_size": self.world, "backend": "gloo",
                         "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
                         "resumed_from_step": resumed_from})
-        write_results(out, s, x, summary)
+        write_results(out, s, x, summary, buffers)
         (out / CHECKPOINT).unlink(missing_ok=True)
-        return RunResult(c, summary, metrics, x)
+        return RunResult(c, summary, metrics, x, evaluated_buffers(s, buffers))
+
+    def _all_buffers(self) -> WorkerBuffers | None:
+        """Every worker's buffers, in worker order, at rank 0 (None on the other ranks and
+        for a model without buffers): what the simulator's state holds, so that the
+        evaluated model (:func:`~signvote.engine.run.evaluated_buffers`) is its."""
+        if not self.setup.batched.buffer_layout:
+            return None
+        mine = (None if self.buffers is None
+                else (self.worker, self.buffers.floats, self.buffers.counts))
+        gathered = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(mine, gathered, dst=0)
+        if self.rank != 0:
+            return None
+        rows = sorted((g for g in gathered if g is not None), key=lambda g: g[0])
+        return WorkerBuffers.cat([WorkerBuffers(floats, counts) for _, floats, counts in rows])
 
     def _epoch_end(self, epoch: int, step: int, stats: EpochStats, epoch_bytes: dict[str, int],
                    x: Tensor, lr: float, t0: float) -> tuple[dict[str, Any] | None, bool]:
@@ -491,6 +519,7 @@ class _Rank:
             mine = {"stats": stats.to_dict() if not self.byzantine else None, **epoch_bytes}
         gathered = [None] * self.world if self.rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
+        buffers = self._all_buffers()
         decision: list[Any] = [None]
         row = None
         if self.rank == 0:
@@ -500,7 +529,7 @@ class _Rank:
                 [torch.cat(step) for step in zip(*(w.losses for w in scored), strict=True)],
                 [torch.cat(step) for step in zip(*(w.correct for w in scored), strict=True)],
                 sum(w.seen for w in scored))
-            row, finite = epoch_row(epoch, step, merged, x, self.setup, lr, t0)
+            row, finite = epoch_row(epoch, step, merged, x, self.setup, lr, t0, buffers)
             row["bytes_sent_per_worker"] = sum(w["sent"] for w in workers) / len(workers)
             row["bytes_received_per_worker"] = (sum(w["received"] for w in workers)
                                                 / len(workers))
