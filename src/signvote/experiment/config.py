@@ -407,8 +407,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
         fits = models.fits(c.model, c.dataset) or c.dataset not in DATASETS
     except ValueError as exc:  # an unknown model or parameter name
         raise ConfigError(f"--model {c.model}: {exc}") from None
-    _need(fits, f"--model {c.model} does not fit --dataset {c.dataset}; valid: "
-          + ", ".join(m for m in models.names() if models.fits(m, c.dataset)))
+    if not fits:  # the valid ones: the built-in models (an entry point is loaded only if used)
+        raise ConfigError(f"--model {c.model} does not fit --dataset {c.dataset}; valid: "
+                          + ", ".join(m for m in models.REGISTRY.registered()
+                                      if models.fits(m, c.dataset)))
     try:
         aggregators.check(aggregators.build(c.aggregator, c.aggregator_f), c.workers)
     except ValueError as exc:
