@@ -6,9 +6,11 @@ import os
 import pickle
 import pickletools
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from signvote.data import DatasetError
 from signvote.data.cifar import LAYOUTS, PIXELS, channel_statistics, read_batch, read_cifar
@@ -177,3 +179,192 @@ def test_channel_statistics_against_a_loop():
         m = sum(values) / len(values)
         assert mean[c] == pytest.approx(m)
         assert std[c] == pytest.approx((sum((v - m) ** 2 for v in values) / len(values)) ** .5)
+
+
+# --- cifar10 / cifar100 as datasets ------------------------------------------------------
+
+
+@pytest.fixture
+def no_standard_places(tmp_path, monkeypatch):
+    """No real CIFAR of the machine's: the download folder and the system one are empty."""
+    from signvote.data import images
+
+    monkeypatch.setenv("SIGNVOTE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(images, "SYSTEM_DATA_DIR", tmp_path / "system")
+
+
+def write_cifar100(folder, rng, per_split=5):
+    root = folder / "cifar-100-python"
+    root.mkdir(parents=True)
+    truth = {}
+    for name in ("train", "test"):
+        images = rng.integers(0, 256, (per_split, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 100, per_split)
+        batch = batch_of(images, labels, key=b"fine_labels")
+        batch[b"coarse_labels"] = [int(v) // 5 for v in labels]
+        root.joinpath(name).write_bytes(official_bytes(batch))
+        truth[name] = (images, labels)
+    return root, truth
+
+
+def standardised_by_a_loop(train, images):
+    """The reference: each channel's mean and population std over the training images by
+    plain float64 sums, then (x / 255 - mean) / std."""
+    out = np.empty(images.shape)
+    for c in range(3):
+        values = train[:, c].astype(np.float64).ravel() / 255
+        mean = values.sum() / values.size
+        std = (((values - mean) ** 2).sum() / values.size) ** 0.5
+        out[:, c] = (images[:, c] / 255 - mean) / std
+    return out
+
+
+@pytest.mark.parametrize("which", ["parent", "folder"])
+def test_cifar10_is_found_in_the_data_dir_and_standardised_per_channel(
+        tmp_path, which, no_standard_places):
+    from signvote.data import load
+
+    root, truth = write_cifar10(tmp_path / "data", np.random.default_rng(5))
+    data = load("cifar10", 0, root.parent if which == "parent" else root)
+    train = np.concatenate([truth[n][0] for n in LAYOUTS["cifar10"].train])
+    assert data.train_x.shape == (20, 3, 32, 32) and data.train_x.dtype == torch.float32
+    assert data.test_x.shape == (4, 3, 32, 32) and data.n_classes == 10
+    np.testing.assert_allclose(data.train_x.numpy(), standardised_by_a_loop(train, train),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(data.test_x.numpy(),
+                               standardised_by_a_loop(train, truth["test_batch"][0]),
+                               rtol=1e-5, atol=1e-5)
+    assert data.train_y.tolist() == np.concatenate(
+        [truth[n][1] for n in LAYOUTS["cifar10"].train]).tolist()
+    assert data.train_y.dtype == torch.int64 and data.task == "classification"
+    # the raw black pixel: what augmentation pads with
+    assert np.allclose(np.array(data.mean), train.mean(axis=(0, 2, 3)) / 255)
+
+
+def test_cifar100_is_found_in_the_download_folder(tmp_path, no_standard_places):
+    from signvote.data import load
+
+    _, truth = write_cifar100(tmp_path / "cache", np.random.default_rng(6))
+    data = load("cifar100", 0)  # $SIGNVOTE_DATA, as signvote download puts it
+    assert data.n_classes == 100 and data.train_x.shape == (5, 3, 32, 32)
+    assert data.test_y.tolist() == truth["test"][1].tolist()
+
+
+def test_cifar_is_found_in_the_system_folder(tmp_path, no_standard_places):
+    from signvote.data import load
+
+    write_cifar10(tmp_path / "system" / "cifar10", np.random.default_rng(7))
+    assert load("cifar10", 0).train_x.shape[0] == 20
+
+
+def test_cifar_not_found_says_where_it_looked_and_how_to_get_it(tmp_path, no_standard_places):
+    from signvote.data import load
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError) as info:
+        load("cifar10", 0, tmp_path / "empty")
+    text = str(info.value)
+    assert "cifar-10-batches-py/ not found; looked in: " in text
+    assert str(tmp_path / "empty") in text and str(tmp_path / "cache") in text
+    assert "signvote download cifar10" in text and "pip install 'signvote[download]'" in text
+    with pytest.raises(DatasetError, match="image_size 16 is the size the folder"):
+        load("cifar10", 0, tmp_path / "empty", image_size=16)
+
+
+def train_argv(data_dir, out):
+    return ["train", "--dataset", "cifar10", "--model", "smallcnn", "--data-dir",
+            str(data_dir), "--out", str(out), "--workers", "2", "--batch-size", "4",
+            "--epochs", "1", "--quiet"]
+
+
+def evil_bytes(marker):
+    return pickle.dumps({"data": Evil(marker)}, protocol=2)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda root, m: (root / "data_batch_3").unlink(),
+     r"cifar-10-batches-py lacks data_batch_3; expected the official python version's "
+     r"files \(cifar-10-batches-py/\); to get them: signvote download cifar10"),
+    (lambda root, m: (root / "data_batch_2").write_bytes(
+        (root / "data_batch_2").read_bytes()[:1000]),
+     r"data_batch_2: not a CIFAR pickle.*truncated"),
+    (lambda root, m: (root / "test_batch").write_bytes(evil_bytes(m)),
+     r"test_batch: not a CIFAR pickle: it names (posix|os)\.system"),
+    (lambda root, m: (root / "data_batch_5").write_bytes(official_bytes(batch_of(
+        np.zeros((2, 3, 32, 32), np.uint8), [3, 10]))),
+     r"data_batch_5: label 10 at index 1; valid: 0 to 9"),
+])
+def test_the_cli_refuses_a_damaged_cifar_in_one_line(damage, message, tmp_path, capsys,
+                                                      no_standard_places):
+    from signvote.cli import main
+
+    root, _ = write_cifar10(tmp_path / "data", np.random.default_rng(8))
+    marker = tmp_path / "ran"
+    damage(root, marker)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(train_argv(tmp_path / "data", out))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("signvote train: error: ")
+    import re
+
+    assert re.search(message, err), err
+    assert not marker.exists() and not out.exists()
+
+
+def test_a_cifar10_run_trains_and_writes_its_folder(tmp_path, no_standard_places):
+    import json
+
+    from signvote.cli import main
+
+    write_cifar10(tmp_path / "data", np.random.default_rng(9), per_batch=8)
+    out = tmp_path / "run"
+    assert main(train_argv(tmp_path / "data", out)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "cifar10" and config["augment"] == "on"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and summary["steps"] == int(rows[1].split(",")[1]) > 0
+
+
+def test_download_puts_cifar_where_training_finds_it(tmp_path, monkeypatch,
+                                                     no_standard_places):
+    """torchvision replaced by a stand-in that writes the folder where torchvision's
+    CIFAR10(root, download=True) does: ROOT/cifar-10-batches-py."""
+    import sys
+    import types
+
+    from signvote.cli import main
+    from signvote.data import load
+
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            assert download
+            calls.append(train)
+            if not (Path(root) / "cifar-10-batches-py").exists():
+                write_cifar10(Path(root), np.random.default_rng(10))
+
+    fake = types.ModuleType("torchvision")
+    fake.datasets = types.SimpleNamespace(CIFAR10=FakeCIFAR10)
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    assert main(["download", "cifar10"]) == 0  # the download folder, $SIGNVOTE_DATA
+    assert calls == [True, False]
+    assert load("cifar10", 0).train_x.shape == (20, 3, 32, 32)
+
+
+def test_download_without_torchvision_is_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from signvote.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    with pytest.raises(SystemExit) as info:
+        main(["download", "cifar100", "--data-dir", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'signvote[download]'" in err
