@@ -86,6 +86,10 @@ class Registry:
         points' names, sorted."""
         return [*self._factories, *sorted(self.entry_points())]
 
+    def registered(self) -> list[str]:
+        """The registered (built-in) names alone, in the order they were registered."""
+        return list(self._factories)
+
     def is_plugin(self, name: str) -> bool:
         """Whether ``name`` is not a registered name: an entry point or an import spec."""
         return name not in self._factories

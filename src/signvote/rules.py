@@ -231,7 +231,7 @@ def names() -> list[str]:
     return REGISTRY.names_in_order()
 
 
-RULES = tuple(names())
+RULES = tuple(REGISTRY.registered())
 """The built-in rules' names, in the order --help lists them."""
 
 DEFAULT_MOMENTUM: Mapping[str, float] = _Defaults(_DEFAULT_MOMENTUM, lr=False)

@@ -101,4 +101,6 @@ def load(name: str, seed: int, data_dir: str | Path | None = None,
     if name == "folder":
         return folder.load_folder(data_dir, folder.DEFAULT_IMAGE_SIZE if image_size is None
                                   else image_size)
-    raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    from signvote import plugins  # an entry point or an import spec, else unknown
+
+    return plugins.load_dataset(name, seed, data_dir, DATASETS)
