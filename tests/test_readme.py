@@ -199,6 +199,8 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     "signvote train": Skip(FRAGMENT),
     # Python
     "python:import torch": Run("python", (("byzantine=4)", "byzantine=4, epochs=1)"),)),
+    # Your own model and data: signvote.train on a network and tensors of its own
+    "python:import signvote": Run("own"),
     # Sweeps, results, figures: the README's zoo.toml, 1 epoch
     "toml:# zoo.toml": Run("sweep"),
     ".venv/bin/signvote sweep zoo.toml --out runs/zoo":
@@ -260,8 +262,8 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
         "bench-dist-netns", why_not_run="needs root: it creates network namespaces"),
 }
 
-GROUPS = {"training", "aggregators", "images", "seed", "python", "sweep", "theory", "figures",
-          "dist", "multi-node", "ddp-hook"}
+GROUPS = {"training", "aggregators", "images", "seed", "python", "own", "sweep", "theory",
+          "figures", "dist", "multi-node", "ddp-hook"}
 """The groups of commands that share a folder, each run by one test."""
 
 
@@ -476,6 +478,18 @@ def test_the_readme_python_block_runs(in_folder, run_bounded):
     assert 0.5 < namespace["result"].summary["final_test_acc"] <= 1
     assert "krum" in namespace["aggregators"].names()
     assert "alie" in namespace["attacks"].names()
+
+
+def test_the_readme_own_model_example_runs(in_folder, run_bounded):
+    namespace = run_group("own", in_folder, run_bounded)
+    config = json.loads((in_folder / "runs/mine/config.json").read_text())
+    summary = json.loads((in_folder / "runs/mine/summary.json").read_text())
+    assert config["model"].startswith("<object ") and config["model"].endswith(".Net>")
+    assert config["dataset"].startswith("<data tensors: train [1500, 1, 8, 8]")
+    assert (config["rule"], config["aggregator"], config["byzantine"]) == (
+        "signum", "majority-vote", 2)
+    assert set(summary["objects"]) == {"model", "dataset"}
+    assert summary["final_test_acc"] == namespace["result"].summary["final_test_acc"] > 0.3
 
 
 @pytest.mark.slow
