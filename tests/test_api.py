@@ -300,6 +300,12 @@ def test_objects_need_an_out_and_the_simulator():
         signvote.train(attack=Inversion(), byzantine=1, engine="dist", **QUIET)
 
 
+def test_an_out_that_cannot_be_made_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"lies under .* which is a file; valid: a folder"):
+        signvote.train(out=str(tmp_path / "file" / "run"), progress=False)
+
+
 def test_options_an_object_carries_are_refused_beside_it():
     with pytest.raises(ConfigError, match="carries its own f"):
         signvote.train(aggregator=Mean(), aggregator_f=1, **QUIET)

@@ -125,6 +125,8 @@ def train(model: str | nn.Module | ModelFactory | None = None,
         raise ConfigError(f"out: a run built from objects ({', '.join(given.descriptions())}) "
                           f"has no default folder (its identity is the objects', not names); "
                           f"valid: out='runs/NAME', or write=False")
+    if write:
+        _check_out(out if out is not None else resolve(config).out)
     if values.get("engine") == "dist" and given.empty:
         return _distributed(config, progress, write)
     from signvote.engine import sim
@@ -135,6 +137,14 @@ def train(model: str | nn.Module | ModelFactory | None = None,
 def _refuse(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_out(out: str) -> None:
+    """Refuse an output folder that cannot be made (:func:`signvote.cli.out_problem`)."""
+    from signvote.cli import out_problem
+
+    problem = out_problem(out)
+    _refuse(problem is None, f"out {problem}; valid: a folder that can be made and written")
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
