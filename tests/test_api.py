@@ -25,6 +25,7 @@ from signvote.contracts import AggregatorBase, AttackBase, AttackCapabilities
 from signvote.data import DatasetError
 from signvote.data import load as load_dataset
 from signvote.engine.sim import train as sim_train
+from signvote.experiment import sweep
 from signvote.experiment.config import ConfigError, TrainConfig, default_out, resolve
 
 QUIET = {"progress": False, "write": False}
@@ -227,6 +228,7 @@ def test_a_run_of_objects_records_them(tmp_path, digits):
     assert set(summary["objects"]) == {"model", "dataset", "aggregator", "attack"}
     assert summary["status"] == "completed"
     assert (out / "params.pt").exists() and (out / "partition.csv").exists()
+    assert sweep._finished(out) is None  # no identity of names: never one of a sweep's runs
 
 
 # -- bad input: one clear error ----------------------------------------------------------
