@@ -66,6 +66,9 @@ CASES = {
     "peer-signum-weighted-vote-label-flip": dict(workers=4, byzantine=1,
                                                  aggregator="weighted-majority-vote",
                                                  attack="label-flip", layout="peer"),
+    # images cropped and flipped: every rank draws from its own worker's stream
+    "server-digits-augment": dict(workers=3, dataset="digits", model="smallcnn",
+                                  augment="on", batch_size=60, lr=1e-3, layout="server"),
 }
 
 
