@@ -186,6 +186,8 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     "apt-get install dataset-fashion-mnist": Skip("needs root and Debian's package index"),
     "pip install 'signvote[download]'": Skip(NETWORK),
     "signvote download mnist": Skip("downloads MNIST from the network (torchvision)"),
+    "signvote download cifar10": Skip("downloads CIFAR-10 from the network (torchvision)"),
+    "pip install 'signvote[images]'": Skip(NETWORK),
     # The seed's command line and ours
     "python3 src/main.py NPROCS DATASET -i BLIND -b BYZ -o OPTIMIZER -e EPOCHS --lr LR "
     "--momentum M": Skip("the paper's seed code, quoted; not part of this repository"),
