@@ -188,3 +188,16 @@ def test_a_folder_run_trains_and_records_its_classes(tmp_path):
     assert summary["classes"] == ["blue", "red"] and summary["status"] == "completed"
     config = json.loads((out / "config.json").read_text())
     assert config["image_size"] == 8 and config["augment"] == "on"
+
+
+def test_a_sweep_checks_each_image_size_on_its_own_data(tmp_path):
+    from signvote.experiment.config import ConfigError, TrainConfig
+    from signvote.experiment.sweep import check_datasets
+
+    write_folder(tmp_path / "d", np.random.default_rng(8))
+    run = dict(dataset="folder", data_dir=str(tmp_path / "d"), workers=2, batch_size=2)
+    check_datasets([TrainConfig(**run, model="smallcnn", image_size=8)])
+    # smallcnn needs 4 x 4 pixels at least: the 3 x 3 run is refused before any is written
+    with pytest.raises(ConfigError, match="--model smallcnn: needs images of at least 4x4"):
+        check_datasets([TrainConfig(**run, model="smallcnn", image_size=8),
+                        TrainConfig(**run, model="smallcnn", image_size=3)])
