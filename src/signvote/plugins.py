@@ -138,9 +138,9 @@ def check_import_spec(name: str) -> tuple[str, str]:
     anything else that is not dotted identifiers around one colon raises
     :class:`PluginError` saying so."""
     match = _IMPORT_SPEC.fullmatch(name)
-    if match is not None:
-        return match.group(1), match.group(2)
     module = name.rpartition(":")[0]
+    if match is not None and not module.endswith(".py"):
+        return match.group(1), match.group(2)
     valid = ("valid: package.module:attribute, dotted names of a module on sys.path "
              "(a file is never imported by its path)")
     if "/" in name or "\\" in name or module.endswith(".py") or module.startswith("."):
@@ -408,6 +408,10 @@ def _model(attribute: Any, where: str) -> Callable[..., Any]:
     """A model's factory is the attribute itself: :func:`signvote.models.build` checks its
     signature and that it returns an ``nn.Module``, and reads what it declares
     (:func:`signvote.models.declare`) by its identity."""
+    from torch import nn
+
+    if isinstance(attribute, nn.Module):  # a built model, not what builds one per run
+        raise wrong_kind("model", where, "a torch.nn.Module object, not a factory of one")
     if not callable(attribute):
         raise wrong_kind("model", where, _a(attribute))
     return attribute
@@ -573,3 +577,13 @@ def load_dataset(name: str, seed: int, data_dir: Path | None,
         raise DatasetError(f"--dataset {name}: {exc}") from None
     return as_dataset(factory(seed, data_dir), name)
 
+
+
+def rescan() -> None:
+    """Read the installed packages' entry points again in every registry on its next use
+    (after a package was installed, or a test put one on ``sys.path``)."""
+    from signvote import aggregators, attacks, models, rules
+
+    for registry in (aggregators.REGISTRY, aggregators.PRE_REGISTRY, attacks.REGISTRY,
+                     rules.REGISTRY, models.REGISTRY, DATASETS):
+        registry.rescan()

@@ -80,7 +80,7 @@ def build(spec: str, f: int = 0) -> Aggregator:
             raise ValueError(f"aggregator {spec!r}: {name!r} is an aggregator and can only "
                              f"be the last stage; pre-aggregators: {', '.join(pre_names())}")
         built.append(get_pre(name, **params))
-    return Chain(built, aggregator, f)
+    return Chain(built, aggregator, f, [name for name, _ in stages])
 
 
 def preview(aggregator: Aggregator, messages: Tensor, state: State = None) -> Tensor:

@@ -186,11 +186,15 @@ class Chain(AggregatorBase):
         stages: the pre-aggregators, in order.
         aggregator: the final aggregator.
         f: the chain's fault bound (the run's), for the stages that set none.
+        name: ``names`` joined by '+' (the spec's stage names, a plugin's import spec
+            among them), else the registered names of the stages' classes.
     """
 
-    def __init__(self, stages: list[PreAggregator], aggregator: Aggregator, f: int) -> None:
+    def __init__(self, stages: list[PreAggregator], aggregator: Aggregator, f: int,
+                 names: list[str] | None = None) -> None:
         self.stages, self.aggregator, self.f = list(stages), aggregator, check_f(f, "chain")
-        self.name = "+".join([*(type(s).name for s in stages), type(aggregator).name])
+        self.name = "+".join(names if names is not None else  # the spec's (a plugin's too)
+                             [*(type(s).name for s in stages), type(aggregator).name])
         caps = aggregator.capabilities
         self.capabilities = AggregatorCapabilities(
             returns_signs=caps.returns_signs,

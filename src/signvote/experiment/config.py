@@ -121,11 +121,10 @@ def _datasets() -> tuple[str, ...]:
     return (*DATASETS, *plugins.dataset_names())
 
 
-def _default_model(c: TrainConfig) -> str:
-    if c.dataset not in models.DEFAULT_MODEL:  # a plugin dataset: no model is its own
-        raise ConfigError(f"--dataset {c.dataset} needs --model; valid: "
-                          + ", ".join(models.names()) + ", or an import spec")
-    return models.DEFAULT_MODEL[c.dataset]
+def _default_model(c: TrainConfig) -> str | None:
+    """The dataset's default model; None for a plugin dataset, which has none (refused by
+    :func:`resolve`: it needs ``--model``)."""
+    return models.DEFAULT_MODEL.get(c.dataset)
 
 
 def _aggregator(c: TrainConfig) -> str:
@@ -403,6 +402,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
         raise ConfigError(f"--momentum {momentum}: {exc}") from None
     c = fill_defaults(c)
+    _need(c.model is not None, f"--dataset {c.dataset} needs --model (a plugin dataset has "
+          f"no default model); valid: " + ", ".join(models.names()) + ", or an import spec")
     try:
         fits = models.fits(c.model, c.dataset) or c.dataset not in DATASETS
     except ValueError as exc:  # an unknown model or parameter name
