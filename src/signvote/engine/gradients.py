@@ -560,7 +560,7 @@ class BatchedModel:
         if norm is not None:  # on the big batch [n * b, ...]; BatchNorm per worker
             return [lambda run, h: _on_big_batch(
                 lambda big: norm(run, big, module.training), h)]
-        stateless = not _owns_state(module)
+        stateless = not any(_owns_state(m) for m in module.modules())
         if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
             return [lambda run, h: h.flatten(2)]
         if stateless and isinstance(module, ELEMENTWISE):  # any shape: on [n, b, ...] as is
