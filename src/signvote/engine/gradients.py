@@ -49,6 +49,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from signvote.engine.worker_conv import worker_weight_grads
+
 
 @dataclass(frozen=True)
 class ParamLayout:
@@ -280,10 +282,8 @@ class _WorkerConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_h = torch.ops.aten.convolution_backward(
                 grad_out, h, weight, None, *args, [True, False, False])[0]
-        w_grads = sink.slot(w_slot)
-        for i, (dy, hi) in enumerate(zip(grad_out.chunk(sink.n), h.chunk(sink.n), strict=True)):
-            w_grads[i].copy_(torch.ops.aten.convolution_backward(
-                dy, hi, weight, None, *args, [False, True, False])[1])
+        worker_weight_grads(grad_out, h, weight, sink.n, conv.stride, conv.padding,
+                            conv.dilation, conv.groups, out=sink.slot(w_slot))
         if b_slot is not None:
             sink.slot(b_slot).copy_(grad_out.reshape(sink.n, -1, *grad_out.shape[1:])
                                     .sum(dim=(1, 3, 4)))
