@@ -55,20 +55,23 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, pad: int = PAD,
     """``images [n, b, C, H, W]`` padded with ``pad`` pixels of ``fill`` (a number, or one
     value a channel ``[C]``) on each side, cropped back to ``H x W`` at ``offsets [n, b,
     2]`` and flipped left-right where ``flips [n, b]``: the formula of the module
-    docstring, as one gather. A new tensor; the inputs are not changed."""
+    docstring, as one gather on the images' device (the numbers drawn on the CPU are
+    moved there). A new tensor; the inputs are not changed."""
     n, b, C, H, W = images.shape
-    fill_t = torch.as_tensor(fill, dtype=images.dtype).reshape(-1)
+    device = images.device
+    offsets, flips = offsets.to(device), flips.to(device)
+    fill_t = torch.as_tensor(fill, dtype=images.dtype).to(device).reshape(-1)
     if fill_t.numel() not in (1, C):
         raise ValueError(f"fill of {fill_t.numel()} values for images of {C} channels; "
                          f"valid: one value, or one a channel")
     padded = fill_t.reshape(1, 1, -1, 1, 1).expand(n, b, C, H + 2 * pad, W + 2 * pad).clone()
     padded[..., pad:pad + H, pad:pad + W] = images
     H2, W2 = H + 2 * pad, W + 2 * pad
-    rows = offsets[..., 0, None] + torch.arange(H)  # [n, b, H]
-    columns = torch.arange(W).expand(n, b, W)
+    rows = offsets[..., 0, None] + torch.arange(H, device=device)  # [n, b, H]
+    columns = torch.arange(W, device=device).expand(n, b, W)
     columns = torch.where(flips[..., None], W - 1 - columns, columns) + offsets[..., 1, None]
     pixel = rows[:, :, None, :, None] * W2 + columns[:, :, None, None, :]  # [n, b, 1, H, W]
-    plane = torch.arange(n * b * C).reshape(n, b, C, 1, 1) * (H2 * W2)
+    plane = torch.arange(n * b * C, device=device).reshape(n, b, C, 1, 1) * (H2 * W2)
     return torch.take(padded, plane + pixel)
 
 
