@@ -69,6 +69,11 @@ CASES = {
     # images cropped and flipped: every rank draws from its own worker's stream
     "server-digits-augment": dict(workers=3, dataset="digits", model="smallcnn",
                                   augment="on", batch_size=60, lr=1e-3, layout="server"),
+    # BatchNorm: each rank its own running statistics, rank 0 evaluating with the honest
+    # workers' mean (a blind worker's left out), as the simulator does
+    "server-batchnorm-resnet20-blind": dict(workers=3, blind=1, dataset="digits",
+                                            model="resnet20", batch_size=32,
+                                            layout="server"),
 }
 
 
@@ -123,15 +128,19 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
 
 @pytest.mark.slow
 @pytest.mark.dist
-@pytest.mark.parametrize("aggregator", [
-    "weighted-majority-vote",  # a stateful aggregator: its counts come back from the checkpoint
-    "bucketing(s=2)+centered-clipping(f=0)",  # a generator's state and the last aggregate
-])
+@pytest.mark.parametrize("case", [
+    # a stateful aggregator: its counts come back from the checkpoint
+    dict(aggregator="weighted-majority-vote"),
+    # a generator's state and the last aggregate
+    dict(aggregator="bucketing(s=2)+centered-clipping(f=0)"),
+    # every worker's BatchNorm running statistics come back from the checkpoint
+    dict(aggregator="majority-vote", dataset="digits", model="resnet20", batch_size=16),
+], ids=["weighted-majority-vote", "bucketing+centered-clipping", "batchnorm-resnet20"])
 def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
-        tmp_path, run_dist, aggregator):
+        tmp_path, run_dist, case):
     import json
 
-    args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3, aggregator=aggregator)
+    args = dict(workers=3, byzantine=1, attack="vote-cancel", epochs=3, **case)
     argv = [*to_argv(args), "--checkpoint-every", "20", "--max-restarts", "1"]
     result = run_dist(argv, tmp_path / "dist", env={dist_engine.FAULT_ENV: "kill:2:50"})
     assert result.returncode == 0, result.stderr
