@@ -25,8 +25,13 @@ from signvote.contracts import AggregatorBase, AttackBase, AttackCapabilities
 from signvote.data import DatasetError
 from signvote.data import load as load_dataset
 from signvote.engine.sim import train as sim_train
-from signvote.experiment import sweep
-from signvote.experiment.config import ConfigError, TrainConfig, default_out, resolve
+from signvote.experiment.config import (
+    ConfigError,
+    TrainConfig,
+    default_out,
+    from_dict,
+    resolve,
+)
 
 QUIET = {"progress": False, "write": False}
 SMALL = {"workers": 4, "epochs": 1}
@@ -228,7 +233,9 @@ def test_a_run_of_objects_records_them(tmp_path, digits):
     assert set(summary["objects"]) == {"model", "dataset", "aggregator", "attack"}
     assert summary["status"] == "completed"
     assert (out / "params.pt").exists() and (out / "partition.csv").exists()
-    assert sweep._finished(out) is None  # no identity of names: never one of a sweep's runs
+    # its config is no config of names: resolve refuses it, so no sweep's run is this one
+    with pytest.raises(ConfigError, match="--dataset <data tensors"):
+        resolve(from_dict(config))
 
 
 # -- bad input: one clear error ----------------------------------------------------------

@@ -12,9 +12,10 @@ options (``aggregator.check(workers)``, ``attack.check(workers, byzantine)``), a
 records, in each field given as an object, a description in angle brackets
 (:func:`describe`, ``"<object mymodule.MyNet>"``): no name or import spec has one, so a
 reader of ``config.json`` sees that the run was not made from names, and nothing mistakes
-it for one. Such a config has no :func:`~signvote.experiment.config.trajectory_key` (its
-identity is the objects'), hence no default ``out``: a run built from objects is written
-only to a folder it is given.
+it for one (``resolve`` refuses such a config, so no run of names has its
+:func:`~signvote.experiment.config.trajectory_key`). Its identity is the objects', which no
+name says, hence no default ``out``: a run built from objects is written only to a folder
+it is given.
 
 Objects stay in this process: the distributed engine, whose ranks build their run from
 the command line, is refused with them.
