@@ -491,3 +491,29 @@ def test_a_batchnorm_run_saves_a_model_that_loads_and_scores_its_last_test_loss(
     with torch.no_grad():
         loss = F.cross_entropy(module(data.test_x), data.test_y).item()
     assert loss == pytest.approx(result.metrics[-1]["test_loss"], rel=1e-5)
+
+
+def test_momentum_none_averages_over_each_workers_own_count(gen):
+    # workers that have stepped different numbers of times (a state given by the caller):
+    # each worker's cumulative average uses its own num_batches_tracked
+    torch.manual_seed(0)
+    for module, independent in ((conv_bn(momentum=None), False),
+                                (TinyResidual(None), True)):
+        module = module.double().train()
+        layout = ParamLayout.of(module)
+        model = BatchedModel(module, layout, independent_samples=independent)
+        copies = Copies(module, 3)
+        for c, count in zip(copies.copies, (0, 3, 7), strict=True):
+            for name, b in c.named_buffers():
+                if name.endswith("num_batches_tracked"):
+                    b.fill_(count)
+        buffers = model.buffer_layout.flatten(copies.buffers())
+        x = layout.flatten(module)
+        for _ in range(2):
+            inputs, targets = batch(IMAGES, 3, 4, gen)
+            step = worker_gradients(model, x, inputs, targets, "classification",
+                                    buffers=buffers)
+            grads, _ = copies.step(x, inputs, targets)
+            torch.testing.assert_close(step.grads, grads, rtol=1e-9, atol=1e-11)
+            assert_buffers_equal(model, step.buffers, copies)
+            buffers = step.buffers

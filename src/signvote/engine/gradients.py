@@ -296,56 +296,6 @@ def _per_worker(h: Tensor, n: int) -> Tensor:
     return h.reshape(n, h.shape[0] // n, h.shape[1], -1)
 
 
-def _channels(t: Tensor) -> Tensor:
-    """A per-worker, per-channel ``t[n, C]`` shaped to broadcast over ``[n, b, C, S]``."""
-    return t[:, None, :, None]
-
-
-class _WorkerBatchNorm(torch.autograd.Function):
-    """BatchNorm in training on the big batch ``h[n * b, C, *]``, every worker normalised
-    with its own batch's statistics (``mean[n, C]``, ``invstd[n, C] = 1 / sqrt(var + eps)``
-    over its ``m = b * S`` values of each channel) and the shared affine ``weight[C]``,
-    ``bias[C]``: ``y = w (h - mu_i) invstd_i + beta``. The backward writes each worker's
-    ``dbeta_i = sum g`` and ``dw_i = sum g xhat`` into the sink and returns the input
-    gradient through the worker's statistics (Ioffe & Szegedy 2015, section 3):
-    ``dh = w invstd_i (g - dbeta_i / m - xhat dw_i / m)``."""
-
-    @staticmethod
-    def forward(h, carrier, weight, bias, sink, slots, mean, invstd):
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        return torch.addcmul(_channels(shift), _per_worker(h, mean.shape[0]),
-                             _channels(scale)).view(h.shape)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        h, _, weight, _, sink, slots, mean, invstd = inputs
-        ctx.save_for_backward(h, weight, mean, invstd)
-        ctx.sink, ctx.slots = sink, slots
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        h, weight, mean, invstd = ctx.saved_tensors
-        sink, (w_slot, b_slot) = ctx.sink, ctx.slots
-        n = mean.shape[0]
-        g = _per_worker(grad_out, n)
-        centered = _per_worker(h, n) - _channels(mean)
-        m = g.shape[1] * g.shape[3]
-        sum_g = g.sum(dim=(1, 3))
-        sum_g_xhat = (g * centered).sum(dim=(1, 3)) * invstd
-        if w_slot is not None:
-            sink.slot(w_slot).copy_(sum_g_xhat)
-        if b_slot is not None:
-            sink.slot(b_slot).copy_(sum_g)
-        grad_h = None
-        if ctx.needs_input_grad[0]:
-            a = invstd if weight is None else invstd * weight
-            grad_h = torch.addcmul(_channels(-a * sum_g / m), g, _channels(a))
-            grad_h.addcmul_(centered, _channels(a * invstd * sum_g_xhat / m), value=-1)
-            grad_h = grad_h.view(h.shape)
-        return grad_h, None, None, None, None, None, None, None
-
-
 @dataclass
 class _Pass:
     """What one layer call sees: the shared parameters, the number of workers, the sink,
@@ -407,42 +357,56 @@ def _batch_norm(run: _Pass, h: Tensor, layer: nn.modules.batchnorm._BatchNorm,
     """``layer`` (a BatchNorm) on the big batch ``h[n * b, C, *]``, every worker on its own.
 
     In training (or without running statistics) worker i normalises with its own batch's
-    mean and biased variance over its ``m = b * S`` values of each channel, and its
-    running statistics become, as ``nn.BatchNorm*`` updates them,
-    ``r <- (1 - f) r + f s`` with ``s`` the mean and the unbiased variance
-    ``var * m / (m - 1)``, ``f`` the momentum (None: ``1 / num_batches_tracked``, the
-    cumulative average), ``num_batches_tracked`` counted per worker. In evaluation it
-    normalises with its own running statistics."""
+    mean and biased variance over its ``m = b * S`` values of each channel (Ioffe &
+    Szegedy 2015, as on its own machine), and its running statistics become, as
+    ``nn.BatchNorm*`` updates them, ``r <- (1 - f) r + f s`` with ``s`` the mean and the
+    unbiased variance ``var * m / (m - 1)``, ``f`` the momentum (None:
+    ``1 / num_batches_tracked``, the cumulative average), ``num_batches_tracked`` counted
+    per worker. In evaluation it normalises with its own running statistics.
+
+    One call of torch's own batch norm computes all workers: the workers' channels side by
+    side, ``h`` laid out as ``[b, n * C, S]`` (worker i's channel c is channel
+    ``i * C + c``), the affine parameters (each worker's leaf, so each gets its own
+    gradient) and the running statistics as ``[n * C]``."""
     n, buffers = run.n, run.buffers
     mean_name, var_name, count_name = names
-    if training or mean_name is None:
-        hv = _per_worker(h, n)
-        m = hv.shape[1] * hv.shape[3]
-        if training and m == 1:
-            raise ValueError(f"BatchNorm in training needs more than 1 value per channel of "
-                             f"each worker's batch, got input size {list(hv.shape[1:])} per "
-                             f"worker")
+    tracked = mean_name is not None
+    hv = _per_worker(h, n)
+    per, channels = hv.shape[1], hv.shape[2]
+    if training and per * hv.shape[3] == 1:
+        raise ValueError(f"BatchNorm in training needs more than 1 value per channel of each "
+                         f"worker's batch, got input size {list(hv.shape[1:])} per worker")
+    side = hv.transpose(0, 1).reshape(per, n * channels, -1)
+    weight = None if w is None else run.leaf(w).reshape(-1)
+    bias = None if b is None else run.leaf(b).reshape(-1)
+    momentum, factors = 0.0, None
+    if training and tracked:
+        counts = None
+        if count_name is not None:
+            counts = buffers[count_name] + 1
+            buffers[count_name] = counts
+        if layer.momentum is not None:
+            momentum = layer.momentum
+        elif counts is not None and bool((counts == counts[0]).all()):
+            momentum = 1.0 / float(counts[0])  # the workers' counts agree (they step together)
+        elif counts is not None:
+            factors = (1.0 / counts.double()).to(h.dtype)[:, None]
+    if not (training and tracked) or factors is None:
+        running = [None, None] if not tracked else [
+            buffers[name].reshape(-1).clone() for name in (mean_name, var_name)]
+        out = nn.functional.batch_norm(side, *running, weight, bias, training or not tracked,
+                                       momentum, layer.eps)
+        if training and tracked:  # torch updated the copies in place
+            buffers[mean_name], buffers[var_name] = (r.view(n, channels) for r in running)
+    else:  # momentum None and workers that have stepped different numbers of times
+        out = nn.functional.batch_norm(side, None, None, weight, bias, True, 0.0, layer.eps)
         with torch.no_grad():
             var, mean = torch.var_mean(hv, dim=(1, 3), correction=0)
-        out = _WorkerBatchNorm.apply(
-            h, run.carrier, None if w is None else run.params[w],
-            None if b is None else run.params[b], run.sink, (w, b), mean,
-            torch.rsqrt(var + layer.eps))
-        if training and mean_name is not None:
-            factor: float | Tensor = 0.0 if layer.momentum is None else layer.momentum
-            if count_name is not None:
-                tracked = buffers[count_name] + 1
-                buffers[count_name] = tracked
-                if layer.momentum is None:
-                    factor = (1.0 / tracked.double()).to(var.dtype)[:, None]
-            buffers[mean_name] = factor * mean + (1 - factor) * buffers[mean_name]
-            buffers[var_name] = (factor * (var * (m / (m - 1)))
-                                 + (1 - factor) * buffers[var_name])
-        return out
-    invstd = torch.rsqrt(buffers[var_name] + layer.eps)
-    scale = invstd if w is None else run.leaf(w) * invstd
-    shift = -buffers[mean_name] * scale if b is None else run.leaf(b) - buffers[mean_name] * scale
-    return torch.addcmul(_channels(shift), _per_worker(h, n), _channels(scale)).view(h.shape)
+        m = per * hv.shape[3]
+        buffers[mean_name] = factors * mean + (1 - factors) * buffers[mean_name]
+        buffers[var_name] = (factors * (var * (m / (m - 1)))
+                             + (1 - factors) * buffers[var_name])
+    return out.view(per, n, channels, -1).transpose(0, 1).reshape(h.shape)
 
 
 def _worker_affine(run: _Pass, xv: Tensor, w: int | None, b: int | None,
@@ -600,7 +564,6 @@ class BatchedModel:
         w, b = own.get("weight"), own.get("bias")
         if kind in BATCH_NORMS and buffers <= set(BATCH_NORM_BUFFERS):
             names = tuple(prefix + k if k in buffers else None for k in BATCH_NORM_BUFFERS)
-            self.uses_sink = True
             return lambda run, h, training: _batch_norm(run, h, module, w, b, names, training)
         if buffers:
             return None
