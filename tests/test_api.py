@@ -206,10 +206,17 @@ class Inversion(AttackBase):
         return replace_rows(messages, byzantine_mask, -messages[byzantine_mask])
 
 
-def test_an_attack_object_is_the_attack_by_name():
+def test_an_attack_object_and_a_plain_function_are_the_attack_by_name():
     options = {"workers": 5, "byzantine": 2, "epochs": 2, **QUIET}
-    same_run(signvote.train(attack=Inversion(), **options),
-             signvote.train(attack="blind-inversion", **options))
+    by_name = signvote.train(attack="blind-inversion", **options)
+    same_run(signvote.train(attack=Inversion(), **options), by_name)
+
+    def invert(messages, byzantine_mask, ctx):
+        return replace_rows(messages, byzantine_mask, -messages[byzantine_mask])
+
+    plain = signvote.train(attack=invert, **options)
+    same_run(plain, by_name)
+    assert plain.config.attack.endswith(".invert>")
 
 
 def test_a_rule_object_of_its_own_trains_with_its_momentum():
@@ -329,8 +336,12 @@ def test_objects_are_checked_against_the_options():
 
     with pytest.raises(ConfigError, match="needs at least 9 workers, got 4"):
         signvote.train(aggregator=NeedsMany(), workers=4, **QUIET)
-    with pytest.raises(ConfigError, match="attack: a function is no attack"):
-        signvote.train(attack=lambda m, mask, ctx: m, byzantine=1, **QUIET)
+    with pytest.raises(ConfigError, match="attack: the class Inversion; valid: an instance"):
+        signvote.train(attack=Inversion, byzantine=1, **QUIET)
+    with pytest.raises(ConfigError, match="attack: a Mean is no attack"):
+        signvote.train(attack=Mean(), byzantine=1, **QUIET)
+    with pytest.raises(ConfigError, match=r"aggregator: .*Inversion> declares attack"):
+        signvote.train(aggregator=Inversion(), **QUIET)
 
 
 def test_the_command_line_of_a_config_is_that_config():

@@ -22,6 +22,7 @@ engine's processes build their run from names.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from signvote import contracts, rules
+from signvote import contracts, plugins, rules
 from signvote.data import Dataset, DatasetError, require_samples
 from signvote.engine.parts import Loss, ModelFactory, Parts, describe
 from signvote.engine.run import RunResult
@@ -88,9 +89,11 @@ def train(model: str | nn.Module | ModelFactory | None = None,
             :class:`signvote.contracts.Aggregator`, or a plain callable ``messages[n, d]
             -> [d]`` (:func:`signvote.contracts.as_aggregator`: the conservative
             capabilities).
-        attack: a spec (``"alie(z=1.5)"``) or an object following
+        attack: a spec (``"alie(z=1.5)"``), an object following
             :class:`signvote.contracts.Attack` (derive from
-            :class:`signvote.contracts.AttackBase`); run by ``byzantine`` workers.
+            :class:`signvote.contracts.AttackBase`), or a plain function ``(messages,
+            byzantine_mask, ctx) -> messages'`` (:class:`signvote.plugins.FunctionAttack`:
+            the conservative capabilities); run by ``byzantine`` workers.
         out: the run folder. Default, with names only: the command line's
             (``config.default_out``); a run with objects needs one.
         classes: the number of classes of data given as tensors or datasets (default:
@@ -238,6 +241,11 @@ def _aggregator(aggregator: Any, values: dict[str, Any], parts: dict[str, Any]) 
         if aggregator is not None:
             values["aggregator"] = aggregator
         return
+    _refuse_class("aggregator", aggregator)
+    declared = plugins.declared_kind(aggregator)
+    _refuse(declared in (None, "aggregator"),
+            f"aggregator: {describe(aggregator)} declares {declared} capabilities; valid: an "
+            f"aggregator (signvote.contracts.Aggregator) or a function messages[n, d] -> [d]")
     try:
         parts["aggregator"] = contracts.as_aggregator(aggregator)
     except TypeError as exc:
@@ -249,12 +257,24 @@ def _attack(attack: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
         if attack is not None:
             values["attack"] = attack
         return
-    _refuse(isinstance(attack, contracts.Attack),
-            f"attack: a {type(attack).__name__} is no attack: it must declare capabilities "
-            f"and check(workers, byzantine) and be called as attack(messages, "
-            f"byzantine_mask, ctx) (signvote.contracts.Attack; derive from "
-            f"signvote.contracts.AttackBase); or a spec such as 'alie(z=1.5)'")
+    _refuse_class("attack", attack)
+    declared = plugins.declared_kind(attack)
+    if declared is None and callable(attack):  # a plain function: the conservative attack
+        parts["attack"] = plugins.FunctionAttack(attack)
+        return
+    _refuse(declared == "attack" and isinstance(attack, contracts.Attack),
+            f"attack: a {type(attack).__name__} is no attack: it must declare "
+            f"AttackCapabilities, check(workers, byzantine) and be called as "
+            f"attack(messages, byzantine_mask, ctx) (signvote.contracts.Attack; derive from "
+            f"signvote.contracts.AttackBase), or be a plain function of those three; or a "
+            f"spec such as 'alie(z=1.5)'")
     parts["attack"] = attack
+
+
+def _refuse_class(kind: str, value: Any) -> None:
+    if inspect.isclass(value):
+        raise ConfigError(f"{kind}: the class {value.__name__}; valid: an instance of it, "
+                          f"{value.__name__}(...)")
 
 
 # --- data ------------------------------------------------------------------------------

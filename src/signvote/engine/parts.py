@@ -37,6 +37,7 @@ from signvote import contracts, rules
 from signvote.data import Dataset
 from signvote.data.partition import NEEDS_LABELS
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
+from signvote.plugins import FunctionAttack
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 """A model factory ``(input_shape, n_classes) -> nn.Module``, as the built-in models."""
@@ -98,8 +99,8 @@ def describe(part: Any) -> str:
     if isinstance(part, Dataset):
         return (f"<data {part.name}: train {list(part.train_x.shape)}, test "
                 f"{list(part.test_x.shape)}>")
-    if isinstance(part, contracts.FunctionAggregator):
-        part = part.function
+    if isinstance(part, contracts.FunctionAggregator | FunctionAttack):
+        part = part.function  # a plain function, wrapped: the function's own name
     kind = part if inspect.isroutine(part) or inspect.isclass(part) else type(part)
     return f"<object {kind.__module__}.{kind.__qualname__}>"
 
