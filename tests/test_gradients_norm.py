@@ -517,3 +517,11 @@ def test_momentum_none_averages_over_each_workers_own_count(gen):
             torch.testing.assert_close(step.grads, grads, rtol=1e-9, atol=1e-11)
             assert_buffers_equal(model, step.buffers, copies)
             buffers = step.buffers
+
+
+def test_a_cumulative_batchnorm_under_vmap_is_refused_in_one_line():
+    module = TinyResidual(momentum=None)
+    assert BatchedModel(module, ParamLayout.of(module), independent_samples=True).path == "folded"
+    with pytest.raises(ValueError, match=r"^BatchNorm bn with momentum=None .* valid: a "
+                                         r"momentum, or a model declared independent_samples"):
+        BatchedModel(module, ParamLayout.of(module))

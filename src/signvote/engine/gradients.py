@@ -654,6 +654,14 @@ class BatchedModel:
 
             return call
 
+        for name, sub in module.named_modules():
+            if (isinstance(sub, BATCH_NORM_TYPES) and sub.momentum is None
+                    and sub.track_running_stats):
+                raise ValueError(
+                    f"BatchNorm {prefix + name or 'module'} with momentum=None (a cumulative "
+                    f"average) cannot run under vmap (torch reads its count as a Python "
+                    f"number); valid: a momentum, or a model declared independent_samples")
+
         def one_with_buffers(params: dict[str, Tensor], buffers: dict[str, Tensor],
                              xb: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
             # the module updates its buffers in place: on copies, returned as the new ones

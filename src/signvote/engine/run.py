@@ -282,8 +282,11 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         check_fit(module, data, parts.loss, c.model)
     layout = ParamLayout.of(module)
     x = layout.flatten(module)
-    batched = BatchedModel(module, layout,
-                           independent_samples=independent_samples(c, parts.model))
+    try:
+        batched = BatchedModel(module, layout,
+                               independent_samples=independent_samples(c, parts.model))
+    except ValueError as exc:  # a layer the per-worker gradients cannot run
+        raise ConfigError(f"--model {c.model}: {exc}") from None
     part = build_partition(c, data)
     per_epoch = samples_per_epoch(c, data)
 
