@@ -153,12 +153,15 @@ class BufferLayout:
     def flatten(self, named: dict[str, Tensor]) -> WorkerBuffers:
         """``{name: [n, *shape]}`` as :class:`WorkerBuffers` (a copy)."""
         floating, integral = self._parts()
-        n = named[self.names[0]].shape[0]
+        first = named[self.names[0]]
+        n, device = first.shape[0], first.device
         floats = [named[self.names[i]].reshape(n, -1).to(self.float_dtype) for i in floating]
         counts = [named[self.names[i]].reshape(n, -1).to(torch.int64) for i in integral]
         return WorkerBuffers(
-            torch.cat(floats, dim=1) if floats else torch.zeros(n, 0, dtype=self.float_dtype),
-            torch.cat(counts, dim=1) if counts else torch.zeros(n, 0, dtype=torch.int64))
+            torch.cat(floats, dim=1) if floats
+            else torch.zeros(n, 0, dtype=self.float_dtype, device=device),
+            torch.cat(counts, dim=1) if counts
+            else torch.zeros(n, 0, dtype=torch.int64, device=device))
 
     def unflatten(self, buffers: WorkerBuffers) -> dict[str, Tensor]:
         """``{name: [n, *shape]}`` of every worker, each in its buffer's dtype (views where
