@@ -173,7 +173,8 @@ def _check_shape(min_side: int | None, input_shape: tuple[int, ...]) -> None:
 
 class _Table(Mapping[str, Any]):
     """A read-only view of one field of the registered models' :class:`ModelInfo`, read
-    from the registry at each access (a model registered later counts)."""
+    from the registry at each access (a model registered later counts). Only registered
+    names: reading it never imports an entry point's module."""
 
     def __init__(self, read: Callable[[ModelInfo], Any], keep: Callable[[Any], bool]) -> None:
         self._read = read
@@ -183,12 +184,12 @@ class _Table(Mapping[str, Any]):
         return self._read(info(REGISTRY.factory(name)))
 
     def __getitem__(self, name: str) -> Any:
-        if name not in REGISTRY.names() or not self._keep(self._value(name)):
+        if name not in REGISTRY.registered() or not self._keep(self._value(name)):
             raise KeyError(name)
         return self._value(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter([n for n in REGISTRY.names() if self._keep(self._value(n))])
+        return iter([n for n in sorted(REGISTRY.registered()) if self._keep(self._value(n))])
 
     def __len__(self) -> int:
         return len(list(iter(self)))
