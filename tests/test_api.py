@@ -21,7 +21,7 @@ import signvote
 from signvote import aggregators, cli, models, rules
 from signvote.api import command_line, dataset, from_datasets
 from signvote.attacks.basic import replace_rows
-from signvote.contracts import AggregatorBase, AttackBase, AttackCapabilities
+from signvote.contracts import AggregatorBase, AttackBase, AttackCapabilities, RuleCapabilities
 from signvote.data import DatasetError
 from signvote.data import load as load_dataset
 from signvote.engine.sim import train as sim_train
@@ -225,6 +225,29 @@ def test_a_rule_object_of_its_own_trains_with_its_momentum():
     assert (result.config.momentum, result.config.lr) == (0.9, 1e-4)  # a sign rule's lr
     assert result.config.aggregator == "majority-vote"  # the default for sign messages
     same_run(result, signvote.train(rule="signum", **SMALL, **QUIET))  # signum is that rule
+
+
+class PlainSign:
+    """A rule written against signvote.contracts.Rule alone (no WorkerRule): M = sign(G)."""
+
+    name = "plain-sign"
+    capabilities = RuleCapabilities(sends_signs=True)
+
+    def step(self, grads, state, generator=None):
+        return torch.sign(grads), state
+
+
+def test_a_rule_following_the_contract_alone_trains_as_the_same_rule_by_name():
+    result = signvote.train(rule=PlainSign(), **SMALL, **QUIET)
+    assert result.config.rule == "<object test_api.PlainSign>"
+    assert (result.config.momentum, result.config.lr) == (None, 1e-4)  # a sign rule's lr
+    assert result.config.aggregator == "majority-vote"
+    same_run(result, signvote.train(rule="signsgd", **SMALL, **QUIET))
+
+
+def test_an_object_that_is_no_rule_is_refused():
+    with pytest.raises(ConfigError, match=r"signvote\.contracts\.Rule"):
+        signvote.train(rule=lambda g, s: (g, s), **SMALL, **QUIET)
 
 
 def test_a_run_of_objects_records_them(tmp_path, digits):

@@ -50,7 +50,7 @@ KEYWORDS = ("model", "data", "loss", "rule", "aggregator", "attack", "out", "cla
 def train(model: str | nn.Module | ModelFactory | None = None,
           data: str | Dataset | Sequence[Any] | Mapping[str, Any] | None = None,
           loss: Loss | None = None,
-          rule: str | rules.WorkerRule | None = None,
+          rule: str | contracts.Rule | None = None,
           aggregator: str | contracts.Aggregator | Callable[[Tensor], Tensor] | None = None,
           attack: str | contracts.Attack | None = None, *,
           out: str | None = None, classes: int | None = None, progress: bool = True,
@@ -82,7 +82,9 @@ def train(model: str | nn.Module | ModelFactory | None = None,
             or a torch loss built with ``reduction='none'``); each worker descends the
             mean over its batch. Default: cross-entropy for a classification, the squared
             error for a regression.
-        rule: a worker rule name (``"signum"``) or a :class:`signvote.rules.WorkerRule`
+        rule: a worker rule name (``"signum"``) or an object following
+            :class:`signvote.contracts.Rule` (``step(G, state, coins) -> (M, state)`` and
+            its declared capabilities), such as a :class:`signvote.rules.WorkerRule`
             (``rules.get("signum", momentum=0.5)``: one equal to a registered rule is
             that name; another carries its own momentum and bound).
         aggregator: a spec (``"nnm+krum"``), an object following
@@ -213,22 +215,23 @@ def _rule(rule: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
         if rule is not None:
             values["rule"] = rule
         return
-    _refuse(isinstance(rule, rules.WorkerRule),
-            f"rule: expected a rule name ({', '.join(rules.names())}) or a "
-            f"signvote.rules.WorkerRule (rules.get(name, momentum)); got a "
-            f"{type(rule).__name__}")
+    _refuse(isinstance(rule, contracts.Rule),
+            f"rule: expected a rule name ({', '.join(rules.names())}) or an object following "
+            f"signvote.contracts.Rule (a name, capabilities and step(G, state, coins)), such "
+            f"as rules.get(name, momentum); got a {type(rule).__name__}")
     _refuse(values.get("momentum") is None and values.get("sign_bound") is None,
-            f"momentum/sign_bound: the rule object {rule.name} carries its own (beta "
-            f"{rule.beta}, bound {rule.bound}); valid: leave them out")
+            f"momentum/sign_bound: the rule object {rule.name} carries its own; valid: "
+            f"leave them out")
     if _registered(rule):  # the registered rule of that name: the run is made of names
         values.update(rule=rule.name, momentum=rule.beta, sign_bound=rule.bound)
     else:
         parts["rule"] = rule
 
 
-def _registered(rule: rules.WorkerRule) -> bool:
-    """Whether ``rule`` is what its registered name builds with its momentum and bound."""
-    if rule.name not in rules.names():
+def _registered(rule: contracts.Rule) -> bool:
+    """Whether ``rule`` is a :class:`~signvote.rules.WorkerRule` equal to what its
+    registered name builds with its momentum and bound."""
+    if not isinstance(rule, rules.WorkerRule) or rule.name not in rules.names():
         return False
     try:
         return rules.get(rule.name, rule.beta, rule.bound) == rule

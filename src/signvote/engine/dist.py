@@ -262,7 +262,7 @@ class _Rank:
         self.traffic = protocol.Traffic()
         self.side_traffic = protocol.Traffic()  # honest rows sent to the coalition
         self.exchange = protocol.Exchange(c.layout, rank, world, setup.layout.dim,
-                                          setup.rule.sends_signs, setup.aggregator,
+                                          setup.rule.capabilities.sends_signs, setup.aggregator,
                                           self.traffic)
         self.byzantine = self.worker is not None and bool(self.plan.byzantine_mask[self.worker])
         attack = self.plan.message_attack
@@ -318,7 +318,7 @@ class _Rank:
         scatter = None
         if is_leader:
             # in the server layout this copy of the aggregator's state is the leader's own
-            ctx = AttackContext(step, self.attack_generator, self.setup.rule.sends_signs,
+            ctx = AttackContext(step, self.attack_generator, self.setup.rule.capabilities.sends_signs,
                                 Preview(self.setup.aggregator, self.agg_state))
             crafted = self.plan.coalition(matrix, ctx)
             if crafted.shape != matrix.shape:
@@ -345,7 +345,7 @@ class _Rank:
             self.buffers = honest.buffers
             messages, self.rule_state = s.rule.step(honest.grads, self.rule_state,
                                                     self.rule_generators)
-            ctx = AttackContext(step, self.attack_generator, s.rule.sends_signs)
+            ctx = AttackContext(step, self.attack_generator, s.rule.capabilities.sends_signs)
             row = self.plan.blind(messages, ctx, self.workers)[0]
             if self.message_attack:
                 row = self._coalition(row, step)

@@ -36,14 +36,13 @@ from torch import Tensor, nn
 from signvote import contracts, rules
 from signvote.data import Dataset
 from signvote.data.partition import NEEDS_LABELS
+from signvote.engine.gradients import Loss
 from signvote.experiment.config import ConfigError, TrainConfig, resolve
 from signvote.plugins import FunctionAttack
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 """A model factory ``(input_shape, n_classes) -> nn.Module``, as the built-in models."""
 
-Loss = Callable[[Tensor, Tensor], Tensor]
-"""A per-sample loss ``loss(outputs[N, ...], targets[N]) -> [N]``."""
 
 PROBE_SAMPLES = 2
 """The training samples a run built from objects runs through the model (and the loss)
@@ -69,7 +68,7 @@ class Parts:
     model: nn.Module | ModelFactory | None = None
     data: Dataset | None = None
     loss: Loss | None = None
-    rule: rules.WorkerRule | None = None
+    rule: contracts.Rule | None = None
     aggregator: contracts.Aggregator | None = None
     attack: contracts.Attack | None = None
 
@@ -158,9 +157,9 @@ def resolve_parts(config: TrainConfig, parts: Parts) -> TrainConfig:
     rule = parts.rule
     if rule is not None:
         _refuse(c.momentum is None and c.sign_bound is None,
-                f"--momentum/--sign-bound: the rule object {describe(rule)} carries its own "
-                f"(beta {rule.beta}, bound {rule.bound}); valid: leave them out")
-        stand["rule"] = "signsgd" if rule.sends_signs else "sgd"
+                f"--momentum/--sign-bound: the rule object {describe(rule)} carries its own; "
+                f"valid: leave them out")
+        stand["rule"] = "signsgd" if rule.capabilities.sends_signs else "sgd"
     aggregator = parts.aggregator
     if aggregator is not None:
         _refuse(c.aggregator_f is None,
@@ -186,8 +185,10 @@ def resolve_parts(config: TrainConfig, parts: Parts) -> TrainConfig:
     recorded: dict[str, Any] = {name: describe(value) for name, value in given.items()}
     if "model" not in given and data is not None and c.model is not None:
         recorded["model"] = c.model
-    if rule is not None:
+    if isinstance(rule, rules.WorkerRule):  # its momentum and bound, as the CLI records
         recorded.update(momentum=rule.beta, sign_bound=rule.bound)
+    elif rule is not None:  # a rule of its own: no momentum or bound of signvote's
+        recorded.update(momentum=None, sign_bound=None)
     if aggregator is not None:
         recorded["aggregator_f"] = aggregator.f
     recorded["out"] = c.out

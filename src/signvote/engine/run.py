@@ -303,7 +303,7 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         "workers": c.workers,
         "blind_workers": torch.nonzero(plan.blind_mask).flatten().tolist(),
         "byzantine_workers": torch.nonzero(plan.byzantine_mask).flatten().tolist(),
-        "bytes_sent_per_worker_per_step": message_bytes(layout.dim, rule.sends_signs),
+        "bytes_sent_per_worker_per_step": message_bytes(layout.dim, rule.capabilities.sends_signs),
         "signvote_version": signvote.__version__,
         "torch_version": torch.__version__,
     }

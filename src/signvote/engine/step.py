@@ -210,11 +210,11 @@ class DataPath:
                                   self.plan.poison(targets, self.n_classes), self.task,
                                   loss=self.loss, buffers=state.buffers)
         own, rule_state = self.rule.step(honest.grads, state.rule, self.rule_generators)
-        ctx = AttackContext(step, self.generator, self.rule.sends_signs,
+        ctx = AttackContext(step, self.generator, self.rule.capabilities.sends_signs,
                             contracts.Preview(self.aggregator, state.aggregator))
         messages = own
         if self.plan.alters_messages:  # a rule's own messages are ternary already
-            messages = wire(self.plan.apply(own, ctx), self.rule.sends_signs, self.aggregator)
+            messages = wire(self.plan.apply(own, ctx), self.rule.capabilities.sends_signs, self.aggregator)
         direction, agg_state = self.aggregator.apply(messages, state.aggregator)
         return (apply_update(x, direction, lr, self.weight_decay),
                 StepState(rule_state, agg_state, honest.buffers), honest,
