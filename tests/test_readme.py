@@ -183,6 +183,11 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
         Run("images", append=" --epochs 1"),
     "signvote train --dataset mnist --data-dir ~/data/mnist --epochs 25 --lr 1e-5":
         Run("images", (("--epochs 25", EPOCHS_1),)),
+    'signvote train --dataset digits --model "resnet20(norm=group)" --workers 5 '
+    '--batch-size 16 --epochs 4 --lr 1e-3': Run("images", (("--epochs 4", EPOCHS_1),)),
+    "signvote train --config examples/cifar10_resnet20.toml --out runs/cifar10_resnet20":
+        Elsewhere("tests/test_resnet_runs.py::test_the_cifar10_example_trains_shortened",
+                  "on CIFAR-10 files written in the official format, 1 epoch, 2 workers"),
     "apt-get install dataset-fashion-mnist": Skip("needs root and Debian's package index"),
     "pip install 'signvote[download]'": Skip(NETWORK),
     "signvote download mnist": Skip("downloads MNIST from the network (torchvision)"),
@@ -462,9 +467,9 @@ def test_the_readme_aggregator_examples_run(in_folder, run_bounded):
 def test_the_readme_image_commands_run(in_folder, run_bounded, fake_images):
     run_group("images", in_folder, run_bounded)
     configs = [json.loads(p.read_text()) for p in in_folder.glob("runs/*/config.json")]
-    assert sorted(c["dataset"] for c in configs) == ["digits", "fashion-mnist",
+    assert sorted(c["dataset"] for c in configs) == ["digits", "digits", "fashion-mnist",
                                                      "fashion-mnist", "mnist"]
-    assert len(list(in_folder.glob("runs/*/summary.json"))) == 4
+    assert len(list(in_folder.glob("runs/*/summary.json"))) == 5
 
 
 def test_the_readme_seed_table_runs_and_its_two_forms_are_one_run(in_folder, run_bounded):
