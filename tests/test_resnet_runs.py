@@ -49,7 +49,8 @@ def test_the_cifar10_example_trains_shortened(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "data", np.random.default_rng(3), per_batch=8)
     out = tmp_path / "run"
     code = main(["train", "--config", str(EXAMPLE), "--data-dir", str(tmp_path / "data"),
-                 "--epochs", "1", "--workers", "2", "--batch-size", "4", "--out", str(out), "--quiet"])
+                 "--epochs", "1", "--workers", "2", "--batch-size", "4", "--out", str(out),
+                 "--quiet"])
     assert code == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["model"], config["augment"], config["epochs"]) == ("resnet20", "on", 1)

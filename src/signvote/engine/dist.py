@@ -318,7 +318,8 @@ class _Rank:
         scatter = None
         if is_leader:
             # in the server layout this copy of the aggregator's state is the leader's own
-            ctx = AttackContext(step, self.attack_generator, self.setup.rule.capabilities.sends_signs,
+            ctx = AttackContext(step, self.attack_generator,
+                                self.setup.rule.capabilities.sends_signs,
                                 Preview(self.setup.aggregator, self.agg_state))
             crafted = self.plan.coalition(matrix, ctx)
             if crafted.shape != matrix.shape:

@@ -214,7 +214,8 @@ class DataPath:
                             contracts.Preview(self.aggregator, state.aggregator))
         messages = own
         if self.plan.alters_messages:  # a rule's own messages are ternary already
-            messages = wire(self.plan.apply(own, ctx), self.rule.capabilities.sends_signs, self.aggregator)
+            messages = wire(self.plan.apply(own, ctx), self.rule.capabilities.sends_signs,
+                            self.aggregator)
         direction, agg_state = self.aggregator.apply(messages, state.aggregator)
         return (apply_update(x, direction, lr, self.weight_decay),
                 StepState(rule_state, agg_state, honest.buffers), honest,
