@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from signvote.engine.gradients import BatchedModel, ParamLayout
-from signvote.engine.worker_conv import METHODS, choose_method, worker_weight_grads
+from signvote.engine.worker_conv import (
+    GROUPED_MAX_FLOPS,
+    GROUPED_MIN_CHANNELS,
+    METHODS,
+    choose_method,
+    weight_grad_flops,
+    worker_weight_grads,
+)
 
 # (C, O, kernel, stride, padding, dilation, groups, side)
 CASES = [
@@ -130,20 +137,51 @@ def test_bad_arguments_name_the_value():
         worker_weight_grads(dy, h, weight, 4)
 
 
-def test_the_default_method_is_one_of_the_formulations():
-    assert choose_method(torch.zeros(12, 3, 8, 8), torch.zeros(4, 3, 3, 3), 4) in METHODS
+@pytest.mark.parametrize("case", CASES)
+def test_weight_grad_flops_counts_the_forward_multiply_adds(case, gen):
+    """2 x (output elements of one worker) x (C/g) kh kw, the output size taken from an
+    actual F.conv2d."""
+    n, b = 3, 2
+    h, weight, _, conv = conv_case(case, n, b, torch.float32, gen)
+    out = F.conv2d(h, weight, **conv)
+    pair = [conv[k] if isinstance(conv[k], tuple) else (conv[k], conv[k])
+            for k in ("stride", "padding", "dilation")]
+    assert weight_grad_flops(h, weight, n, *pair) == 2 * out[:b].numel() * weight[0].numel()
+
+
+def test_the_rule_picks_grouped_only_for_small_float32_cpu_layers_with_channels(monkeypatch):
+    threads = torch.get_num_threads()
+    side = 8  # 3x3 padded: one worker's work is 2 b O C 9 side^2
+    small_b = max(1, int(GROUPED_MAX_FLOPS * threads) // (2 * 16 * 16 * 9 * side * side))
+    h = torch.zeros(4 * small_b, 16, side, side)
+    weight = torch.zeros(16, 16, 3, 3)
+    args = ((1, 1), (1, 1), (1, 1))
+    assert weight_grad_flops(h, weight, 4, *args) <= GROUPED_MAX_FLOPS * threads
+    assert choose_method(h, weight, 4, *args) == "grouped"
+    big = torch.zeros(4 * (small_b + 1), 16, side, side)
+    assert weight_grad_flops(big, weight, 4, *args) > GROUPED_MAX_FLOPS * threads
+    assert choose_method(big, weight, 4, *args) == "loop"
+    assert choose_method(h.double(), weight.double(), 4, *args) == "loop"
+    few = GROUPED_MIN_CHANNELS - 1
+    assert choose_method(h[:, :few], weight[:, :few], 4, *args) == "loop"
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # restored after the test
+    assert choose_method(h, weight, 4, *args) == "loop"
 
 
 def test_the_engine_uses_it_per_worker_against_separate_modules(gen):
-    """BatchedModel's conv path (which calls worker_weight_grads) against n ordinary
-    modules, each trained on its own batch: the conv weights' rows of the gradient
-    matrix equal each module's own gradients."""
+    """BatchedModel's conv path (which calls worker_weight_grads with the default rule: the
+    loop for the first and last convolutions, grouped for the middle one) against n
+    ordinary modules, each trained on its own batch: every row of the gradient matrix
+    equals that module's own gradients."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(),
-                          nn.Conv2d(4, 4, 3, stride=2, groups=2), nn.Flatten(),
-                          nn.Linear(4 * 3 * 3, 3))
+    model = nn.Sequential(nn.Conv2d(2, 16, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(16, 4, 3, stride=2), nn.Tanh(),
+                          nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
     layout = ParamLayout.of(model)
     n, b = 3, 4
+    middle = model[2]
+    assert choose_method(torch.zeros(n * b, 16, 7, 7), middle.weight, n, middle.stride,
+                         middle.padding, middle.dilation) == "grouped"
     inputs = torch.randn(n, b, 2, 7, 7, generator=gen)
     targets = torch.randint(0, 3, (n, b), generator=gen)
     step = BatchedModel(model, layout).gradients(layout.flatten(model), inputs, targets,

@@ -14,16 +14,20 @@ as in the forward). Two formulations give the same numbers up to float rounding:
   the batch, n calls;
 - ``"grouped"``: the workers as groups of one grouped convolution (the per-example
   gradient trick of Rochette et al. 2019, "Efficient Per-Example Gradient Computations in
-  Convolutional Neural Networks", used by Opacus): ``h`` viewed ``[n, b, C, H, W]`` and
+  Convolutional Neural Networks"): ``h`` viewed ``[n, b, C, H, W]`` and
   transposed to ``[b, n C, H, W]`` (one copy), ``dy`` likewise to ``[b, n O, H', W']``;
   one ``convolution_backward`` with a weight of shape ``[n O, C/g, kh, kw]`` and
   ``groups = n g`` gives ``[n O, C/g, kh, kw]``, i.e. every ``dW_i``, in one call.
 
-Which one is faster depends on the machine and on the thread count (see
-:func:`choose_method` and benchmarks/RESULTS.md); both are tested against autograd of
-per-worker ``F.conv2d``. Unfolding (im2col) then one ``bmm`` over the workers was measured
-too and was 2-16x slower than either on every built-in model's layers (its ``[n b, C kh
-kw, H' W']`` column matrix is materialised and transposed), so it is not offered.
+The loop pays a call's fixed cost n times, the grouped call pays two transposing copies
+and oneDNN's grouped kernel; which is faster depends on one worker's share of the work,
+the channels and the threads (:func:`choose_method`, measured in benchmarks/RESULTS.md).
+Both are tested against autograd of per-worker ``F.conv2d``. Unfolding (im2col) then one
+``bmm`` over the workers was measured too (10 workers x 12 samples, one thread): 1.6-16x
+slower than the loop on every convolution of ``smallcnn``, ``torchnet``, ``mnistnet`` and
+``resnet20`` (its ``[n b, C kh kw, H' W']`` column matrix is materialised and
+transposed), faster (0.86x) only on a 1x1 stride-2 projection, which none of them has; it
+is not offered.
 """
 
 from __future__ import annotations
@@ -43,17 +47,50 @@ def _pair(value: int | Sequence[int]) -> list[int]:
     return [value, value] if isinstance(value, int) else [int(v) for v in value]
 
 
-def choose_method(h: Tensor, weight: Tensor, n: int) -> Method:
-    """The formulation :func:`worker_weight_grads` uses when none is asked for.
+GROUPED_MIN_CHANNELS = 16
+"""Input channels per group below which the grouped formulation is never chosen: with 1
+or 3 channels per group (a first layer) oneDNN's grouped kernel was 1.3-3.9x slower than
+the loop at every batch measured."""
 
-    ``"loop"`` everywhere: on this project's 2-core CPU it was the faster of the two (or
-    within the noise) on every convolution of ``smallcnn``, ``torchnet``, ``mnistnet`` and
-    ``resnet20`` at 10 workers x 12 and x 64 samples with the thread count a run uses,
-    since ``convolution_backward`` on ``b`` samples already runs at the speed of the
-    whole batch (``benchmarks/bench_cnn.py --layers`` prints the comparison). On other
-    devices nothing was measured and the loop is kept."""
-    del h, weight, n
-    return "loop"
+GROUPED_MAX_FLOPS = 24e6
+"""Per-worker weight-gradient work (floating-point operations, per intra-op thread) up to
+which :func:`choose_method` takes the grouped formulation on a CPU."""
+
+
+def weight_grad_flops(h: Tensor, weight: Tensor, n: int, stride: Sequence[int],
+                      padding: Sequence[int], dilation: Sequence[int]) -> int:
+    """One worker's weight-gradient work ``2 b O (C/g) kh kw H' W'`` (the forward's)."""
+    out_side = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in zip(
+        h.shape[2:], padding, dilation, weight.shape[2:], stride, strict=True)]
+    return 2 * (h.shape[0] // n) * weight[0].numel() * weight.shape[0] * out_side[0] * out_side[1]
+
+
+def choose_method(h: Tensor, weight: Tensor, n: int, stride: Sequence[int] = (1, 1),
+                  padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1)
+                  ) -> Method:
+    """The formulation :func:`worker_weight_grads` uses when none is asked for:
+
+        "grouped"  if the device is a CPU, the dtype float32, oneDNN (mkldnn) on,
+                   C/g >= GROUPED_MIN_CHANNELS and
+                   weight_grad_flops <= GROUPED_MAX_FLOPS * torch.get_num_threads(),
+        "loop"     otherwise.
+
+    Each ``convolution_backward`` call has a fixed cost (oneDNN's set-up, a parallel
+    region per call), which the loop pays n times: it matters when one worker's share is
+    small (few samples, small images) and more with two threads. Measured on this
+    project's 2-core CPU (``benchmarks/bench_cnn.py``'s layer table, 10 workers; the
+    allocator set by ``keep_freed_memory`` as a run has it, without which the grouped
+    copies are page-faulted in on every call and cost up to 2x): with 16-64 channels,
+    grouped / loop = 0.4-0.9 up to about 20 MFLOP per worker per thread, 0.9-1.1 around
+    20-60, 1.1-1.4 beyond (where the loop runs at the speed of one whole-batch call); with
+    1 or 3 input channels the loop wins from 4 samples a worker on. Float64 (no oneDNN)
+    and other devices were not found faster grouped, or not measured: the loop."""
+    if (h.device.type != "cpu" or h.dtype != torch.float32
+            or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+            or weight.shape[1] < GROUPED_MIN_CHANNELS):
+        return "loop"
+    flops = weight_grad_flops(h, weight, n, stride, padding, dilation)
+    return "grouped" if flops <= GROUPED_MAX_FLOPS * torch.get_num_threads() else "loop"
 
 
 def worker_weight_grads(
@@ -84,12 +121,14 @@ def worker_weight_grads(
     if h.shape[0] % n or grad_out.shape[0] != h.shape[0]:
         raise ValueError(f"h[{h.shape[0]}, ...] and grad_out[{grad_out.shape[0]}, ...] must "
                          f"hold the same number of samples, a multiple of n={n}")
-    method = choose_method(h, weight, n) if method is None else method
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    if method is None:
+        method = choose_method(h, weight, n, stride, padding, dilation)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if out is None:
         out = weight.new_empty((n, *weight.shape))
-    args = (_pair(stride), _pair(padding), _pair(dilation), False, [0, 0])
+    args = (stride, padding, dilation, False, [0, 0])
     mask = [False, True, False]
     if method == "loop":
         for i, (dy, hi) in enumerate(zip(grad_out.chunk(n), h.chunk(n), strict=True)):
