@@ -19,7 +19,7 @@ from torch import nn
 
 import signvote
 from signvote import aggregators, cli, models, rules
-from signvote.api import command_line, dataset, from_datasets
+from signvote.api import command_line, dataset, from_datasets, saved_model
 from signvote.attacks.basic import replace_rows
 from signvote.contracts import AggregatorBase, AttackBase, AttackCapabilities, RuleCapabilities
 from signvote.data import DatasetError
@@ -373,6 +373,29 @@ def test_the_command_line_of_a_config_is_that_config():
     args = cli.build_parser().parse_args(command_line(c))
     assert cli.config_from_args(args) == c
     assert aggregators.build(c.aggregator, c.aggregator_f) is not None
+
+
+def test_the_distributed_result_reads_parameters_and_buffers_apart(tmp_path):
+    # params.pt of a BatchNorm model holds its running statistics beside its parameters:
+    # the result's flat parameters are the module's parameters only, its buffers the rest
+    c = resolve(TrainConfig(dataset="digits", model="resnet20", out=str(tmp_path)))
+    module = models.build("resnet20", (1, 8, 8), 10)
+    with torch.no_grad():
+        module.bn1.running_mean.add_(1.5)
+        module.bn1.num_batches_tracked.add_(7)
+    torch.save(module.state_dict(), tmp_path / "params.pt")
+    params, buffers = saved_model(c)
+    assert torch.equal(params, torch.cat([p.detach().reshape(-1)
+                                          for p in module.parameters()]))
+    assert buffers is not None
+    assert buffers.keys() == dict(module.named_buffers()).keys()
+    assert all(torch.equal(buffers[k], b) for k, b in module.named_buffers())
+    c = resolve(TrainConfig(dataset="digits", model="smallcnn", out=str(tmp_path)))
+    plain = models.build("smallcnn", (1, 8, 8), 10)
+    torch.save(plain.state_dict(), tmp_path / "params.pt")
+    params, buffers = saved_model(c)
+    assert buffers is None
+    assert torch.equal(params, torch.cat([p.detach().reshape(-1) for p in plain.parameters()]))
 
 
 @pytest.mark.slow

@@ -441,9 +441,24 @@ def _distributed(config: TrainConfig, progress: bool, write: bool) -> RunResult:
     c = resolve(config)
     summary = dist.launch(c, command_line(c, progress))
     folder = runs.read_run(c.out)
-    params = torch.load(f"{c.out}/params.pt", weights_only=True)
-    return RunResult(c, summary, folder.metrics,
-                     torch.cat([p.reshape(-1) for p in params.values()]))
+    params, buffers = saved_model(c)
+    return RunResult(c, summary, folder.metrics, params, buffers)
+
+
+def saved_model(c: TrainConfig) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """The flat parameters and the named buffers (the evaluated running statistics; None
+    for a model without any) of resolved config ``c``'s ``OUT/params.pt``, as the
+    simulator returns them in :class:`~signvote.engine.run.RunResult`: ``params.pt`` holds
+    both in one state dict, told apart by the model's own ``named_parameters`` (the model
+    of ``c`` built on its data, under a forked generator)."""
+    from signvote.engine.gradients import ParamLayout
+    from signvote.engine.run import build_model, load_data
+
+    with torch.random.fork_rng(devices=[]):
+        layout = ParamLayout.of(build_model(c, load_data(c)))
+    saved = torch.load(f"{c.out}/params.pt", weights_only=True)
+    buffers = {k: v for k, v in saved.items() if k not in layout.names}
+    return torch.cat([saved[k].reshape(-1) for k in layout.names]), buffers or None
 
 
 def command_line(config: TrainConfig, progress: bool = True) -> list[str]:
