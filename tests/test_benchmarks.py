@@ -124,11 +124,20 @@ def test_bench_sim_smoke(run_bounded, tmp_path, results_untouched):
 @pytest.mark.slow
 @pytest.mark.dist
 def test_bench_cnn_smoke(run_bounded, tmp_path, results_untouched):
-    stdout = smoke(run_bounded, tmp_path, "bench_cnn.py", "--smoke")
-    rows = table_rows(stdout, "smallcnn|torchnet")
-    assert [r[0] for r in rows] == ["smallcnn", "torchnet"]
+    out = tmp_path / "cnn.json"
+    stdout = smoke(run_bounded, tmp_path, "bench_cnn.py", "--smoke", "--out", str(out))
+    models = ["smallcnn", "torchnet", "mnistnet", "resnet20"]
+    rows = [r for r in table_rows(stdout, "|".join(models)) if len(r) == 10]
+    assert [(r[0], r[2]) for r in rows] == [(m, b) for m in models for b in ("2", "4")]
     for row in rows:
-        assert len(row) == 9 and all(re.fullmatch(r"[\d.]+ ms", row[k]) for k in (2, 3, 5, 7))
+        assert all(re.fullmatch(r"[\d.]+ ms", row[k]) for k in (4, 5, 8))
+        assert re.fullmatch(r"[\d.]+ \([\d.]+\)", row[6]), row
+    layers = [r for r in table_rows(stdout, "|".join(models)) if len(r) == 8]
+    assert {r[0] for r in layers} == set(models)
+    assert all(r[7] in ("loop", "grouped") for r in layers)
+    written = json.loads(out.read_text())
+    assert [(r["model"], r["b"]) for r in written["steps"]] == [(r[0], int(r[2])) for r in rows]
+    assert len(written["layers"]) == len(layers) and written["repeats"] == 1
     assert re.search(r"^digits, smallcnn, Signum, 10 workers, 1 epoch .*test accuracy "
                      r"[\d.]+%$", stdout, re.M)
 
