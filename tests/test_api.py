@@ -21,7 +21,13 @@ import signvote
 from signvote import aggregators, cli, models, rules
 from signvote.api import command_line, dataset, from_datasets, saved_model
 from signvote.attacks.basic import replace_rows
-from signvote.contracts import AggregatorBase, AttackBase, AttackCapabilities, RuleCapabilities
+from signvote.contracts import (
+    AggregatorBase,
+    AggregatorCapabilities,
+    AttackBase,
+    AttackCapabilities,
+    RuleCapabilities,
+)
 from signvote.data import DatasetError
 from signvote.data import load as load_dataset
 from signvote.engine.sim import train as sim_train
@@ -361,10 +367,49 @@ def test_objects_are_checked_against_the_options():
         signvote.train(aggregator=NeedsMany(), workers=4, **QUIET)
     with pytest.raises(ConfigError, match="attack: the class Inversion; valid: an instance"):
         signvote.train(attack=Inversion, byzantine=1, **QUIET)
-    with pytest.raises(ConfigError, match="attack: a Mean is no attack"):
+    with pytest.raises(ConfigError, match=r"attack: <object .*Mean> is not an attack \(it is "
+                                          r"an aggregator; valid: "):
         signvote.train(attack=Mean(), byzantine=1, **QUIET)
-    with pytest.raises(ConfigError, match=r"aggregator: .*Inversion> declares attack"):
+    with pytest.raises(ConfigError, match=r"aggregator: <object .*Inversion> is not an "
+                                          r"aggregator \(it is an attack; "):
         signvote.train(aggregator=Inversion(), **QUIET)
+
+
+class HalfAnAggregator:
+    """Declares an aggregator's capabilities (it returns signs) but is no Aggregator: it
+    lacks init_state, apply, run, min_workers and check."""
+
+    capabilities = AggregatorCapabilities(returns_signs=True)
+    f = 0
+
+    def __call__(self, messages):
+        return torch.sign(messages.sum(dim=0))
+
+
+class DataLevelWithoutTargets:
+    """Declares a data-level attack but has no poison_targets to poison batches with."""
+
+    capabilities = AttackCapabilities(knowledge="blind", data_level=True)
+
+    def __call__(self, messages, byzantine_mask, ctx):
+        return messages
+
+    def check(self, workers, byzantine):
+        return None
+
+
+def test_an_object_declaring_capabilities_it_does_not_follow_is_refused():
+    # as an import spec's object is (plugins.checked), never taken for a plain function
+    # with the conservative capabilities, which would drop what it declares
+    with pytest.raises(ConfigError, match=r"aggregator: <object .*HalfAnAggregator> is not an "
+                                          r"aggregator \(it is a HalfAnAggregator that "
+                                          r"declares aggregator capabilities but lacks "
+                                          r"init_state, apply, run, min_workers, check;"):
+        signvote.train(aggregator=HalfAnAggregator(), **QUIET)
+    with pytest.raises(ConfigError, match=r"attack: .* \(it is a DataLevelWithoutTargets "
+                                          r"that declares data_level but has no "
+                                          r"poison_targets;"):
+        signvote.train(attack=DataLevelWithoutTargets(), byzantine=1, **QUIET)
 
 
 def test_the_command_line_of_a_config_is_that_config():

@@ -660,6 +660,27 @@ def test_a_model_module_is_not_a_model_instance(scratch, monkeypatch):
         models.build(f"{scratch}:NET", (2,), 2)
 
 
+def test_an_object_declaring_aggregator_capabilities_must_follow_the_protocol(scratch,
+                                                                            monkeypatch):
+    class Half:  # returns signs, it says, but is no Aggregator (no init_state, apply, ...)
+        capabilities = contracts.AggregatorCapabilities(returns_signs=True)
+        f = 0
+
+        def __call__(self, messages):
+            return messages.sign().sum(dim=0).sign()
+
+    module = __import__(scratch)
+    monkeypatch.setattr(module, "HALF", Half(), raising=False)
+    with pytest.raises(ValueError, match=rf"{scratch}:HALF is not an aggregator \(it is a "
+                                         rf"Half that declares aggregator capabilities but "
+                                         rf"lacks init_state, apply, run, min_workers, check"):
+        aggregators.build(f"{scratch}:HALF")
+    monkeypatch.setattr(module, "make_half", lambda: Half(), raising=False)
+    with pytest.raises(ValueError, match=r"\(it returned a Half that declares aggregator "
+                                         r"capabilities but lacks"):
+        aggregators.build(f"{scratch}:make_half")
+
+
 def test_as_dataset_keeps_a_dataset(scratch):
     x, y = torch.zeros(3, 2), torch.tensor([0, 1, 1])
     given = Dataset("mine", x, y, x, y, "classification", 2)

@@ -120,8 +120,8 @@ def train(model: str | nn.Module | ModelFactory | None = None,
                 f"targets[N]) -> [N], got {loss!r}")
         parts["loss"] = loss
     _rule(rule, values, parts)
-    _aggregator(aggregator, values, parts)
-    _attack(attack, values, parts)
+    _component("aggregator", aggregator, values, parts)
+    _component("attack", attack, values, parts)
     if out is not None:
         values["out"] = out
     given = Parts(**parts)
@@ -239,39 +239,26 @@ def _registered(rule: contracts.Rule) -> bool:
         return False
 
 
-def _aggregator(aggregator: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
-    if aggregator is None or isinstance(aggregator, str):
-        if aggregator is not None:
-            values["aggregator"] = aggregator
+def _component(kind: str, value: Any, values: dict[str, Any], parts: dict[str, Any]
+               ) -> None:
+    """An aggregator or attack given as a spec (recorded in ``values``) or as an object
+    (in ``parts``), the object checked as a plugin's is (:func:`signvote.plugins.checked`:
+    its declared capabilities and its protocol; a plain function the conservative
+    capabilities); a class, or an object of another kind, is one :class:`ConfigError`."""
+    if value is None or isinstance(value, str):
+        if value is not None:
+            values[kind] = value
         return
-    _refuse_class("aggregator", aggregator)
-    declared = plugins.declared_kind(aggregator)
-    _refuse(declared in (None, "aggregator"),
-            f"aggregator: {describe(aggregator)} declares {declared} capabilities; valid: an "
-            f"aggregator (signvote.contracts.Aggregator) or a function messages[n, d] -> [d]")
+    _refuse_class(kind, value)
     try:
-        parts["aggregator"] = contracts.as_aggregator(aggregator)
-    except TypeError as exc:
-        raise ConfigError(f"aggregator: {exc}; valid: a spec such as 'nnm+krum'") from None
+        parts[kind] = plugins.checked(kind, value, describe(value))
+    except plugins.PluginError as exc:
+        raise ConfigError(f"{kind}: {exc}; or a spec such as "
+                          f"{SPEC_EXAMPLES[kind]!r}") from None
 
 
-def _attack(attack: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
-    if attack is None or isinstance(attack, str):
-        if attack is not None:
-            values["attack"] = attack
-        return
-    _refuse_class("attack", attack)
-    declared = plugins.declared_kind(attack)
-    if declared is None and callable(attack):  # a plain function: the conservative attack
-        parts["attack"] = plugins.FunctionAttack(attack)
-        return
-    _refuse(declared == "attack" and isinstance(attack, contracts.Attack),
-            f"attack: a {type(attack).__name__} is no attack: it must declare "
-            f"AttackCapabilities, check(workers, byzantine) and be called as "
-            f"attack(messages, byzantine_mask, ctx) (signvote.contracts.Attack; derive from "
-            f"signvote.contracts.AttackBase), or be a plain function of those three; or a "
-            f"spec such as 'alie(z=1.5)'")
-    parts["attack"] = attack
+SPEC_EXAMPLES = {"aggregator": "nnm+krum", "attack": "alie(z=1.5)"}
+"""A spec of each kind, said where an object is refused."""
 
 
 def _refuse_class(kind: str, value: Any) -> None:

@@ -318,20 +318,24 @@ def _protocol(kind: str) -> type:
             "attack": contracts.Attack}[kind]
 
 
-def _checked(kind: str, value: Any, where: str, what: str) -> Any:
-    """``value`` if it is a ``kind`` by its declared capabilities and its protocol; a plain
-    callable (no capabilities declared) is wrapped as the conservative aggregator or
-    attack; anything else is :func:`wrong_kind`."""
+def checked(kind: str, value: Any, where: str, what: str = "it is") -> Any:
+    """``value`` if it is a ``kind`` (``aggregator``, ``pre-aggregator``, ``attack``) by its
+    declared capabilities and its protocol; a plain callable (no capabilities declared)
+    is wrapped as the conservative aggregator or attack
+    (:class:`~signvote.contracts.FunctionAggregator`, :class:`FunctionAttack`); anything
+    else is :func:`wrong_kind` (``where`` names it, ``what`` begins the reason: ``it is``,
+    ``it returned``). The one check of an object of these kinds, named by a spec or given
+    to :func:`signvote.train`."""
     declared = declared_kind(value)
     if declared == kind:
         if not isinstance(value, _protocol(kind)):
             missing = [m for m in _PROTOCOL_MEMBERS[kind] if not hasattr(value, m)]
-            raise wrong_kind(kind, where, f"{what} declares {kind} capabilities but lacks "
-                                          f"{', '.join(missing)}")
+            raise wrong_kind(kind, where, f"{what} {_a(value)} that declares {kind} "
+                                          f"capabilities but lacks {', '.join(missing)}")
         if kind == "attack" and value.capabilities.data_level and not callable(
                 getattr(value, "poison_targets", None)):
-            raise wrong_kind(kind, where, f"{what} declares data_level but has no "
-                                          f"poison_targets")
+            raise wrong_kind(kind, where, f"{what} {_a(value)} that declares data_level but "
+                                          f"has no poison_targets")
         return value
     if declared is not None:
         raise wrong_kind(kind, where, f"{what} {'an' if declared[0] in 'ae' else 'a'} "
@@ -350,8 +354,8 @@ def _as_function(kind: str, function: Callable[..., Any]) -> Any:
 def _component(kind: str, attribute: Any, where: str) -> Callable[..., Any]:
     """An aggregator's, pre-aggregator's or attack's factory (see the module's doc)."""
     if declared_kind(attribute) is not None and not inspect.isclass(attribute):
-        checked = _checked(kind, attribute, where, "it is")  # an object: used as it is
-        return _factory(lambda: checked, inspect.Signature(), attribute)
+        used = checked(kind, attribute, where, "it is")  # an object: used as it is
+        return _factory(lambda: used, inspect.Signature(), attribute)
     if not callable(attribute):
         raise wrong_kind(kind, where, _a(attribute))
     signature = _signature(attribute, kind, where)
@@ -372,7 +376,7 @@ def _component(kind: str, attribute: Any, where: str) -> Callable[..., Any]:
 
     def build(**params: Any) -> Any:
         _bind(signature, (), params, kind, where, "a factory of the spec's parameters")
-        return _checked(kind, attribute(**params), where, "it returned")
+        return checked(kind, attribute(**params), where, "it returned")
 
     return _factory(build, signature, attribute)
 
