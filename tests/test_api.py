@@ -319,6 +319,26 @@ def test_bad_data_of_other_kinds_is_refused(digits):
         from_datasets([digits.train_x[0]], [digits.test_x[0]])
     with pytest.raises(DatasetError, match="item 1's x has shape"):
         from_datasets([(torch.zeros(2), 0), (torch.zeros(3), 1)], [(torch.zeros(2), 0)])
+    with pytest.raises(DatasetError, match=r"train dataset <object builtins\.set>: not a "
+                                           r"dataset; valid: a torch\.utils\.data\.Dataset"):
+        from_datasets({1, 2}, [(torch.zeros(2), 0)])
+
+
+class BrokenItems(torch.utils.data.Dataset):
+    """A map-style dataset whose items raise a TypeError of its own."""
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(2), int(None)
+
+
+def test_an_error_a_dataset_raises_is_its_own_not_a_wrong_kind():
+    # the dataset's TypeError is said as its own, not taken for "no len() or ds[i]"
+    with pytest.raises(DatasetError, match=r"test dataset <object .*BrokenItems>: reading its "
+                                           r"items failed: TypeError: int\(\) argument"):
+        from_datasets([(torch.zeros(2), 0)], BrokenItems())
 
 
 def test_a_model_that_does_not_fit_is_refused_in_one_line(digits):

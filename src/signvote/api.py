@@ -325,9 +325,11 @@ def dataset(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
 
 def from_datasets(train: Any, test: Any, *, classes: int | None = None) -> Dataset:
     """:func:`dataset` of two ``torch.utils.data.Dataset`` objects (map-style: ``len`` and
-    ``ds[i]``; or iterable) yielding ``(x, y)`` pairs, stacked into tensors once: the whole
-    dataset is loaded into memory. Raises :class:`~signvote.data.DatasetError` naming the
-    dataset and the item that is no pair, or whose sample differs in shape."""
+    ``ds[i]``; or iterable) or sequences yielding ``(x, y)`` pairs, stacked into tensors
+    once: the whole dataset is loaded into memory. Raises
+    :class:`~signvote.data.DatasetError` naming the dataset and what is wrong: no dataset,
+    an error its items raised (its type and message), an item that is no pair, or whose
+    sample differs in shape."""
     (train_x, train_y), (test_x, test_y) = (_stack(ds, split) for ds, split in
                                             ((train, "train"), (test, "test")))
     return dataset(train_x, train_y, test_x, test_y, classes=classes, name="datasets")
@@ -388,14 +390,16 @@ def _finite(t: Tensor, what: str) -> Tensor:
 def _stack(ds: Any, split: str) -> tuple[Tensor, Tensor]:
     """The samples and targets of a torch dataset, stacked."""
     what = f"{split} dataset {describe(ds)}"
-    if isinstance(ds, torch.utils.data.IterableDataset):
-        items = list(ds)
-    else:
-        try:
-            items = [ds[i] for i in range(len(ds))]
-        except TypeError:
-            raise DatasetError(f"{what}: not a dataset (len(ds) and ds[i]); valid: a "
-                               f"torch.utils.data.Dataset of (x, y) pairs") from None
+    iterable = isinstance(ds, torch.utils.data.IterableDataset)
+    if not isinstance(ds, torch.utils.data.Dataset | Sequence):
+        raise DatasetError(f"{what}: not a dataset; valid: a torch.utils.data.Dataset "
+                           f"(map-style: len(ds) and ds[i]; or an IterableDataset) or a "
+                           f"sequence, of (x, y) pairs")
+    try:
+        items = list(ds) if iterable else [ds[i] for i in range(len(ds))]
+    except Exception as exc:  # the dataset's own error, as one line naming it
+        raise DatasetError(f"{what}: reading its items failed: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split()) or '(no message)'}") from None
     require_samples(len(items), what)
     xs, ys = [], []
     for i, item in enumerate(items):
