@@ -40,6 +40,7 @@ SCRATCH = '''
 import torch
 from signvote import rules
 from signvote.contracts import PreAggregatorBase
+from signvote.data import Dataset
 
 TEXT = "not a plugin"
 
@@ -115,6 +116,16 @@ def targets(seed, data_dir):
 def integer_features(seed, data_dir):
     return torch.zeros(4, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), \\
         torch.zeros(2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+
+
+def nan_features(seed, data_dir):
+    return torch.tensor([[0.0, float("nan")]] * 4), torch.zeros(4, dtype=torch.long), \\
+        torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)
+
+
+def float64_dataset(seed, data_dir):
+    x, y = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+    return Dataset("mine", x, y, x, y, "classification", 1)
 
 
 def negative_label(seed, data_dir):
@@ -317,16 +328,32 @@ def test_a_plugin_dataset_is_classification_or_regression_by_its_targets(scratch
 
 
 @pytest.mark.parametrize(("attribute", "message"), [
-    ("integer_features", "train_x is torch.uint8; valid: floating-point features"),
-    ("negative_label", "label -1; valid: class labels 0, 1, ..."),
-    ("short_targets", "train_y has shape (3,) for 4 samples"),
+    ("nan_features", "train_x: 4 values are NaN or infinite (the first at [0, 1])"),
+    ("float64_dataset", "train_x is torch.float64; valid: float32"),
+    ("negative_label", "train_y: label -1 is negative; valid: class labels 0, 1, ..."),
+    ("short_targets", "train_x has 4 samples, train_y 3 targets; valid: one target per"),
     ("a_list", "its function returned a list; valid: a signvote.data.Dataset or four"),
     ("TEXT", "is not a dataset (a str; valid: a function (seed, data_dir, ...)"),
 ])
 def test_a_plugin_dataset_that_is_no_dataset_is_refused(scratch, attribute, message):
     with pytest.raises(DatasetError, match=None) as info:
         load_dataset(f"{scratch}:{attribute}", seed=1)
+    assert f"dataset {scratch}:{attribute}: " in str(info.value)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_plugin_datasets_tensors_follow_the_apis_rule(scratch):
+    # one rule for tensors given to signvote.train and returned by a plugin dataset
+    from signvote.api import dataset
+
+    loaded = load_dataset(f"{scratch}:integer_features", seed=1)
+    module = __import__(scratch)
+    expected = dataset(*module.integer_features(1, None), name=f"{scratch}:integer_features")
+    assert (loaded.name, loaded.task, loaded.n_classes) == (expected.name, "classification", 1)
+    for got, want in ((loaded.train_x, expected.train_x), (loaded.train_y, expected.train_y),
+                      (loaded.test_x, expected.test_x), (loaded.test_y, expected.test_y)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert loaded.train_x.dtype == torch.float32
 
 
 def test_an_aggregator_object_is_used_as_it_is(scratch, monkeypatch, gen):

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from signvote import contracts, plugins, rules
 from signvote.data import Dataset, DatasetError, require_samples
+from signvote.data.tensors import check_dataset, tensor_of
+from signvote.data.tensors import from_tensors as dataset
 from signvote.engine.parts import Loss, ModelFactory, Parts, describe
 from signvote.engine.run import RunResult
 from signvote.experiment.config import FIELDS, ConfigError, TrainConfig, resolve
@@ -268,59 +270,8 @@ def _refuse_class(kind: str, value: Any) -> None:
 
 
 # --- data ------------------------------------------------------------------------------
-
-
-def dataset(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
-            classes: int | None = None, name: str = "tensors") -> Dataset:
-    """A :class:`signvote.data.Dataset` of tensors (or numpy arrays): features
-    ``[N, ...]`` (as float32), one target per sample ``[N]``. Integer targets are class
-    labels in ``[0, classes)`` (int64; ``classes`` default: the largest label of either
-    split + 1), float targets a regression (float32). Raises
-    :class:`~signvote.data.DatasetError`, one line naming the tensor: samples and targets
-    of different counts, samples of different shapes in the two splits, an empty split,
-    NaN or infinite values, negative labels or labels not below ``classes``."""
-    xs = [_tensor(train_x, "train_x"), _tensor(test_x, "test_x")]
-    ys = [_tensor(train_y, "train_y"), _tensor(test_y, "test_y")]
-    for x, y, split in zip(xs, ys, ("train", "test"), strict=True):
-        if x.dim() < 2:
-            raise DatasetError(f"{split}_x: shape {list(x.shape)}; valid: [N, ...], one row "
-                               f"per sample (x[:, None] for one feature)")
-        if y.dim() != 1:
-            raise DatasetError(f"{split}_y: shape {list(y.shape)}; valid: [N], one target per "
-                               f"sample")
-        if x.shape[0] != y.shape[0]:
-            raise DatasetError(f"{split}_x has {x.shape[0]} samples, {split}_y "
-                               f"{y.shape[0]} targets; valid: one target per sample")
-        require_samples(x.shape[0], f"data {split}_x")
-    if xs[0].shape[1:] != xs[1].shape[1:]:
-        raise DatasetError(f"train_x has samples of shape {list(xs[0].shape[1:])}, test_x "
-                           f"{list(xs[1].shape[1:])}; valid: one shape for both")
-    kinds = [_target_kind(y, f"{split}_y") for y, split in zip(ys, ("train", "test"),
-                                                                 strict=True)]
-    if kinds[0] != kinds[1]:
-        raise DatasetError(f"train_y holds {kinds[0]}, test_y {kinds[1]}; valid: integer "
-                           f"class labels in both, or float targets in both")
-    xs = [_finite(x.to(torch.float32), f"{split}_x") for x, split in zip(
-        xs, ("train", "test"), strict=True)]
-    if kinds[0] == "float targets":
-        if classes is not None:
-            raise DatasetError(f"classes {classes}: float targets make a regression, which "
-                               f"has no classes; valid: integer labels, or leave classes out")
-        ys = [_finite(y.to(torch.float32), f"{split}_y") for y, split in zip(
-            ys, ("train", "test"), strict=True)]
-        return Dataset(name, xs[0], ys[0], xs[1], ys[1], "regression", 1)
-    ys = [y.to(torch.int64) for y in ys]
-    for y, split in zip(ys, ("train", "test"), strict=True):
-        if int(y.min()) < 0:
-            raise DatasetError(f"{split}_y: label {int(y.min())} is negative; valid: class "
-                               f"labels 0, 1, ...")
-    found = max(int(y.max()) for y in ys) + 1
-    if classes is None:
-        classes = found
-    elif isinstance(classes, bool) or not isinstance(classes, int) or classes < found:
-        raise DatasetError(f"classes {classes!r}: the labels go up to {found - 1}; valid: a "
-                           f"whole number >= {found}")
-    return Dataset(name, xs[0], ys[0], xs[1], ys[1], "classification", classes)
+# dataset (signvote.data.tensors.from_tensors) and check_dataset: the rule a plugin
+# dataset's tensors follow too
 
 
 def from_datasets(train: Any, test: Any, *, classes: int | None = None) -> Dataset:
@@ -333,58 +284,6 @@ def from_datasets(train: Any, test: Any, *, classes: int | None = None) -> Datas
     (train_x, train_y), (test_x, test_y) = (_stack(ds, split) for ds, split in
                                             ((train, "train"), (test, "test")))
     return dataset(train_x, train_y, test_x, test_y, classes=classes, name="datasets")
-
-
-def check_dataset(data: Dataset) -> None:
-    """Refuse a :class:`signvote.data.Dataset` that :func:`dataset` would not make (float32
-    features, int64 labels in ``[0, n_classes)`` or float32 targets, counts, shapes, NaN);
-    raises :class:`~signvote.data.DatasetError` naming the tensor."""
-    _refuse_data(data.task in ("classification", "regression"),
-                 f"data {data.name}: task {data.task!r}; valid: classification, regression")
-    labels = "float targets" if data.task == "regression" else "integer class labels"
-    rebuilt = dataset(data.train_x, data.train_y, data.test_x, data.test_y,
-                      classes=data.n_classes if data.task == "classification" else None,
-                      name=data.name)
-    for a, b, what in ((data.train_y, rebuilt.train_y, "train_y"),
-                       (data.test_y, rebuilt.test_y, "test_y")):
-        _refuse_data(a.dtype == b.dtype, f"data {data.name}: {what} is {a.dtype}; valid: "
-                     f"{b.dtype} ({labels} of a {data.task})")
-    for a, what in ((data.train_x, "train_x"), (data.test_x, "test_x")):
-        _refuse_data(a.dtype == torch.float32, f"data {data.name}: {what} is {a.dtype}; "
-                     f"valid: float32")
-
-
-def _refuse_data(ok: bool, message: str) -> None:
-    if not ok:
-        raise DatasetError(message)
-
-
-def _tensor(value: Any, what: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.detach()
-    try:
-        return torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DatasetError(f"{what}: a {type(value).__name__} is no tensor ({exc}); valid: "
-                           f"a torch tensor or a numpy array") from None
-
-
-def _target_kind(y: Tensor, what: str) -> str:
-    if y.dtype.is_floating_point:
-        return "float targets"
-    if y.dtype.is_complex or y.dtype == torch.bool:
-        raise DatasetError(f"{what}: dtype {y.dtype}; valid: integer class labels or float "
-                           f"targets")
-    return "integer labels"
-
-
-def _finite(t: Tensor, what: str) -> Tensor:
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        first = [int(i) for i in torch.nonzero(bad)[0]]
-        raise DatasetError(f"{what}: {int(bad.sum())} values are NaN or infinite (the first "
-                           f"at {first}); valid: finite numbers")
-    return t
 
 
 def _stack(ds: Any, split: str) -> tuple[Tensor, Tensor]:
@@ -406,8 +305,8 @@ def _stack(ds: Any, split: str) -> tuple[Tensor, Tensor]:
         if not isinstance(item, Sequence) or len(item) != 2:
             raise DatasetError(f"{what}: item {i} is a {type(item).__name__}, not an (x, y) "
                                f"pair")
-        xs.append(_tensor(item[0], f"{what}: item {i}'s x"))
-        ys.append(_tensor(item[1], f"{what}: item {i}'s y"))
+        xs.append(tensor_of(item[0], f"{what}: item {i}'s x"))
+        ys.append(tensor_of(item[1], f"{what}: item {i}'s y"))
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         if x.shape != xs[0].shape:
             raise DatasetError(f"{what}: item {i}'s x has shape {list(x.shape)}, item 0's "

@@ -492,58 +492,30 @@ def dataset_names() -> list[str]:
 
 def as_dataset(value: Any, name: str) -> Dataset:
     """What a plugin dataset returned, as a :class:`signvote.data.Dataset` named ``name``:
-    a Dataset as it is (renamed), or ``(train_x, train_y, test_x, test_y)`` tensors, the
-    features as float32; integer labels make a classification with ``max(y) + 1``
-    classes (labels >= 0), floating-point targets a regression. Anything else raises
-    :class:`signvote.data.DatasetError` saying what is wrong."""
+    a Dataset as it is (renamed; checked by :func:`signvote.data.tensors.check_dataset`),
+    or ``(train_x, train_y, test_x, test_y)`` made into one by the rule tensors given to
+    :func:`signvote.train` follow (:func:`signvote.data.tensors.from_tensors`: features
+    as float32, integer labels a classification with ``max(y) + 1`` classes, floating-point
+    targets a regression, every value finite). Anything else raises
+    :class:`signvote.data.DatasetError`, one line naming the dataset and what is wrong."""
     import dataclasses
 
-    import torch
-
-    from signvote.data import Dataset, DatasetError, require_samples
+    from signvote.data import Dataset, DatasetError
+    from signvote.data.tensors import check_dataset, from_tensors
 
     where = f"dataset {name}"
-    if isinstance(value, Dataset):
-        if value.task not in ("classification", "regression"):
-            raise DatasetError(f"{where}: task {value.task!r}; valid: classification, "
-                               f"regression")
-        return dataclasses.replace(value, name=name)
-    if not isinstance(value, tuple | list) or len(value) != 4 or not all(
-            isinstance(t, torch.Tensor) for t in value):
+    if not isinstance(value, Dataset) and (not isinstance(value, tuple | list)
+                                           or len(value) != 4):
         raise DatasetError(f"{where}: its function returned {_a(value)}; valid: a "
                            f"signvote.data.Dataset or four tensors (train_x, train_y, "
                            f"test_x, test_y)")
-    train_x, train_y, test_x, test_y = value
-    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        require_samples(x.shape[0] if x.dim() else 0, f"{where} ({split})")
-        if not x.is_floating_point():
-            raise DatasetError(f"{where}: {split}_x is {x.dtype}; valid: floating-point "
-                               f"features")
-        if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise DatasetError(f"{where}: {split}_y has shape {tuple(y.shape)} for "
-                               f"{x.shape[0]} samples; valid: one target a sample, shape "
-                               f"[{x.shape[0]}]")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise DatasetError(f"{where}: train samples of shape {tuple(train_x.shape[1:])}, "
-                           f"test samples of shape {tuple(test_x.shape[1:])}; valid: one "
-                           f"shape")
-    integer = [not y.is_floating_point() and y.dtype is not torch.bool
-               for y in (train_y, test_y)]
-    if integer == [True, True]:
-        low = int(min(train_y.min(), test_y.min()))
-        if low < 0:
-            raise DatasetError(f"{where}: label {low}; valid: class labels 0, 1, ...")
-        n_classes = int(max(train_y.max(), test_y.max())) + 1
-        return Dataset(name, train_x.float(), train_y.long(), test_x.float(), test_y.long(),
-                       task="classification", n_classes=n_classes)
-    if all(y.is_floating_point() for y in (train_y, test_y)):
-        if not all(bool(torch.isfinite(y).all()) for y in (train_y, test_y)):
-            raise DatasetError(f"{where}: a target is not finite; valid: finite numbers")
-        return Dataset(name, train_x.float(), train_y.float(), test_x.float(), test_y.float(),
-                       task="regression", n_classes=1)
-    raise DatasetError(f"{where}: targets of {train_y.dtype} and {test_y.dtype}; valid: "
-                       f"integer class labels, or floating-point regression targets, both "
-                       f"splits alike")
+    try:
+        if isinstance(value, Dataset):
+            check_dataset(value)
+            return dataclasses.replace(value, name=name)
+        return from_tensors(*value, name=name)
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
 
 
 def dataset_spec(name: str) -> tuple[str, dict[str, Any]]:
