@@ -36,7 +36,7 @@ from signvote.data.tensors import check_dataset, tensor_of
 from signvote.data.tensors import from_tensors as dataset
 from signvote.engine.parts import Loss, ModelFactory, Parts, describe
 from signvote.engine.run import RunResult
-from signvote.experiment.config import FIELDS, ConfigError, TrainConfig, resolve
+from signvote.experiment.config import FIELDS, ConfigError, TrainConfig, need, resolve
 from signvote.registry import unknown_name
 
 __all__ = ["dataset", "from_datasets", "train"]
@@ -118,7 +118,7 @@ def train(model: str | nn.Module | ModelFactory | None = None,
     _model(model, values, parts)
     _data(data, classes, values, parts)
     if loss is not None:
-        _refuse(callable(loss), f"loss: expected a function loss(outputs[N, ...], "
+        need(callable(loss), f"loss: expected a function loss(outputs[N, ...], "
                 f"targets[N]) -> [N], got {loss!r}")
         parts["loss"] = loss
     _rule(rule, values, parts)
@@ -141,17 +141,12 @@ def train(model: str | nn.Module | ModelFactory | None = None,
     return sim.train(config, progress=progress, write=write, parts=given)
 
 
-def _refuse(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 def _check_out(out: str) -> None:
     """Refuse an output folder that cannot be made (:func:`signvote.cli.out_problem`)."""
     from signvote.cli import out_problem
 
     problem = out_problem(out)
-    _refuse(problem is None, f"out {problem}; valid: a folder that can be made and written")
+    need(problem is None, f"out {problem}; valid: a folder that can be made and written")
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,7 +164,7 @@ def _model(model: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
         if model is not None:
             values["model"] = model
         return
-    _refuse(isinstance(model, nn.Module) or callable(model),
+    need(isinstance(model, nn.Module) or callable(model),
             f"model: expected a model name, a torch.nn.Module or a function (input_shape, "
             f"n_classes) -> nn.Module; got a {type(model).__name__}")
     parts["model"] = model
@@ -182,11 +177,11 @@ def _data(data: Any, classes: int | None, values: dict[str, Any],
     if data is None or isinstance(data, str):
         if data is not None:
             values["dataset"] = data
-        _refuse(classes is None, f"classes {classes}: a dataset name has classes of its own; "
+        need(classes is None, f"classes {classes}: a dataset name has classes of its own; "
                 f"valid: classes with data given as tensors or datasets")
         return
     if isinstance(data, Dataset):
-        _refuse(classes is None, f"classes {classes}: a signvote.data.Dataset has its own "
+        need(classes is None, f"classes {classes}: a signvote.data.Dataset has its own "
                 f"({data.n_classes}); valid: leave classes out")
         check_dataset(data)
         parts["data"] = data
@@ -194,7 +189,7 @@ def _data(data: Any, classes: int | None, values: dict[str, Any],
     if isinstance(data, Mapping):
         missing = [k for k in DATA_KEYS if k not in data]
         extra = [k for k in data if k not in DATA_KEYS]
-        _refuse(not missing and not extra,
+        need(not missing and not extra,
                 f"data: a mapping needs the keys {', '.join(DATA_KEYS)}; "
                 + (f"missing {', '.join(missing)}" if missing else
                    f"unknown {', '.join(map(str, extra))}"))
@@ -217,11 +212,11 @@ def _rule(rule: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
         if rule is not None:
             values["rule"] = rule
         return
-    _refuse(isinstance(rule, contracts.Rule),
+    need(isinstance(rule, contracts.Rule),
             f"rule: expected a rule name ({', '.join(rules.names())}) or an object following "
             f"signvote.contracts.Rule (a name, capabilities and step(G, state, coins)), such "
             f"as rules.get(name, momentum); got a {type(rule).__name__}")
-    _refuse(values.get("momentum") is None and values.get("sign_bound") is None,
+    need(values.get("momentum") is None and values.get("sign_bound") is None,
             f"momentum/sign_bound: the rule object {rule.name} carries its own; valid: "
             f"leave them out")
     if _registered(rule):  # the registered rule of that name: the run is made of names
@@ -326,7 +321,7 @@ def _distributed(config: TrainConfig, progress: bool, write: bool) -> RunResult:
     from signvote.engine import dist
     from signvote.experiment import runs
 
-    _refuse(write, "write=False: the distributed engine's processes write the run folder; "
+    need(write, "write=False: the distributed engine's processes write the run folder; "
             "valid: write=True, or engine='sim'")
     c = resolve(config)
     summary = dist.launch(c, command_line(c, progress))

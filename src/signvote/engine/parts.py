@@ -37,7 +37,7 @@ from signvote import contracts, rules
 from signvote.data import Dataset
 from signvote.data.partition import NEEDS_LABELS
 from signvote.engine.gradients import Loss
-from signvote.experiment.config import ConfigError, TrainConfig, resolve
+from signvote.experiment.config import ConfigError, TrainConfig, need, resolve
 from signvote.plugins import FunctionAttack
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
@@ -114,11 +114,6 @@ def stand_in_dataset(data: Dataset) -> str:
     return "digits" if len(data.input_shape) == 3 else "logreg"
 
 
-def _refuse(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 def resolve_parts(config: TrainConfig, parts: Parts) -> TrainConfig:
     """``config`` resolved for a run built from ``parts``: every option checked and filled
     as :func:`~signvote.experiment.config.resolve` does, each field given as an object
@@ -133,21 +128,21 @@ def resolve_parts(config: TrainConfig, parts: Parts) -> TrainConfig:
     c = config
     given = parts.fields()
     named = ", ".join(parts.descriptions())
-    _refuse(c.engine == "sim", f"--engine {c.engine}: a run built from objects ({named}) "
+    need(c.engine == "sim", f"--engine {c.engine}: a run built from objects ({named}) "
             f"runs in this process, and the distributed engine's processes build theirs from "
             f"names; valid: engine='sim', or names and import specs for engine='dist'")
     stand: dict[str, Any] = {}
     data = parts.data
     if data is not None:
-        _refuse(c.data_dir is None, f"--data-dir {c.data_dir}: the data is given as an "
+        need(c.data_dir is None, f"--data-dir {c.data_dir}: the data is given as an "
                 f"object; valid: leave data_dir out")
-        _refuse(data.task == "classification" or c.partition not in NEEDS_LABELS,
+        need(data.task == "classification" or c.partition not in NEEDS_LABELS,
                 f"--partition {c.partition} needs class labels; the data given is a "
                 f"regression (float targets); valid: --partition iid")
-        _refuse(c.image_size is None, f"--image-size {c.image_size} is the side the folder "
+        need(c.image_size is None, f"--image-size {c.image_size} is the side the folder "
                 f"dataset's images are resized to; the data given has samples of shape "
                 f"{list(data.input_shape)}; valid: leave image_size out")
-        _refuse(c.augment != "on" or len(data.input_shape) == 3,
+        need(c.augment != "on" or len(data.input_shape) == 3,
                 f"--augment on crops and flips images [channels, height, width]; the data "
                 f"given has samples of shape {list(data.input_shape)}; valid: augment='off'")
         stand["dataset"] = stand_in_dataset(data)
@@ -156,13 +151,13 @@ def resolve_parts(config: TrainConfig, parts: Parts) -> TrainConfig:
         stand["model"] = None
     rule = parts.rule
     if rule is not None:
-        _refuse(c.momentum is None and c.sign_bound is None,
+        need(c.momentum is None and c.sign_bound is None,
                 f"--momentum/--sign-bound: the rule object {describe(rule)} carries its own; "
                 f"valid: leave them out")
         stand["rule"] = "signsgd" if rule.capabilities.sends_signs else "sgd"
     aggregator = parts.aggregator
     if aggregator is not None:
-        _refuse(c.aggregator_f is None,
+        need(c.aggregator_f is None,
                 f"--aggregator-f {c.aggregator_f}: the aggregator object "
                 f"{describe(aggregator)} carries its own f ({aggregator.f}); valid: leave "
                 f"aggregator_f out")
@@ -208,13 +203,13 @@ def build_module(model: nn.Module | ModelFactory, data: Dataset) -> nn.Module:
             module = model(data.input_shape, data.n_classes)
         except ValueError as exc:  # the factory's own refusal of the data
             raise ConfigError(f"--model {what}: {exc}") from None
-        _refuse(isinstance(module, nn.Module),
+        need(isinstance(module, nn.Module),
                 f"--model {what}: the factory returned a {type(module).__name__}; valid: a "
                 f"function (input_shape, n_classes) -> torch.nn.Module")
     params = list(module.parameters())
-    _refuse(bool(params), f"--model {what}: the model has no parameters to train")
+    need(bool(params), f"--model {what}: the model has no parameters to train")
     for name, p in module.named_parameters():
-        _refuse(p.dtype == torch.float32 and p.device.type == "cpu",
+        need(p.dtype == torch.float32 and p.device.type == "cpu",
                 f"--model {what}: parameter {name} is {p.dtype} on {p.device}; valid: "
                 f"float32 on the CPU (model.float().cpu())")
     return module
@@ -240,14 +235,14 @@ def check_fit(module: nn.Module, data: Dataset, loss: Loss | None, what: str) ->
                     f"--model {what}: a forward pass on {n} training samples of shape "
                     f"{list(data.input_shape)} failed: {type(exc).__name__}: "
                     f"{_first_line(exc)}") from None
-            _refuse(isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == n,
+            need(isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == n,
                     f"--model {what}: returned {_shape_of(out)} for {n} samples; valid: "
                     f"a tensor [N, ...], one row per sample")
             if loss is None:
                 want = [n, data.n_classes] if data.task == "classification" else [n, 1]
                 kind = ("cross-entropy, one score per class"
                         if data.task == "classification" else "squared error, one output")
-                _refuse(list(out.shape) == want,
+                need(list(out.shape) == want,
                         f"--model {what}: outputs {list(out.shape)} for {n} samples; the "
                         f"default loss ({kind}) needs {want}")
                 return
@@ -258,7 +253,7 @@ def check_fit(module: nn.Module, data: Dataset, loss: Loss | None, what: str) ->
                     f"loss {describe(loss)}: on outputs {list(out.shape)} and targets "
                     f"{list(yb.shape)} it failed: {type(exc).__name__}: "
                     f"{_first_line(exc)}") from None
-            _refuse(isinstance(value, Tensor) and list(value.shape) == [n],
+            need(isinstance(value, Tensor) and list(value.shape) == [n],
                     _loss_message(describe(loss), value, n))
     finally:
         module.train(was_training)

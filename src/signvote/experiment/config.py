@@ -328,7 +328,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def _need(ok: bool, message: str) -> None:
+def need(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
     if not ok:
         raise ConfigError(message)
 
@@ -375,26 +376,26 @@ def resolve(config: TrainConfig) -> TrainConfig:
             raise ConfigError(check.message(name, value))
     c = dataclasses.replace(c, **values)
     check_plugin_names(c)
-    _need(
+    need(
         c.byzantine + c.blind <= c.workers,
         f"--byzantine {c.byzantine} + --blind {c.blind} = {c.byzantine + c.blind} adversaries "
         f"exceed --workers {c.workers}; valid: byzantine + blind <= workers",
     )
-    _need(c.byzantine < c.workers,
+    need(c.byzantine < c.workers,
           f"--byzantine {c.byzantine}: at least one of the {c.workers} workers must not be "
           f"Byzantine; valid: 0 <= byzantine < workers")
-    _need(c.partition not in NEEDS_LABELS or c.dataset not in REGRESSION,
+    need(c.partition not in NEEDS_LABELS or c.dataset not in REGRESSION,
           f"--partition {c.partition} needs class labels; --dataset {c.dataset} is a "
           f"regression; valid: --partition iid")
-    _need(c.image_size is None or c.dataset == "folder",
+    need(c.image_size is None or c.dataset == "folder",
           f"--image-size {c.image_size} is the side the folder dataset's images are resized "
           f"to; --dataset {c.dataset} has a size of its own; valid: --dataset folder, or "
           f"leave --image-size out")
-    _need(c.augment != "on" or c.dataset not in TABULAR,
+    need(c.augment != "on" or c.dataset not in TABULAR,
           f"--augment on crops and flips images; --dataset {c.dataset} has feature vectors; "
           f"valid: --dataset " + ", ".join(d for d in DATASETS if d not in TABULAR)
           + ", or --augment off")
-    _need(c.sign_bound is None or c.rule == "stochastic-sign",
+    need(c.sign_bound is None or c.rule == "stochastic-sign",
           f"--sign-bound is the bound of --rule stochastic-sign, not of --rule {c.rule}")
     momentum = rules.DEFAULT_MOMENTUM[c.rule] if c.momentum is None else c.momentum
     try:
@@ -402,7 +403,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     except ValueError as exc:  # the rule's own check, e.g. signsgd with momentum
         raise ConfigError(f"--momentum {momentum}: {exc}") from None
     c = fill_defaults(c)
-    _need(c.model is not None, f"--dataset {c.dataset} needs --model (a plugin dataset has "
+    need(c.model is not None, f"--dataset {c.dataset} needs --model (a plugin dataset has "
           f"no default model); valid: " + ", ".join(models.names()) + ", or an import spec")
     try:
         fits = models.fits(c.model, c.dataset) or c.dataset not in DATASETS
@@ -422,9 +423,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
             attack.check(c.workers, c.byzantine)
     except ValueError as exc:
         raise ConfigError(f"--attack {c.attack}: {exc}") from None
-    _need(not c.measure_theory or c.engine == "sim",
+    need(not c.measure_theory or c.engine == "sim",
           "--measure-theory is measured by the simulator; valid: --engine sim")
-    _need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+    need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
           "--tensorboard needs the tensorboard package, which is not installed; valid: "
           "pip install 'signvote[tensorboard]', or leave --tensorboard out")
     return c
