@@ -133,3 +133,27 @@ def test_a_factory_that_declares_nothing_gets_the_conservative_info():
     declared = models.declare(independent_samples=True, min_side=3)(net)
     assert declared is net
     assert models.info(net) == models.ModelInfo(independent_samples=True, min_side=3)
+
+
+def test_a_declaration_belongs_to_its_factory_alone():
+    # by identity: another function of the same name and code declares nothing, and an
+    # unhashable callable can declare too
+    def make():
+        def net(shape, classes):
+            return nn.Linear(shape[0], classes)
+        return net
+
+    first, second = make(), make()
+    models.declare(independent_samples=True)(first)
+    assert models.info(first).independent_samples
+    assert models.info(second) == models.ModelInfo()
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, shape, classes):
+            return nn.Linear(shape[0], classes)
+
+    factory = Unhashable()
+    models.declare(min_side=2)(factory)
+    assert models.info(factory).min_side == 2

@@ -14,7 +14,9 @@ import math
 import re
 from collections.abc import Callable
 from importlib.metadata import EntryPoint
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+Declared = TypeVar("Declared")
 
 
 class UnknownNameError(ValueError):
@@ -123,6 +125,25 @@ class Registry:
         factory = self.factory(name)
         check_params(factory, params, f"{self.kind} {name!r}")
         return factory(**params)
+
+
+class Declarations(Generic[Declared]):
+    """What factories declare of themselves (``models.declare``, ``rules.declare``), by
+    the factory's identity: a factory need not be hashable, and none is told by its name.
+    The factory is kept beside its declaration, so its ``id`` cannot be reused by another
+    object while the entry exists."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Callable[..., Any], Declared]] = {}
+
+    def declare(self, factory: Callable[..., Any], declared: Declared) -> None:
+        """Record ``declared`` for ``factory`` (replacing what it declared before)."""
+        self._by_id[id(factory)] = (factory, declared)
+
+    def get(self, factory: Callable[..., Any]) -> Declared | None:
+        """What ``factory`` itself declared, or None."""
+        entry = self._by_id.get(id(factory))
+        return entry[1] if entry is not None and entry[0] is factory else None
 
 
 def check_params(factory: Callable[..., Any], params: dict[str, Any], owner: str,

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from signvote.contracts import RuleCapabilities
-from signvote.registry import Registry, parse_spec, to_positive
+from signvote.registry import Declarations, Registry, parse_spec, to_positive
 
 Coins = torch.Generator | Sequence[torch.Generator] | None
 """Where the stochastic sign's coins come from: one generator, one per row, or the global
@@ -51,9 +51,8 @@ def register(name: str, *, default_lr: float, default_momentum: float
 
 _DEFAULT_LR: dict[str, float] = {}
 _DEFAULT_MOMENTUM: dict[str, float] = {}
-_DECLARED: dict[int, tuple[Callable[..., WorkerRule], float, float]] = {}
-"""id(factory) -> (factory, default lr, default momentum) of the factories declared with
-:func:`declare` (the factory is kept, so its id stays its)."""
+_DECLARED: Declarations[tuple[float, float]] = Declarations()
+"""(default lr, default momentum) of the factories declared with :func:`declare`."""
 
 
 def declare(*, default_lr: float, default_momentum: float
@@ -62,7 +61,7 @@ def declare(*, default_lr: float, default_momentum: float
     a plugin rule, named by an entry point or an import spec (:mod:`signvote.plugins`)."""
 
     def decorate(factory: Callable[..., WorkerRule]) -> Callable[..., WorkerRule]:
-        _DECLARED[id(factory)] = (factory, float(default_lr), float(default_momentum))
+        _DECLARED.declare(factory, (float(default_lr), float(default_momentum)))
         return factory
 
     return decorate
@@ -71,8 +70,7 @@ def declare(*, default_lr: float, default_momentum: float
 def declared(factory: Callable[..., WorkerRule]) -> tuple[float, float] | None:
     """The ``(default_lr, default_momentum)`` declared for ``factory`` (:func:`declare`),
     or None."""
-    entry = _DECLARED.get(id(factory))
-    return (entry[1], entry[2]) if entry is not None and entry[0] is factory else None
+    return _DECLARED.get(factory)
 
 
 UNDECLARED_LR = {True: 1e-4, False: 1e-3}

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from signvote.models import paper, resnet
-from signvote.registry import Registry, check_params, parse_spec
+from signvote.registry import Declarations, Registry, check_params, parse_spec
 
 REGISTRY = Registry("model")
 
@@ -56,8 +56,8 @@ class ModelInfo:
     min_side: int | None = None
 
 
-_DECLARED: dict[int, tuple[Callable[..., nn.Module], ModelInfo]] = {}
-"""id(factory) -> (factory, its declared info); the factory is kept, so its id stays its."""
+_DECLARED: Declarations[ModelInfo] = Declarations()
+"""Each factory's declared info (:func:`declare`)."""
 
 
 def declare(*, fits: tuple[str, ...] | None = None, independent_samples: bool = False,
@@ -66,7 +66,7 @@ def declare(*, fits: tuple[str, ...] | None = None, independent_samples: bool = 
     which is not registered by name)."""
 
     def decorate(factory: Factory) -> Factory:
-        _DECLARED[id(factory)] = (factory, ModelInfo(fits, independent_samples, min_side))
+        _DECLARED.declare(factory, ModelInfo(fits, independent_samples, min_side))
         return factory
 
     return decorate
@@ -109,8 +109,8 @@ def info(model: str | Callable[..., nn.Module]) -> ModelInfo:
         _check_params(name, factory, params)
     else:
         factory = model
-    entry = _DECLARED.get(id(factory))
-    return entry[1] if entry is not None and entry[0] is factory else ModelInfo()
+    declared = _DECLARED.get(factory)
+    return ModelInfo() if declared is None else declared
 
 
 def fits(spec: str, dataset: str) -> bool:
