@@ -522,7 +522,6 @@ class BatchedModel:
             # _modules, not named_children(): a module used twice must run twice
             return [call for name, child in module._modules.items() if child is not None
                     for call in self._compile(child, f"{prefix}{name}.")]
-        own = self._own(module, prefix)
         norm = self._norm(module, prefix)
         if norm is not None:  # on the big batch [n * b, ...]; BatchNorm per worker
             return [lambda run, h: _on_big_batch(
@@ -534,24 +533,10 @@ class BatchedModel:
             return [lambda run, h: module(h)]
         if stateless:  # parameter-free (pooling, ...): the module on the big batch [n * b, ...]
             return [lambda run, h: _on_big_batch(module, h)]
-        w, b = own["weight"] if "weight" in own else None, own.get("bias")
-        slots = (w, b)
-        plain = not _owns_buffers(module)
-        if plain and type(module) is nn.Linear and module.weight.numel() <= NATIVE_LINEAR_MAX:
-            return [lambda run, h: _batched_linear(
-                run.leaf(w), None if b is None else run.leaf(b), h)]
-        if plain and type(module) is nn.Linear:
-            self.uses_sink = True
-            return [lambda run, h: _WorkerLinear.apply(
-                h, run.carrier, run.params[w], None if b is None else run.params[b],
-                run.sink, slots)]
-        if (plain and type(module) is nn.Conv2d and module.padding_mode == "zeros"
-                and not isinstance(module.padding, str)):
-            self.uses_sink = True
+        fast = self._fast(module, prefix)
+        if fast is not None:  # Linear, zero-padded Conv2d: on the big batch [n * b, ...]
             return [lambda run, h: _on_big_batch(
-                lambda big: _WorkerConv2d.apply(
-                    big, run.carrier, run.params[w], None if b is None else run.params[b],
-                    run.sink, slots, module), h)]
+                lambda big: fast(run, big, module.training), h)]
         if self.independent_samples and (folded := self._fold(module, prefix)) is not None:
             return [folded]
         return [self._vmapped(module, prefix)]
