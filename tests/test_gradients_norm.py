@@ -525,3 +525,53 @@ def test_a_cumulative_batchnorm_under_vmap_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"^BatchNorm bn with momentum=None .* valid: a "
                                          r"momentum, or a model declared independent_samples"):
         BatchedModel(module, ParamLayout.of(module))
+
+
+@pytest.mark.parametrize("per_epoch", [6, 7, 9])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4])
+def test_a_batch_that_gives_batchnorm_one_value_per_channel_is_refused_before_the_run(
+        per_epoch, batch_size):
+    # the reference: torch's own BatchNorm1d in training on each batch of the epoch's walk
+    from signvote.data import Dataset
+    from signvote.engine.run import check_batch_norm
+    from signvote.experiment.config import ConfigError, TrainConfig
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.BatchNorm1d(4), nn.ReLU(),
+                           nn.Linear(4, 3))
+    x = torch.randn(per_epoch, 6)
+    data = Dataset("d", x, torch.zeros(per_epoch, dtype=torch.long), x[:2],
+                   torch.zeros(2, dtype=torch.long), "classification", 3)
+    plain = copy.deepcopy(module).train()
+    torch_refuses = False
+    for start in range(0, per_epoch, batch_size):
+        try:
+            plain(x[start:start + batch_size])
+        except ValueError:
+            torch_refuses = True
+    before = copy.deepcopy(module.state_dict())
+    module[2].eval()  # a mode of its own, given back
+    c = TrainConfig(dataset="digits", model="mine", batch_size=batch_size)
+    if torch_refuses:
+        with pytest.raises(ConfigError, match=r"--model mine: BatchNorm 2 would see 1 value "
+                                              r"per channel"):
+            check_batch_norm(c, module, data, per_epoch)
+    else:
+        check_batch_norm(c, module, data, per_epoch)
+    assert module.training and not module[2].training
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    assert not module[2]._forward_pre_hooks
+
+
+@pytest.mark.slow
+def test_the_command_line_refuses_a_last_batch_of_one_for_batchnorm(tmp_path, capsys):
+    from signvote.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--dataset", "digits", "--model", "resnet18-imagenet", "--workers",
+              "2", "--batch-size", "3", "--epochs", "1", "--out", str(tmp_path / "r"),
+              "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert "an epoch's last batch of 1 (the 718 samples per worker" in err
+    assert not (tmp_path / "r").exists()

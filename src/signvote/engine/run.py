@@ -22,7 +22,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,14 @@ from signvote import aggregators, attacks, contracts, models, rules
 from signvote.data import Dataset, augment, partition
 from signvote.data import load as load_dataset
 from signvote.engine import protocol
-from signvote.engine.gradients import BatchedModel, Loss, ParamLayout, WorkerBuffers, evaluate
+from signvote.engine.gradients import (
+    BATCH_NORM_TYPES,
+    BatchedModel,
+    Loss,
+    ParamLayout,
+    WorkerBuffers,
+    evaluate,
+)
 from signvote.engine.parts import Parts, build_module, check_fit, resolve_parts
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
@@ -230,6 +237,58 @@ def samples_per_epoch(c: TrainConfig, data: Dataset) -> int:
     return per_epoch
 
 
+def batch_sizes(c: TrainConfig, per_epoch: int) -> tuple[int, ...]:
+    """The sizes of a worker's batches in an epoch of ``per_epoch`` samples: ``batch_size``,
+    and the shorter last batch where ``batch_size`` does not divide ``per_epoch``."""
+    last = per_epoch - (per_epoch - 1) // c.batch_size * c.batch_size
+    return (c.batch_size,) if last == c.batch_size else (c.batch_size, last)
+
+
+def check_batch_norm(c: TrainConfig, module: torch.nn.Module, data: Dataset,
+                     per_epoch: int) -> None:
+    """Refuse, with one :class:`ConfigError` before the run starts, a run in which a
+    BatchNorm layer of ``module`` would see a single value per channel of a worker's
+    batch (``b * S = 1``, ``b`` the batch, ``S`` the spatial size at that layer), where
+    its batch variance is undefined: torch refuses such a batch in training, and so does
+    the per-worker batch norm (:mod:`signvote.engine.gradients`), mid-run otherwise. The
+    smallest batch of :func:`batch_sizes` goes through ``module`` once in eval mode
+    (no gradients, no running statistics changed, torch's generator left as it was) to
+    read each BatchNorm's input shape; the module's modes are given back."""
+    norms = [(name, m) for name, m in module.named_modules() if isinstance(m, BATCH_NORM_TYPES)]
+    if not norms:
+        return
+    smallest = min(batch_sizes(c, per_epoch))
+    seen: dict[str, torch.Size] = {}
+
+    def record(name: str) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def hook(_: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(name, args[0].shape)  # returns None: the input is left as it is
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in norms]
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            module(data.train_x[:smallest])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, training in modes.items():
+            m.training = training
+    for name, shape in seen.items():
+        if shape[0] * math.prod(shape[2:]) <= 1:
+            which = (f"--batch-size {c.batch_size}" if smallest == c.batch_size else
+                     f"an epoch's last batch of {smallest} (the {per_epoch} samples per "
+                     f"worker and epoch in batches of --batch-size {c.batch_size})")
+            raise ConfigError(
+                f"--model {c.model}: BatchNorm {name} would see 1 value per channel of a "
+                f"worker's batch ({which}; its input {list(shape)}), where the batch "
+                f"variance is undefined; valid: a --batch-size whose batches, the last "
+                f"one included, hold at least 2 samples")
+
+
 def load_data(c: TrainConfig) -> Dataset:
     """The dataset of resolved config ``c`` (its name, seed, ``--data-dir`` and
     ``--image-size``)."""
@@ -249,12 +308,12 @@ def check_augment(c: TrainConfig, data: Dataset) -> None:
 def check_buildable(c: TrainConfig, data: Dataset) -> None:
     """Raise the :class:`ConfigError` that :func:`prepare` would raise for resolved config
     ``c`` on ``data`` (the model does not fit, the partition cannot be made, the batch is
-    too large), without building anything else; torch's global generator is left as it
-    was."""
+    too large, or too small for a BatchNorm: :func:`check_batch_norm`), without building
+    anything else; torch's global generator is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        build_model(c, data)
+        module = build_model(c, data)
     build_partition(c, data)
-    samples_per_epoch(c, data)
+    check_batch_norm(c, module, data, samples_per_epoch(c, data))
     check_augment(c, data)
 
 
@@ -289,6 +348,7 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         raise ConfigError(f"--model {c.model}: {exc}") from None
     part = build_partition(c, data)
     per_epoch = samples_per_epoch(c, data)
+    check_batch_norm(c, module, data, per_epoch)
 
     rule = parts.rule if parts.rule is not None else rules.get(c.rule, c.momentum,
                                                                   c.sign_bound)
