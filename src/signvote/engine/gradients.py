@@ -97,10 +97,6 @@ class WorkerBuffers:
     def n(self) -> int:
         return self.floats.shape[0]
 
-    def rows(self, workers: list[int]) -> WorkerBuffers:
-        """The rows of ``workers``, in that order."""
-        return WorkerBuffers(self.floats[workers], self.counts[workers])
-
     def mean(self, mask: Tensor) -> WorkerBuffers:
         """One row: the mean over the workers in ``mask[n]`` (the counts' integer mean,
         ``sum // k``, exact when they agree, as every worker's step count does)."""
