@@ -201,3 +201,11 @@ def test_a_sweep_checks_each_image_size_on_its_own_data(tmp_path):
     with pytest.raises(ConfigError, match="--model smallcnn: needs images of at least 4x4"):
         check_datasets([TrainConfig(**run, model="smallcnn", image_size=8),
                         TrainConfig(**run, model="smallcnn", image_size=3)])
+
+
+def test_load_refuses_an_image_size_for_a_dataset_of_its_own_size():
+    with pytest.raises(DatasetError, match=r"dataset digits: image_size 16 is the size the "
+                                           r"folder dataset resizes to; digits has a size of "
+                                           r"its own; valid: image_size=None, or the dataset "
+                                           r"folder"):
+        load("digits", 1, None, image_size=16)

@@ -86,7 +86,8 @@ def load(name: str, seed: int, data_dir: str | Path | None = None,
 
     if image_size is not None and name != "folder":
         raise DatasetError(f"dataset {name}: image_size {image_size} is the size the folder "
-                           f"dataset resizes to; {name} has a size of its own")
+                           f"dataset resizes to; {name} has a size of its own; valid: "
+                           f"image_size=None, or the dataset folder")
 
     if name == "linreg":
         return synthetic.linear_regression(seed)
