@@ -291,7 +291,8 @@ def test_unknown_options_and_bad_values_are_refused_naming_them():
         signvote.train(workers="4", **QUIET)
     with pytest.raises(ConfigError, match="--rule: unknown value 'signun', did you mean signum"):
         signvote.train(rule="signun", **QUIET)
-    with pytest.raises(ConfigError, match="give the data once"):
+    with pytest.raises(ConfigError, match="give the data once; valid: data=NAME_OR_OBJECT, "
+                                          "or dataset=NAME, not both"):
         signvote.train(data="digits", dataset="logreg", **QUIET)
 
 

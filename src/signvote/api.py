@@ -173,7 +173,8 @@ def _model(model: Any, values: dict[str, Any], parts: dict[str, Any]) -> None:
 def _data(data: Any, classes: int | None, values: dict[str, Any],
           parts: dict[str, Any]) -> None:
     if "dataset" in values and data is not None:
-        raise ConfigError(f"data and dataset={values['dataset']!r}: give the data once")
+        raise ConfigError(f"data and dataset={values['dataset']!r}: give the data once; "
+                          f"valid: data=NAME_OR_OBJECT, or dataset=NAME, not both")
     if data is None or isinstance(data, str):
         if data is not None:
             values["dataset"] = data
