@@ -22,7 +22,11 @@ and standardised per channel with the training set's mean and standard deviation
 from __future__ import annotations
 
 import io
+import math
 import pickle
+import pickletools
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,31 +66,158 @@ ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),  # numpy 2's name
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5, numpy 1's name
+    ("numpy._core.numeric", "_frombuffer"),  # protocol 5, numpy 2's name
+    ("_codecs", "encode"),  # protocols 0 to 2 written by Python 3: bytes as latin-1 text
 }
-"""The only names a CIFAR pickle may resolve (``module``, ``name``)."""
+"""The only names a CIFAR pickle may resolve (``module``, ``name``), each to a stand-in
+of this module that checks what the file passes it (:class:`RestrictedUnpickler`)."""
+
+_NUMBER_TYPES = re.compile(r"[biuf][1248]")
+"""The dtype names an array of a CIFAR file may have (numpy pickles ``u1``, ``i8``, ...;
+the byte order comes in the dtype's state)."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only :data:`ALLOWED_GLOBALS`: containers, numbers,
     strings and numpy arrays come back; any other global raises ``UnpicklingError``
-    naming it."""
+    naming it.
+
+    numpy's own reconstructors are never called with what the file holds: a damaged
+    dtype state crashes ``numpy.dtype.__setstate__`` (a segmentation fault, numpy 2.4),
+    and ``numpy.ndarray(shape)`` or ``_reconstruct(ndarray, shape, dtype)`` allocate any
+    shape the file declares. Each name resolves to a stand-in instead: an array is
+    rebuilt from its state ``(1, shape, dtype, is_fortran, raw)`` (or protocol 5's
+    ``_frombuffer(raw, dtype, shape, order)``) with ``np.frombuffer`` on the raw bytes,
+    which must be exactly ``prod(shape) * itemsize`` of them, so no array is larger than
+    the file; a dtype must be a number type (:data:`_NUMBER_TYPES`) with a plain state;
+    anything numpy never writes is refused (``UnpicklingError`` saying what)."""
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file "
                                          f"never does (only numpy arrays are allowed)")
-        if name == "_reconstruct":
-            return _reconstruct()
-        return getattr(np, name)
+        return {"_reconstruct": _reconstruct, "ndarray": _NDARRAY, "dtype": _Dtype,
+                "_frombuffer": _frombuffer, "encode": _latin1}[name]
 
 
-def _reconstruct() -> object:
-    """numpy's array reconstructor, under numpy 2's name or numpy 1's."""
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1
-        from numpy.core import multiarray
-    return multiarray._reconstruct
+class _Name:
+    """What ``numpy.ndarray`` resolves to: the first argument of :func:`_reconstruct`,
+    never called (``ndarray(shape)`` would allocate any shape, uninitialised)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: object) -> object:
+        raise pickle.UnpicklingError("it calls numpy.ndarray, which numpy's own pickles "
+                                     "never do")
+
+    def __setstate__(self, state: object) -> None:
+        raise pickle.UnpicklingError("it gives numpy.ndarray a state")
+
+
+_NDARRAY = _Name()
+
+
+class _Dtype:
+    """``numpy.dtype(name, align, copy)`` as numpy pickles it: a number type, its byte
+    order set by its state ``(3, order, None, None, None, elsize, alignment, flags)``
+    (version 4 adds metadata); any other state is damaged."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, name: object, align: object = False, copy: object = True) -> None:
+        if not isinstance(name, str) or _NUMBER_TYPES.fullmatch(name) is None:
+            raise pickle.UnpicklingError(f"it holds an array of dtype {name!r}; a CIFAR "
+                                         f"file's arrays hold numbers")
+        self.dtype = np.dtype(name)
+
+    def __setstate__(self, state: object) -> None:
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
+                and state[1] in ("<", ">", "|", "=")
+                and all(part is None for part in state[2:5])):
+            raise pickle.UnpicklingError("a dtype's state is damaged")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _Array:
+    """An array of the file, made once from its raw bytes (:func:`_array_of`): by its state
+    after :func:`_reconstruct`, or by :func:`_frombuffer`."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray | None = None) -> None:
+        self.array = array
+
+    def __setstate__(self, state: object) -> None:
+        if self.array is not None:
+            raise pickle.UnpicklingError("an array is given a state twice")
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1
+                and isinstance(state[3], bool)):
+            raise pickle.UnpicklingError("an array's state is damaged")
+        _, shape, dtype, fortran, raw = state
+        self.array = _array_of(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _reconstruct(kind: object, shape: object, typecode: object) -> _Array:
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``, the empty array a pickle's state
+    then fills: nothing else is taken."""
+    if kind is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise pickle.UnpicklingError("it reconstructs an array as numpy never pickles one")
+    return _Array()
+
+
+def _frombuffer(raw: object, dtype: object, shape: object, order: object) -> _Array:
+    """numpy's ``_frombuffer(buffer, dtype, shape, order)`` (protocol 5, the buffer in
+    the file)."""
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"an array of order {order!r}")
+    return _Array(_array_of(raw, dtype, shape, order))
+
+
+def _latin1(text: object, encoding: object) -> bytes:
+    """``_codecs.encode(text, 'latin1')``: how Python 3 writes bytes in protocols 0-2."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("it encodes text as numpy never does")
+    return text.encode("latin1")
+
+
+def _array_of(raw: object, dtype: object, shape: object, order: str) -> np.ndarray:
+    """The array of ``shape`` and ``dtype`` whose bytes are ``raw`` (a Python 2 string is
+    read back as its latin-1 bytes), a copy; ``raw`` must hold exactly its bytes."""
+    if isinstance(raw, str):
+        raw = raw.encode("latin1")
+    if not isinstance(raw, bytes | bytearray) or not isinstance(dtype, _Dtype):
+        raise pickle.UnpicklingError("an array's data or dtype is damaged")
+    if not (isinstance(shape, tuple) and len(shape) <= 8
+            and all(type(side) is int and side >= 0 for side in shape)):
+        raise pickle.UnpicklingError(f"an array of shape {shape!r}")
+    count = math.prod(shape)
+    if count * dtype.dtype.itemsize != len(raw):
+        raise pickle.UnpicklingError(f"an array of shape {list(shape)} and dtype "
+                                     f"{dtype.dtype} needs {count * dtype.dtype.itemsize} "
+                                     f"bytes, the file holds {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype.dtype, count=count).reshape(shape, order=order).copy()
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuse, before anything is unpickled, opcodes that do not parse (a cut or damaged
+    file) or that store an object at a memo index beyond the opcodes read so far: an honest
+    pickler numbers them 0, 1, 2, ..., and CPython's unpickler grows its memo to the index
+    (16 bytes an index, zeroed) whatever the file's size."""
+    for count, (opcode, index, _) in enumerate(pickletools.genops(data)):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and index > count:
+            raise pickle.UnpicklingError(f"it stores an object at memo index {index} after "
+                                         f"{count} opcodes")
+
+
+def _value(value: object) -> object:
+    """A value of the file's dict: an array rebuilt, else the value as it is."""
+    if isinstance(value, _Array):
+        if value.array is None:
+            raise pickle.UnpicklingError("it holds an array without its data")
+        return value.array
+    return value
 
 
 def read_batch(path: Path, labels_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +229,16 @@ def read_batch(path: Path, labels_key: str, classes: int) -> tuple[np.ndarray, n
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
     try:
-        batch = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        with warnings.catch_warnings():  # a damaged text string's escapes: said below
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _check_opcodes(data)
+            batch = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        if isinstance(batch, dict):
+            batch = {k.decode("latin1") if isinstance(k, bytes) else k: _value(v)
+                     for k, v in batch.items()}
     except pickle.UnpicklingError as exc:
-        raise DatasetError(f"{path}: not a CIFAR pickle: {exc}") from None
+        reason = " ".join(str(exc).split())  # one line, whatever the unpickler says
+        raise DatasetError(f"{path}: not a CIFAR pickle: {reason}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError, OverflowError) as exc:
         raise DatasetError(f"{path}: not a CIFAR pickle (truncated or damaged: "
@@ -108,7 +246,6 @@ def read_batch(path: Path, labels_key: str, classes: int) -> tuple[np.ndarray, n
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: holds a {type(batch).__name__}; a CIFAR pickle holds "
                            f"a dict")
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     images, labels = batch.get("data"), batch.get(labels_key)
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
             or images.shape[1] != PIXELS:
@@ -118,6 +255,9 @@ def read_batch(path: Path, labels_key: str, classes: int) -> tuple[np.ndarray, n
                            f"[N, {PIXELS}]")
     if len(images) == 0:
         raise DatasetError(f"{path}: holds no images")
+    if isinstance(labels, list) and any(isinstance(v, bool) for v in labels):
+        raise DatasetError(f"{path}: {labels_key!r} holds True/False; a CIFAR file's labels "
+                           f"are whole numbers")
     try:
         labels = np.asarray(labels)
     except (TypeError, ValueError):
