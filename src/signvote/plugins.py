@@ -140,12 +140,36 @@ def check_import_spec(name: str) -> tuple[str, str]:
     match = _IMPORT_SPEC.fullmatch(name)
     module = name.rpartition(":")[0]
     if match is not None and not module.endswith(".py"):
+        refuse_standard_library(match.group(1), repr(name))
         return match.group(1), match.group(2)
     valid = ("valid: package.module:attribute, dotted names of a module on sys.path "
              "(a file is never imported by its path)")
     if "/" in name or "\\" in name or module.endswith(".py") or module.startswith("."):
         raise PluginError(f"{name!r} names a file or a relative module, not a module; {valid}")
     raise PluginError(f"{name!r} is not an import spec; {valid}")
+
+
+def refuse_standard_library(module: str, where: str) -> None:
+    """Refuse a module of Python's standard library (``sys.stdlib_module_names``) before it
+    is imported: it holds no plugin, and its functions, called as a factory with a spec's
+    parameters, do anything a program can (``subprocess:run(args=..., shell=true)`` runs a
+    shell command, ``sys:exit`` ends the command, ``os:abort`` kills it)."""
+    if module.partition(".")[0] in sys.stdlib_module_names:
+        raise PluginError(f"{where} names {module}, a module of Python's standard library, "
+                          f"which holds no plugin (nothing in it is called); valid: "
+                          f"package.module:attribute of a package installed or on sys.path")
+
+
+def call_plugin(where: str, function: Callable[..., Any], *args: Any, **params: Any) -> Any:
+    """``function(*args, **params)``, a plugin's own code: a ValueError (what it says is
+    wrong with its parameters) passes as it is, anything else it raises (``SystemExit``
+    too) is one :class:`PluginError` line naming ``where``; a KeyboardInterrupt stays one."""
+    try:
+        return function(*args, **params)
+    except ValueError:
+        raise
+    except (Exception, SystemExit) as exc:  # the plugin's own code may raise anything
+        raise PluginError(f"{where} raised {_reason(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -183,7 +207,7 @@ def import_attribute(spec: str, kind: str) -> Any:
     module_name, path = check_import_spec(spec)
     try:
         found = _import(module_name, f"named by {FLAGS.get(kind, kind)}")
-    except Exception as exc:  # the module's own code may raise anything: one line
+    except (Exception, SystemExit) as exc:  # the module's own code may raise anything
         raise PluginError(f"module {module_name} is not importable ({_reason(exc)})") from None
     for i, part in enumerate(path.split(".")):
         try:
@@ -225,9 +249,12 @@ def load_entry_point(found: list[importlib.metadata.EntryPoint], kind: str) -> A
     where = (f"entry point {point.name} = {point.value} of distribution "
              f"{distribution(point)} (group {point.group})")
     try:
+        refuse_standard_library(point.module, where)
         _import(point.module, f"entry point {point.name} of {distribution(point)}")
         return point.load()
-    except Exception as exc:  # the module's own code may raise anything: one line
+    except PluginError:
+        raise
+    except (Exception, SystemExit) as exc:  # the module's own code may raise anything
         raise PluginError(f"{where} cannot be loaded ({_reason(exc)})") from None
 
 
@@ -373,10 +400,20 @@ def _component(kind: str, attribute: Any, where: str) -> Callable[..., Any]:
             return built
 
         return _factory(bound, rest, attribute)
+    # a factory is called with the spec's parameters before what it builds is known: only
+    # a function, or a class that declares capabilities (a class of a plugin), is called
+    if inspect.isclass(attribute) and declared_kind(attribute) is None:
+        raise wrong_kind(kind, where, "a class that declares no capabilities, never "
+                                      "instantiated")
+    if not inspect.isclass(attribute) and not inspect.isroutine(attribute):
+        raise wrong_kind(kind, where, f"{_a(attribute)}, neither a function nor a class "
+                                      f"that declares capabilities, never called")
+    if inspect.isbuiltin(attribute):
+        raise wrong_kind(kind, where, "a built-in function, never called as a factory")
 
     def build(**params: Any) -> Any:
         _bind(signature, (), params, kind, where, "a factory of the spec's parameters")
-        return checked(kind, attribute(**params), where, "it returned")
+        return checked(kind, call_plugin(where, attribute, **params), where, "it returned")
 
     return _factory(build, signature, attribute)
 
@@ -396,7 +433,7 @@ def _rule(attribute: Any, where: str) -> Callable[..., Any]:
 
     def build(**params: Any) -> Any:
         _bind(signature, (), params, "rule", where, "f(momentum=..., ...)")
-        rule = attribute(**params)
+        rule = call_plugin(where, attribute, **params)
         if not isinstance(rule, rules.WorkerRule):
             raise wrong_kind("rule", where, f"it returned {_a(rule)}")
         return rule
@@ -431,7 +468,7 @@ def _dataset(attribute: Any, where: str) -> Callable[..., Any]:
     def build(seed: int, data_dir: Path | None, **params: Any) -> Any:
         _bind(signature, (seed, data_dir), params, "dataset", where,
               "f(seed, data_dir, ...)")
-        return attribute(seed, data_dir, **params)
+        return call_plugin(where, attribute, seed, data_dir, **params)
 
     return _factory(build, signature, attribute)
 
@@ -547,11 +584,14 @@ def load_dataset(name: str, seed: int, data_dir: Path | None,
     :class:`signvote.data.DatasetError` of one line."""
     from signvote.data import DatasetError
 
+    shown = name if name.isprintable() else repr(name)  # one line, whatever the name holds
     try:
-        factory = dataset_factory(name, builtin)
-    except ValueError as exc:
-        raise DatasetError(f"--dataset {name}: {exc}") from None
-    return as_dataset(factory(seed, data_dir), name)
+        value = dataset_factory(name, builtin)(seed, data_dir)
+    except DatasetError:
+        raise
+    except ValueError as exc:  # the spec, or what the function raised (call_plugin)
+        raise DatasetError(f"--dataset {shown}: {exc}") from None
+    return as_dataset(value, name)
 
 
 

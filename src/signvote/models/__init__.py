@@ -129,7 +129,12 @@ def build(spec: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     factory = REGISTRY.factory(name)
     _check_params(name, factory, params)
     _check_shape(info(factory).min_side, input_shape)
-    module = factory(tuple(input_shape), n_classes, **params)
+    if REGISTRY.is_plugin(name):  # a plugin's own code: what it raises is one line
+        from signvote.plugins import call_plugin
+
+        module = call_plugin(f"model {name}", factory, tuple(input_shape), n_classes, **params)
+    else:
+        module = factory(tuple(input_shape), n_classes, **params)
     if not isinstance(module, nn.Module):
         raise ValueError(f"model {name!r}: its factory returned a {type(module).__name__}, "
                          f"expected a torch.nn.Module")
