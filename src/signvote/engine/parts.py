@@ -203,6 +203,10 @@ def build_module(model: nn.Module | ModelFactory, data: Dataset) -> nn.Module:
             module = model(data.input_shape, data.n_classes)
         except ValueError as exc:  # the factory's own refusal of the data
             raise ConfigError(f"--model {what}: {exc}") from None
+        except Exception as exc:  # the factory's own error (or no memory for the model)
+            raise ConfigError(f"--model {what}: building it for samples "
+                              f"{list(data.input_shape)} and {data.n_classes} classes failed: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
         need(isinstance(module, nn.Module),
                 f"--model {what}: the factory returned a {type(module).__name__}; valid: a "
                 f"function (input_shape, n_classes) -> torch.nn.Module")
@@ -219,25 +223,27 @@ def check_fit(module: nn.Module, data: Dataset, loss: Loss | None, what: str) ->
     """Refuse, with one :class:`ConfigError`, a model that does not fit the data or a loss
     that is not per sample: the first :data:`PROBE_SAMPLES` training samples go through
     ``module`` (in eval mode, without gradients, torch's global generator left as it
-    was); its outputs must be ``[N, n_classes]`` for the default cross-entropy, ``[N, 1]``
-    for the default squared error, and a given ``loss(outputs, targets)`` must return
-    ``[N]`` (one loss per sample: torch's losses with ``reduction='none'``)."""
+    was), and through a copy of it in training mode (which must give outputs of the same
+    shape; the copy's running statistics are thrown away); its outputs must be ``[N,
+    n_classes]`` for the default cross-entropy, ``[N, 1]`` for the default squared error,
+    and a given ``loss(outputs, targets)`` must return ``[N]`` floating-point values that
+    depend on the outputs (one loss per sample: torch's losses with
+    ``reduction='none'``)."""
     xb, yb = data.train_x[:PROBE_SAMPLES], data.train_y[:PROBE_SAMPLES]
     n = xb.shape[0]
     was_training = module.training
     module.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            try:
-                out = module(xb)
-            except Exception as exc:  # the model's own error, as one line
-                raise ConfigError(
-                    f"--model {what}: a forward pass on {n} training samples of shape "
-                    f"{list(data.input_shape)} failed: {type(exc).__name__}: "
-                    f"{_first_line(exc)}") from None
+            out = _forward(module, xb, what, data, "a forward pass")
             need(isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == n,
                     f"--model {what}: returned {_shape_of(out)} for {n} samples; valid: "
                     f"a tensor [N, ...], one row per sample")
+            trained = _forward(copy.deepcopy(module).train(), xb, what, data,
+                               "a forward pass in training mode")
+            need(isinstance(trained, Tensor) and trained.shape == out.shape,
+                 f"--model {what}: returned {_shape_of(trained)} for {n} samples in "
+                 f"training mode, {_shape_of(out)} in evaluation mode; valid: one shape")
             if loss is None:
                 want = [n, data.n_classes] if data.task == "classification" else [n, 1]
                 kind = ("cross-entropy, one score per class"
@@ -246,8 +252,10 @@ def check_fit(module: nn.Module, data: Dataset, loss: Loss | None, what: str) ->
                         f"--model {what}: outputs {list(out.shape)} for {n} samples; the "
                         f"default loss ({kind}) needs {want}")
                 return
+            leaf = out.detach().requires_grad_(True)  # what the loss's gradient is taken of
             try:
-                value = loss(out, yb)
+                with torch.enable_grad():
+                    value = loss(leaf, yb)
             except Exception as exc:  # the loss's own error, as one line
                 raise ConfigError(
                     f"loss {describe(loss)}: on outputs {list(out.shape)} and targets "
@@ -255,8 +263,73 @@ def check_fit(module: nn.Module, data: Dataset, loss: Loss | None, what: str) ->
                     f"{_first_line(exc)}") from None
             need(isinstance(value, Tensor) and list(value.shape) == [n],
                     _loss_message(describe(loss), value, n))
+            need(value.dtype.is_floating_point, f"loss {describe(loss)}: returned "
+                 f"{value.dtype} values; valid: floating-point losses, one a sample")
+            need(value.requires_grad, f"loss {describe(loss)}: its value does not depend on "
+                 f"the outputs (no gradient reaches them); valid: a loss of the model's "
+                 f"outputs")
     finally:
         module.train(was_training)
+
+
+def _forward(module: nn.Module, xb: Tensor, what: str, data: Dataset, which: str) -> Any:
+    """``module(xb)``; what the model raises is one ConfigError line naming it."""
+    try:
+        return module(xb)
+    except Exception as exc:  # the model's own error, as one line
+        raise ConfigError(
+            f"--model {what}: {which} on {xb.shape[0]} training samples of shape "
+            f"{list(data.input_shape)} failed: {type(exc).__name__}: "
+            f"{_first_line(exc)}") from None
+
+
+def check_exchange(aggregator: contracts.Aggregator, attack: contracts.Attack | None,
+                   byzantine_mask: Tensor, dim: int, sends_signs: bool, aggregator_what: str,
+                   attack_what: str) -> None:
+    """Refuse, with one :class:`ConfigError`, an aggregator or an attack (a plugin's or an
+    object) that breaks its contract on probe messages ``M [n, d]`` (``n`` workers, ``d``
+    the model's parameters; the signs of standard normal numbers for a rule that sends
+    signs, else the numbers, drawn from a generator of the probe's own): a message-level
+    ``attack`` (None: none to probe) must return ``M' [n, d]`` of a real dtype that keeps
+    the messages float32, the aggregator, from its initial state, one direction ``[d]``
+    that keeps the parameters float32 (``x - lr v``; issue 8's contracts); what either
+    raises is one line naming it. Nothing of the run is used or changed (the attack's
+    context has a generator of its own, the aggregator its own initial state)."""
+    from signvote.attacks import AttackContext
+
+    n = byzantine_mask.shape[0]
+    messages = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
+    if sends_signs:
+        messages = messages.sign()
+    shape = f"messages [{n}, {dim}]"
+    if attack is not None and not attack.capabilities.data_level:
+        ctx = AttackContext(0, torch.Generator().manual_seed(1), sends_signs,
+                            contracts.Preview(aggregator, aggregator.init_state()))
+        try:
+            crafted = attack(messages.clone(), byzantine_mask.clone(), ctx)
+        except Exception as exc:  # the attack's own error, as one line
+            raise ConfigError(f"--attack {attack_what}: on {shape} it failed: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+        need(isinstance(crafted, Tensor) and list(crafted.shape) == [n, dim],
+             f"--attack {attack_what}: returned {_shape_of(crafted)} for {shape}; valid: "
+             f"messages [n, d] = [{n}, {dim}], one row a worker")
+        need(_keeps_float32(crafted), f"--attack {attack_what}: returned {crafted.dtype} "
+             f"messages; valid: float32 (or a type that keeps them float32)")
+    try:
+        direction, _ = aggregator.apply(messages.clone(), aggregator.init_state())
+    except Exception as exc:  # the aggregator's own error, as one line
+        raise ConfigError(f"--aggregator {aggregator_what}: on {shape} it failed: "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+    need(isinstance(direction, Tensor) and list(direction.shape) == [dim],
+         f"--aggregator {aggregator_what}: returned {_shape_of(direction)} for {shape}; "
+         f"valid: one direction [d] = [{dim}]")
+    need(_keeps_float32(direction), f"--aggregator {aggregator_what}: returned "
+         f"{direction.dtype}; valid: float32 (or a type that keeps the parameters float32)")
+
+
+def _keeps_float32(t: Tensor) -> bool:
+    """Whether float32 combined with ``t`` stays float32 (integers, bools, float16 do)."""
+    return not t.is_complex() and torch.promote_types(torch.float32, t.dtype) == torch.float32
 
 
 def _loss_message(what: str, value: Any, n: int) -> str:

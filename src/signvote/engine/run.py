@@ -43,10 +43,11 @@ from signvote.engine.gradients import (
     WorkerBuffers,
     evaluate,
 )
-from signvote.engine.parts import Parts, build_module, check_fit, resolve_parts
+from signvote.engine.parts import Parts, build_module, check_exchange, check_fit, resolve_parts
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
 from signvote.experiment.config import ConfigError, TrainConfig
+from signvote.registry import parse_spec
 
 # Offsets that give every random stream of a run its own generator from the one seed.
 PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM, RULE_STREAM = 1, 2, 3, 4
@@ -202,11 +203,17 @@ def build_plan(config: TrainConfig, attack: contracts.Attack | None = None) -> A
 
 def build_model(c: TrainConfig, data: Dataset) -> torch.nn.Module:
     """The model of resolved config ``c`` for ``data`` (initialised from torch's global
-    generator); a model that does not fit the data raises :class:`ConfigError`."""
+    generator); a model that does not fit the data, or that there is no memory for (torch's
+    allocator refuses, e.g. for a huge class count), raises :class:`ConfigError`."""
     try:
         return models.build(c.model, data.input_shape, data.n_classes)
     except ValueError as exc:
         raise ConfigError(f"--model {c.model}: {exc}") from None
+    except RuntimeError as exc:  # torch's allocator: "can't allocate memory: ... N bytes"
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"--model {c.model}: building it for samples "
+                          f"{list(data.input_shape)} and {data.n_classes} classes failed: "
+                          f"{reason}") from None
 
 
 def build_partition(c: TrainConfig, data: Dataset) -> partition.Partition:
@@ -355,6 +362,10 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
     aggregator = (parts.aggregator if parts.aggregator is not None
                   else aggregators.build(c.aggregator, c.aggregator_f))
     plan = build_plan(c, parts.attack)
+    probe_aggregator, probe_attack = own_components(c, parts)
+    if probe_aggregator or probe_attack:  # a plugin's or an object: tried on probe messages
+        check_exchange(aggregator, plan.attack if probe_attack else None, plan.byzantine_mask,
+                       layout.dim, rule.capabilities.sends_signs, c.aggregator, c.attack)
 
     summary: dict[str, Any] = {
         "status": "completed",
@@ -381,6 +392,19 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
     return RunSetup(c, data, module, layout, x, batched, part, per_epoch,
                     range(0, per_epoch, c.batch_size), rule, aggregator, plan, summary,
                     workers_table, rng_state, parts.loss)
+
+
+def own_components(c: TrainConfig, parts: Parts) -> tuple[bool, bool]:
+    """Whether the aggregator, and the Byzantine coalition's attack, of resolved config
+    ``c`` are not signvote's own: an object of ``parts``, or a spec with a stage that is
+    no registered name (an entry point's or an import spec's), which
+    :func:`~signvote.engine.parts.check_exchange` tries before the run."""
+    own = {*aggregators.REGISTRY.registered(), *aggregators.PRE_REGISTRY.registered()}
+    aggregator = parts.aggregator is not None or any(
+        name not in own for name, _ in parse_spec(c.aggregator, "aggregator"))
+    attack = bool(c.byzantine) and (parts.attack is not None or parse_spec(
+        c.attack, "attack")[0][0] not in attacks.REGISTRY.registered())
+    return aggregator, attack
 
 
 def independent_samples(c: TrainConfig, model: Any = None) -> bool:
