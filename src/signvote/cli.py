@@ -47,7 +47,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> NoReturn:
-    print(message, file=sys.stderr)
+    """Print ``message`` as one line on stderr (a line break in it, from a file or class
+    name, written ``\\n``) and exit with the usage status."""
+    print(message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 
 

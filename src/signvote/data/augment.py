@@ -41,7 +41,14 @@ def draw(generators: Sequence[torch.Generator], batch: int, pad: int = PAD,
     """The crop offsets ``[n, b, 2]`` (row, column; uniform on ``{0, ..., 2 pad}``) and the
     flips ``[n, b]`` (bool, each with probability 1/2; all False without ``flip``) of the
     ``n`` workers of ``generators``, worker ``i`` drawing from ``generators[i]`` only: first
-    its ``2 b`` offsets (``torch.randint``, ``[b, 2]``), then its ``b`` flips."""
+    its ``2 b`` offsets (``torch.randint``, ``[b, 2]``), then its ``b`` flips. A ``pad``
+    that is no whole number >= 0 raises ValueError."""
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad {pad!r}: the pixels added on each side; valid: a whole "
+                         f"number >= 0")
+    if not generators:  # no worker: no draw
+        return torch.zeros(0, batch, 2, dtype=torch.int64), torch.zeros(0, batch,
+                                                                        dtype=torch.bool)
     offsets, flips = [], []
     for g in generators:
         offsets.append(torch.randint(0, 2 * pad + 1, (batch, 2), generator=g))

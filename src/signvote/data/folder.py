@@ -24,6 +24,7 @@ split with no class, a class with no image, a file Pillow cannot read: each one
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,19 @@ def class_folders(split: Path) -> list[str]:
 
 def image_files(folder: Path) -> list[Path]:
     """Every file below ``folder`` that is not hidden nor inside a hidden folder, sorted
-    by path (so that the order, and with it the run, does not depend on the file system)."""
+    by path (so that the order, and with it the run, does not depend on the file system).
+    A linked folder is followed as a linked file is; a folder reached twice (a loop of
+    links, which would be walked without end, or two links to one folder) is a
+    :class:`DatasetError` naming it."""
     found = []
-    for root, dirs, files in os.walk(folder, onerror=_raise_walk_error):
+    seen = set()
+    for root, dirs, files in os.walk(folder, onerror=_raise_walk_error, followlinks=True):
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in seen:
+            raise DatasetError(f"dataset folder: {root} is a folder already read below "
+                               f"{folder} (a loop of links, or a second link to it); valid: "
+                               f"each folder once")
+        seen.add((here.st_dev, here.st_ino))
         dirs[:] = [d for d in dirs if not _hidden(d)]
         found += [Path(root) / f for f in files if not _hidden(f)]
     return sorted(found)
@@ -78,15 +89,34 @@ def split_folder(data_dir: Path, split: str) -> Path:
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """The image at ``path`` as uint8 ``[3, size, size]`` (RGB, resized bilinearly); a file
-    Pillow cannot read is a :class:`DatasetError` naming it and Pillow's reason."""
+    Pillow cannot read is a :class:`DatasetError` naming it and Pillow's reason.
+
+    16-bit grey pixels (Pillow's modes ``I;16...``) are scaled to 8 bits, ``round(v /
+    257)`` (65535 -> 255), where Pillow's own conversion would clip them at 255; an image
+    of 32-bit pixels (modes ``I``, ``F``), whose range no mode says, is refused naming the
+    mode. Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``; the warning it
+    gives between the limit and twice it) refuses the image in one line before it is
+    decoded."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.mode in ("I", "F"):
+                raise DatasetError(f"{path}: an image of mode {image.mode} (32-bit pixels, of "
+                                   f"no known range); valid: 8-bit or 16-bit images (PNG, "
+                                   f"JPEG, ...), or convert it to 8 bits")
+            if image.mode.startswith("I;16"):  # 16-bit grey: to 8 bits, not clipped
+                wide = np.asarray(image).astype(np.uint32)
+                image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    except DatasetError:
+        raise
     except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, ...
-        reason = str(exc) or type(exc).__name__
+        reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DatasetError(f"{path}: not an image Pillow can read ({reason}); every file "
                            f"in a class folder must be an image") from None
 
@@ -124,7 +154,8 @@ def load_folder(data_dir: Path | None, image_size: int = DEFAULT_IMAGE_SIZE) -> 
     if data_dir is None:
         raise DatasetError(f"dataset folder: needs --data-dir DIR, the folder holding "
                            f"{LAYOUT}")
-    if not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not 1 <= image_size <= MAX_IMAGE_SIZE):
         raise DatasetError(f"dataset folder: image size {image_size!r}; valid: 1 to "
                            f"{MAX_IMAGE_SIZE}")
     try:

@@ -28,7 +28,8 @@ def from_tensors(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
     split + 1), float targets a regression (float32). Raises
     :class:`~signvote.data.DatasetError`, one line naming the tensor: samples and targets
     of different counts, samples of different shapes in the two splits, an empty split,
-    NaN or infinite values, negative labels or labels not below ``classes``."""
+    complex features, NaN or infinite values, negative labels or labels not below
+    ``classes``."""
     xs = [tensor_of(train_x, "train_x"), tensor_of(test_x, "test_x")]
     ys = [tensor_of(train_y, "train_y"), tensor_of(test_y, "test_y")]
     for x, y, split in zip(xs, ys, ("train", "test"), strict=True):
@@ -38,6 +39,9 @@ def from_tensors(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
         if y.dim() != 1:
             raise DatasetError(f"{split}_y: shape {list(y.shape)}; valid: [N], one target per "
                                f"sample")
+        if x.is_complex():  # a cast to float32 would drop the imaginary part with a warning
+            raise DatasetError(f"{split}_x: dtype {x.dtype}; valid: real numbers (a float, "
+                               f"integer or bool tensor)")
         if x.shape[0] != y.shape[0]:
             raise DatasetError(f"{split}_x has {x.shape[0]} samples, {split}_y "
                                f"{y.shape[0]} targets; valid: one target per sample")
