@@ -145,8 +145,9 @@ def a_pickle(*opcodes: bytes) -> bytes:
 
 
 def a_dict(**items: bytes) -> bytes:
-    """The opcodes of a dict with byte-string keys (the official files') and values."""
-    return b"}(" + b"".join(frag(k.encode()) + v for k, v in items.items()) + b"u"
+    """The opcodes of a dict with text keys (BINUNICODE, as Python 3 writes them; the
+    official files' byte strings would need ``_codecs.encode`` in protocol 2) and values."""
+    return b"}(" + b"".join(frag(k) + v for k, v in items.items()) + b"u"
 
 
 def official(images: np.ndarray, labels: Sequence[int]) -> bytes:
@@ -194,6 +195,7 @@ def damaged(draw_) -> bytes:
     return bytes(data)
 
 
+@marked(fixed16("damaged files crashed the process (see the dtype state below)"))
 @hostile(300)
 @given(data=damaged())
 def test_a_damaged_official_file_is_read_consistently_or_refused_in_one_line(data, tmp_path):
@@ -977,8 +979,9 @@ def test_no_shell_command_runs_through_a_spec(option, command, plugin, tmp_path,
                                               stubbed):
     spec = f"subprocess:{command}(args=touch {tmp_path / SENTINEL},shell=true)"
     code, _, err = cli(plugin_argv(option, spec, tmp_path / "out"))
-    refused_in_one_line(code, err, spec)
-    no_trace(tmp_path)
+    line = refused_in_one_line(code, err, spec)
+    assert "standard library" in line, line  # refused for what it names, before any call
+    no_trace(tmp_path)  # (Popen's command would run in a process of its own, unseen here)
 
 
 @pytest.mark.slow  # a process of its own
@@ -993,10 +996,19 @@ def test_os_abort_is_refused_not_called(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+FIRST_STEP = ("a function of the messages that fails on them was accepted, then a "
+              "traceback in the first step")
+FACTORY_ERROR = "a factory raising TypeError when called with the data was a traceback"
+
+
 @pytest.mark.parametrize(("option", "spec"), [
-    ("aggregator", "torch:zeros"), ("aggregator", "torch:manual_seed"),
-    ("attack", "torch:zeros"), ("model", "torch:zeros"), ("rule", "torch:zeros"),
-    ("dataset", "torch:zeros"), ("aggregator", "numpy:load"), ("model", "torch.nn:Linear"),
+    ("aggregator", "torch:zeros"),
+    pytest.param("aggregator", "torch:manual_seed", marks=fixed16(FIRST_STEP)),
+    ("attack", "torch:zeros"),
+    pytest.param("model", "torch:zeros", marks=fixed16(FACTORY_ERROR)),
+    ("rule", "torch:zeros"), ("dataset", "torch:zeros"),
+    pytest.param("aggregator", "numpy:load", marks=fixed16(FIRST_STEP)),
+    pytest.param("model", "torch.nn:Linear", marks=fixed16(FACTORY_ERROR)),
     ("aggregator", "torch.nn:Linear"), ("dataset", "numpy:zeros"),
     ("model", "signvote.cli:main"),
 ])
@@ -1143,6 +1155,7 @@ def build_kind(kind: str, spec: str) -> Any:
     return plugins.load_dataset(spec, 0, None, ("logreg",))
 
 
+@marked(fixed16("a dataset spec holding a line break ('a\\nb:c') was refused in two lines"))
 @hostile(150)
 @given(spec=plugin_specs(), kind=st.sampled_from(OPTIONS))
 def test_a_generated_spec_resolves_or_is_one_valueerror_line(spec, kind):
@@ -1190,7 +1203,9 @@ def broken_entry_points(plugin, plugin_dir, tmp_path, monkeypatch) -> Iterator[N
     "no-attribute", "missing-module", "missing-attribute",
     pytest.param("exits", marks=fixed16("an entry point whose module raises SystemExit "
                                         "ended the command with exit 0 and no word")),
-    "bad-value", "empty-value", "extras",
+    "bad-value", "empty-value",
+    pytest.param("extras", marks=fixed16("an entry point's aggregate of the wrong shape was "
+                                         "broadcast: the run trained silently")),
     pytest.param("std-library", marks=fixed16(STDLIB))])
 def test_a_broken_entry_point_is_one_line_when_used_and_listed(name, broken_entry_points,
                                                               tmp_path, stubbed):
@@ -1243,6 +1258,7 @@ TENSOR_VALUES = {
 }
 
 
+@marked(fixed16("complex features were taken with only a warning (see below)"))
 @hostile(120)
 @given(which=st.sampled_from(range(4)), how=st.sampled_from(sorted(TENSOR_VALUES)),
        classes=st.one_of(st.none(), st.sampled_from([0, 1, 3, 5, True, 2.5, -1])))
