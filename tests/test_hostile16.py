@@ -984,6 +984,25 @@ def test_no_shell_command_runs_through_a_spec(option, command, plugin, tmp_path,
     no_trace(tmp_path)  # (Popen's command would run in a process of its own, unseen here)
 
 
+@marked(fixed16("a shell command in a config or sweep file's import spec ran, even "
+                "with signvote sweep FILE --dry-run (what a user runs to read a file sent "
+                "to them)"))
+@pytest.mark.parametrize("command", ["sweep --dry-run", "train --config"])
+def test_no_shell_command_runs_through_a_file_of_specs(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = f"subprocess:run(args=touch {tmp_path / SENTINEL},shell=true)"
+    (tmp_path / "file.toml").write_text(
+        'dataset = "logreg"\nepochs = 1\naggregator = '
+        + (f'["mean", "{spec}"]\n' if command.startswith("sweep") else f'"{spec}"\n'))
+    argv = (["sweep", "file.toml", "--dry-run", "--out", "sweep"]
+            if command.startswith("sweep") else ["train", "--config", "file.toml",
+                                                 "--out", "out"])
+    code, _, err = cli(argv)
+    line = refused_in_one_line(code, err, command)
+    assert "standard library" in line, line
+    assert not (tmp_path / SENTINEL).exists(), "the file's shell command ran"
+
+
 @pytest.mark.slow  # a process of its own
 @marked(fixed16("os:abort as --aggregator was called as a factory of no parameter: the "
                 "process aborted (SIGABRT, a core dump)"))
