@@ -8,14 +8,15 @@
    alone. Each model runs with the threads a run of it uses (``engine/threads.py``: 1
    below 1M parameters, else the process's count). Blocks of steps (about a second each
    unless ``--steps``), plain/sim/gradients interleaved, the ratio taken per repeat,
-   medians; the same allocator setting for all (``keep_freed_memory``, as ``train()``
-   uses). Wall-clock time, and the process's CPU time beside it (on a shared machine the
+   medians; the same allocator setting for all (``keep_freed_memory``, as the ``signvote``
+   command has it). Wall-clock time, and the process's CPU time beside it (on a shared machine the
    CPU time of a one-thread model is not inflated by the time other processes hold the
    core).
-2. Per convolution of those models (duplicates once), the per-worker weight gradient's
-   formulations (``engine/worker_conv.py``: ``loop``, ``grouped``) beside one
-   ``convolution_backward`` weight gradient of the whole batch (what a plain step pays for
-   it), interleaved, medians: the measurement behind ``worker_conv.choose_method``.
+2. Per convolution of those models (duplicates once), at b = 4, 12 and 64, the per-worker
+   weight gradient's formulations (``engine/worker_conv.py``: ``loop``, ``grouped``)
+   beside one ``convolution_backward`` weight gradient of the whole batch (what a plain
+   step pays for it), interleaved, medians: the measurement behind
+   ``worker_conv.choose_method``.
 3. A full epoch of Fashion-MNIST (60,000 images) with ``smallcnn``, Signum, 10 workers,
    through ``train()`` (test-set evaluation included): samples per second.
 
@@ -56,6 +57,7 @@ MODELS = (("smallcnn", (1, 28, 28)), ("torchnet", (1, 28, 28)), ("mnistnet", (1,
           ("resnet20", (3, 32, 32)))
 WORKERS = 10
 BATCHES = (12, 64)
+LAYER_BATCHES = (4, 12, 64)  # 4: a small share per worker, where the formulations differ
 SMOKE_BATCHES = (2, 4)
 BLOCK_S = 1.0  # the length of a timed block of steps when --steps is not given
 LAYER_BLOCK_S = 0.1  # the length of a timed block of one layer's gradient
@@ -276,9 +278,10 @@ def main() -> None:
                         "quick check")
     args = parser.parse_args()
     args.warmup = 2
-    batches = BATCHES
+    batches, layer_batches = BATCHES, LAYER_BATCHES
     if args.smoke:
-        args.repeats, args.steps, args.warmup, batches = 1, 1, 1, SMOKE_BATCHES
+        args.repeats, args.steps, args.warmup = 1, 1, 1
+        batches = layer_batches = SMOKE_BATCHES
     keep_freed_memory()
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python "
@@ -286,7 +289,7 @@ def main() -> None:
     result: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                               "repeats": args.repeats, "load_average_start": load[0],
                               "steps": part_steps(args, batches),
-                              "layers": part_layers(args, batches)}
+                              "layers": part_layers(args, layer_batches)}
     if args.smoke:
         epoch = fashion_epoch("digits")
         if epoch is None:
