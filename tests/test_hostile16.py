@@ -821,12 +821,14 @@ def a_list(messages):
     return [0.0]
 
 
-def factory_raises(k=1):
-    raise TypeError("bad factory")
+class FactoryRaises(AggregatorBase):
+    def __init__(self, k=1):
+        raise TypeError("bad factory")
 
 
-def factory_exits(k=1):
-    raise SystemExit(0)
+class FactoryExits(AggregatorBase):
+    def __init__(self, k=1):
+        raise SystemExit(0)
 
 
 class NoCapabilities:
@@ -1041,10 +1043,10 @@ def test_an_attribute_of_an_installed_package_that_is_no_plugin_is_one_line(opti
 
 PLUGIN_CASES = {
     # (option, attribute, what the line must say, marks)
-    "a factory raising TypeError": ("aggregator", "factory_raises(k=2)", "bad factory",
+    "a factory raising TypeError": ("aggregator", "FactoryRaises(k=2)", "bad factory",
                                     fixed16("a plugin factory's own TypeError was a "
                                             "traceback")),
-    "a factory raising SystemExit": ("aggregator", "factory_exits", "SystemExit",
+    "a factory raising SystemExit": ("aggregator", "FactoryExits", "SystemExit",
                                      fixed16("a plugin factory raising SystemExit ended "
                                              "the command with exit 0 and no word")),
     "a class declaring no capabilities": ("aggregator", "NoCapabilities(k=2)",

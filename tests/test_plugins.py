@@ -601,8 +601,10 @@ def test_an_attribute_of_the_wrong_kind_is_one_line(option, scratch, capsys):
 
 
 @pytest.mark.parametrize(("option", "spec", "message"), [
-    ("aggregator", "make_text", "is not an aggregator (it returned a str; valid:"),
-    ("attack", "make_text", "is not an attack (it returned a str; valid:"),
+    ("aggregator", "make_text", "is not an aggregator (a function that takes no messages "
+                                "first, never called as a factory"),
+    ("attack", "make_text", "is not an attack (a function that takes no messages first, "
+                            "never called as a factory"),
     ("aggregator", "DropFirst", "is not an aggregator (it returned a pre-aggregator"),
     ("rule", "rule_of_text", "is not a rule (it returned a str; valid:"),
     ("rule", "no_momentum", "is not a rule (it takes no momentum parameter; valid:"),
@@ -702,10 +704,20 @@ def test_an_object_declaring_aggregator_capabilities_must_follow_the_protocol(sc
                                          rf"Half that declares aggregator capabilities but "
                                          rf"lacks init_state, apply, run, min_workers, check"):
         aggregators.build(f"{scratch}:HALF")
-    monkeypatch.setattr(module, "make_half", lambda: Half(), raising=False)
-    with pytest.raises(ValueError, match=r"\(it returned a Half that declares aggregator "
-                                         r"capabilities but lacks"):
-        aggregators.build(f"{scratch}:make_half")
+
+
+def test_a_function_with_defaults_alone_is_never_called_with_a_specs_parameters(
+        scratch, monkeypatch, tmp_path):
+    """Any installed package's function whose parameters all have defaults would run with
+    the parameters a sweep file someone sent names: such a function is never called."""
+    marker = tmp_path / "ran"
+    module = __import__(scratch)
+    monkeypatch.setattr(module, "touch", lambda path=str(marker): marker.write_text("x"),
+                        raising=False)
+    for build in (aggregators.build, attacks.build):
+        with pytest.raises(ValueError, match="never called as a factory"):
+            build(f"{scratch}:touch(path={marker})")
+    assert not marker.exists()
 
 
 def test_as_dataset_keeps_a_dataset(scratch):

@@ -39,12 +39,13 @@ its name:
 - aggregator: an object or class following :class:`signvote.contracts.Aggregator`
   (``AggregatorBase``); a plain callable ``messages[n, d] -> [d]``, a function whose first
   parameter has no default, the spec's parameters bound as keywords, with the
-  conservative capabilities (:class:`signvote.contracts.FunctionAggregator`); or a factory
-  (a class, or a function whose parameters all have defaults) taking the spec's
-  parameters and returning one of those;
+  conservative capabilities (:class:`signvote.contracts.FunctionAggregator`); or a class
+  declaring its capabilities (``AggregatorBase``), built with the spec's parameters. A
+  function that takes no messages first is never called with a spec's parameters (any
+  installed package's function with defaults would be reachable from a sweep file);
 - pre-aggregator (a chain's stage before the last): a
-  :class:`signvote.contracts.PreAggregator` object, class or factory;
-- attack: a :class:`signvote.contracts.Attack` object, class or factory, or a plain
+  :class:`signvote.contracts.PreAggregator` object or class;
+- attack: a :class:`signvote.contracts.Attack` object or class, or a plain
   function ``(messages, byzantine_mask, ctx, **params) -> messages`` (:class:`FunctionAttack`:
   omniscient, message-level, the conservative capabilities);
 - rule: a factory ``(momentum, **params) -> signvote.rules.WorkerRule``, its default
@@ -96,12 +97,12 @@ FLAGS = {"aggregator": "--aggregator", "pre-aggregator": "--aggregator",
 _ARTICLE = {"aggregator": "an", "attack": "an"}
 
 VALID = {
-    "aggregator": "an Aggregator class or object (signvote.contracts.AggregatorBase), a "
-                  "function messages[n, d] -> [d], or a factory returning one",
+    "aggregator": "an Aggregator class or object (signvote.contracts.AggregatorBase), or a "
+                  "function messages[n, d] -> [d]",
     "pre-aggregator": "a PreAggregator class or object (signvote.contracts."
-                      "PreAggregatorBase), or a factory returning one",
-    "attack": "an Attack class or object (signvote.contracts.AttackBase), a function "
-              "(messages, byzantine_mask, ctx) -> messages, or a factory returning one",
+                      "PreAggregatorBase)",
+    "attack": "an Attack class or object (signvote.contracts.AttackBase), or a function "
+              "(messages, byzantine_mask, ctx) -> messages",
     "rule": "a class or function (momentum, ...) -> signvote.rules.WorkerRule",
     "model": "a class or function (input_shape, n_classes, ...) -> torch.nn.Module",
     "dataset": "a function (seed, data_dir, ...) -> signvote.data.Dataset or (train_x, "
@@ -401,15 +402,16 @@ def _component(kind: str, attribute: Any, where: str) -> Callable[..., Any]:
 
         return _factory(bound, rest, attribute)
     # a factory is called with the spec's parameters before what it builds is known: only
-    # a function, or a class that declares capabilities (a class of a plugin), is called
-    if inspect.isclass(attribute) and declared_kind(attribute) is None:
+    # a class that declares capabilities (a class of a plugin) is. A function is never
+    # called with a spec's parameters alone: any installed package's function whose
+    # parameters all have defaults would be reachable from a sweep file someone sent
+    if not inspect.isclass(attribute):
+        raise wrong_kind(kind, where, "a function that takes no messages first, never "
+                                      "called as a factory (a factory is a class that "
+                                      "declares capabilities)")
+    if declared_kind(attribute) is None:
         raise wrong_kind(kind, where, "a class that declares no capabilities, never "
                                       "instantiated")
-    if not inspect.isclass(attribute) and not inspect.isroutine(attribute):
-        raise wrong_kind(kind, where, f"{_a(attribute)}, neither a function nor a class "
-                                      f"that declares capabilities, never called")
-    if inspect.isbuiltin(attribute):
-        raise wrong_kind(kind, where, "a built-in function, never called as a factory")
 
     def build(**params: Any) -> Any:
         _bind(signature, (), params, kind, where, "a factory of the spec's parameters")
