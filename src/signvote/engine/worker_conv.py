@@ -49,12 +49,15 @@ def _pair(value: int | Sequence[int]) -> list[int]:
 
 GROUPED_MIN_CHANNELS = 16
 """Input channels per group below which the grouped formulation is never chosen: with 1
-or 3 channels per group (a first layer) oneDNN's grouped kernel was 1.3-3.9x slower than
-the loop at every batch measured."""
+or 3 channels per group (a first layer) oneDNN's grouped kernel was at best as fast as the
+loop (4 samples a worker) and 1.3-3.6x slower from 12 samples a worker on."""
 
 GROUPED_MAX_FLOPS = 24e6
 """Per-worker weight-gradient work (floating-point operations, per intra-op thread) up to
-which :func:`choose_method` takes the grouped formulation on a CPU."""
+which :func:`choose_method` takes the grouped formulation on a CPU. Measured on one
+thread: layers of 7-19 MFLOP a worker ran grouped at 0.60-1.06x the loop, 22 MFLOP
+(``smallcnn``'s second convolution, 12 samples) 0.89x, 28-32 MFLOP 0.94-1.20x, beyond
+57 MFLOP 0.94-1.32x."""
 
 
 def weight_grad_flops(h: Tensor, weight: Tensor, n: int, stride: Sequence[int],
@@ -78,13 +81,14 @@ def choose_method(h: Tensor, weight: Tensor, n: int, stride: Sequence[int] = (1,
     Each ``convolution_backward`` call has a fixed cost (oneDNN's set-up, a parallel
     region per call), which the loop pays n times: it matters when one worker's share is
     small (few samples, small images) and more with two threads. Measured on this
-    project's 2-core CPU (``benchmarks/bench_cnn.py``'s layer table, 10 workers; the
-    allocator set by ``keep_freed_memory`` as a run has it, without which the grouped
-    copies are page-faulted in on every call and cost up to 2x): with 16-64 channels,
-    grouped / loop = 0.4-0.9 up to about 20 MFLOP per worker per thread, 0.9-1.1 around
-    20-60, 1.1-1.4 beyond (where the loop runs at the speed of one whole-batch call); with
-    1 or 3 input channels the loop wins from 4 samples a worker on. Float64 (no oneDNN)
-    and other devices were not found faster grouped, or not measured: the loop."""
+    project's 2-core CPU (``benchmarks/bench_cnn.py``'s layer table, 10 workers, the
+    built-in CNNs' convolutions; the allocator set by ``keep_freed_memory`` as a run has
+    it, without which the grouped copies are page-faulted in on every call and cost up to
+    2x): with 16-64 channels, grouped / loop = 0.6-1.06 at 4 samples a worker (0.4-1.0
+    on two threads, in a separate run), 0.87-1.24 at 12, 1.04-1.32 at 64 (where the loop
+    costs 0.9-1.2x one whole-batch call); with 1 or 3 input channels see
+    :data:`GROUPED_MIN_CHANNELS`. Float64 (no oneDNN) was not faster grouped; other
+    devices were not measured: the loop."""
     if (h.device.type != "cpu" or h.dtype != torch.float32
             or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
             or weight.shape[1] < GROUPED_MIN_CHANNELS):
