@@ -132,20 +132,23 @@ def stochastic_sign(values: Tensor, bound: float | None,
     row gives fair coins). Unbiased: :math:`E[M] = v / B` where :math:`|v| \le B`.
 
     ``generator``: one generator for all coins, or one per row (each worker its own coins,
-    so that a worker draws the same coins in every engine), or None (the global one)."""
+    so that a worker draws the same coins in every engine), or None (the global one). The
+    coins are drawn on ``values``' device, so a generator must be on that device
+    (``torch.Generator(device=...)``: on CUDA the coins differ from the CPU's)."""
     if bound is None:
         scale = values.abs().amax(dim=1, keepdim=True)
     else:
-        scale = torch.full((), float(bound), dtype=values.dtype)
-    ratio = torch.where(scale > 0, values / scale, torch.zeros(())).clamp(-1.0, 1.0)
+        scale = torch.full((), float(bound), dtype=values.dtype, device=values.device)
+    ratio = torch.where(scale > 0, values / scale, values.new_zeros(())).clamp(-1.0, 1.0)
     if isinstance(generator, Sequence):
         if len(generator) != values.shape[0]:
             raise ValueError(f"stochastic sign: {len(generator)} generators for "
                              f"{values.shape[0]} rows; valid: one per row")
-        coins = torch.stack([torch.rand(values.shape[1:], generator=g, dtype=values.dtype)
-                             for g in generator])
+        coins = torch.stack([torch.rand(values.shape[1:], generator=g, dtype=values.dtype,
+                                        device=values.device) for g in generator])
     else:
-        coins = torch.rand(values.shape, generator=generator, dtype=values.dtype)
+        coins = torch.rand(values.shape, generator=generator, dtype=values.dtype,
+                           device=values.device)
     return torch.where(coins < (1 + ratio) / 2, 1.0, -1.0).to(values.dtype)
 
 

@@ -38,7 +38,8 @@ class AttackContext:
 
     Attributes:
         step: the global step (0-based).
-        generator: the adversaries' own random generator (seeded by the run's seed).
+        generator: the adversaries' own random generator (seeded by the run's seed), on
+            the messages' device (an attack draws its noise there: ``device=messages.device``).
         sign_messages: True when the worker rule sends signs (the wire carries ternary
             values), False for real-valued (fp32) messages.
         aggregator: the server's rule at its current state, for attacks that tune against

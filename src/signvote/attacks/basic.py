@@ -16,10 +16,11 @@ def replace_rows(messages: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
     """A copy of ``messages`` with the rows where ``mask`` is True set to ``rows``.
 
     ``rows`` broadcasts against ``messages[mask]`` (shape ``[f, d]``; a ``[d]`` row is
-    given to every masked worker).
+    given to every masked worker); a 0-dim ``rows`` made on the CPU is moved to the
+    messages' device.
     """
     out = messages.clone()
-    out[mask] = rows.to(messages.dtype)
+    out[mask] = rows.to(device=messages.device, dtype=messages.dtype)
     return out
 
 
@@ -63,7 +64,8 @@ def cancelling_votes(honest_sum: Tensor, f: int) -> Tensor:
     :math:`-1, +1, -1, \dots` (mirror image for :math:`-f \le S < 0`). The coalition's total
     is :math:`-S - ((f - S) \bmod 2)` for :math:`0 \le S \le f`, as in the seed code.
     """
-    table = _cancelling_table(f)  # [f + 1, f]: the votes, in units of sigma, for |S| = 0..f
+    # [f + 1, f]: the votes, in units of sigma, for |S| = 0..f
+    table = _cancelling_table(f).to(honest_sum.device)
     magnitude = honest_sum.abs().clamp(max=f).long()
     against = torch.where(honest_sum >= 0, -1.0, 1.0)
     return (table[magnitude] * against.unsqueeze(1)).T
@@ -130,7 +132,8 @@ class RandomSign(AttackBase):
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f, d = int(byzantine_mask.sum()), messages.shape[1]
-        bits = torch.randint(0, 2, (f, d), generator=ctx.generator, dtype=messages.dtype)
+        bits = torch.randint(0, 2, (f, d), generator=ctx.generator, dtype=messages.dtype,
+                             device=messages.device)
         return replace_rows(messages, byzantine_mask, (2 * bits - 1) * self.scale)
 
 
@@ -153,7 +156,8 @@ class Gaussian(AttackBase):
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f, d = int(byzantine_mask.sum()), messages.shape[1]
-        noise = torch.randn((f, d), generator=ctx.generator, dtype=messages.dtype)
+        noise = torch.randn((f, d), generator=ctx.generator, dtype=messages.dtype,
+                            device=messages.device)
         return replace_rows(messages, byzantine_mask, noise * self.std + self.mean)
 
 

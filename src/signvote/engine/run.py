@@ -19,6 +19,7 @@ inside :func:`run_rng` so that the caller's global generator is left as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -46,7 +47,7 @@ from signvote.engine.gradients import (
 from signvote.engine.parts import Parts, build_module, check_exchange, check_fit, resolve_parts
 from signvote.engine.step import AdversaryPlan
 from signvote.experiment import runs
-from signvote.experiment.config import ConfigError, TrainConfig
+from signvote.experiment.config import ConfigError, TrainConfig, run_device
 from signvote.registry import parse_spec
 
 # Offsets that give every random stream of a run its own generator from the one seed.
@@ -69,10 +70,13 @@ class RunResult:
         return self.summary["status"]
 
 
-def coin_generators(seed: int, workers: range | list[int]) -> list[torch.Generator]:
+def coin_generators(seed: int, workers: range | list[int], device: torch.device | str = "cpu"
+                    ) -> list[torch.Generator]:
     """The generators of the given workers' coins: worker ``i`` draws from
-    ``seed + RULE_STREAM + 1000 i`` in every engine."""
-    return [torch.Generator().manual_seed(seed + RULE_STREAM + 1000 * i) for i in workers]
+    ``seed + RULE_STREAM + 1000 i`` in every engine, on ``device`` (where its ``[d]`` coins
+    are drawn; a CUDA generator's numbers are not the CPU's)."""
+    return [torch.Generator(device=device).manual_seed(seed + RULE_STREAM + 1000 * i)
+            for i in workers]
 
 
 def augment_generators(seed: int, workers: range | list[int]) -> list[torch.Generator]:
@@ -91,9 +95,10 @@ def augmenter(c: TrainConfig, data: Dataset, workers: range | list[int]
     return augment.Augmenter(augment_generators(c.seed, workers), augment.black(data))
 
 
-def attack_generator(seed: int) -> torch.Generator:
-    """The adversaries' generator (random attacks), from ``seed + ATTACK_STREAM``."""
-    return torch.Generator().manual_seed(seed + ATTACK_STREAM)
+def attack_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The adversaries' generator (random attacks), from ``seed + ATTACK_STREAM``, on
+    ``device`` (random attacks draw their ``[f, d]`` noise on the messages' device)."""
+    return torch.Generator(device=device).manual_seed(seed + ATTACK_STREAM)
 
 
 def choose_adversaries(
@@ -123,11 +128,20 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 
 @contextlib.contextmanager
-def run_rng(state: Tensor) -> Iterator[None]:
-    """Run with torch's global generator at ``state`` (dropout draws from it), and give
-    the caller's generator back as it was afterwards."""
-    with torch.random.fork_rng(devices=[]):
+def run_rng(state: Tensor, device: torch.device | str = "cpu", seed: int = 0
+            ) -> Iterator[None]:
+    """Run with torch's global CPU generator at ``state`` (dropout on the CPU draws from
+    it) and, for a CUDA ``device``, that device's global generator seeded with ``seed``
+    (dropout on the GPU draws from it); give the caller's generators back as they were
+    afterwards."""
+    device = torch.device(device)
+    cuda = [] if device.type != "cuda" else [
+        device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         torch.set_rng_state(state)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
         yield
 
 
@@ -324,12 +338,17 @@ def check_buildable(c: TrainConfig, data: Dataset) -> None:
     check_augment(c, data)
 
 
-def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
-            ) -> RunSetup:
+def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None,
+            device: torch.device | str | None = None) -> RunSetup:
     """Resolve ``config`` and build the data, model, partition, rules and adversaries;
     those that ``parts`` gives as objects are taken from it
     (:func:`~signvote.engine.parts.resolve_parts`: the config then records a description
     of each, and the model and loss are tried on two training samples first).
+
+    ``device``: where the run computes (None: ``--device`` for the simulator, the CPU for
+    another engine, which chooses its own). Everything is built and checked on the CPU,
+    from the same generators as on any device; then the model, the data and the
+    adversaries' masks are moved there once (on the CPU, a move is the tensor itself).
 
     Leaves no process-wide trace: torch's global generator is seeded for the model's
     initialisation inside a fork and given back (the run continues from
@@ -346,6 +365,13 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
     module.train()
     if parts.model is not None or parts.data is not None or parts.loss is not None:
         check_fit(module, data, parts.loss, c.model)
+    part = build_partition(c, data)
+    per_epoch = samples_per_epoch(c, data)
+    check_batch_norm(c, module, data, per_epoch)
+    if device is None:
+        device = run_device(c.device) if engine == "sim" else "cpu"
+    device = torch.device(device)
+    module.to(device)  # the run's own copy (build_module); on the CPU, nothing moves
     layout = ParamLayout.of(module)
     x = layout.flatten(module)
     try:
@@ -353,9 +379,6 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
                                independent_samples=independent_samples(c, parts.model))
     except ValueError as exc:  # a layer the per-worker gradients cannot run
         raise ConfigError(f"--model {c.model}: {exc}") from None
-    part = build_partition(c, data)
-    per_epoch = samples_per_epoch(c, data)
-    check_batch_norm(c, module, data, per_epoch)
 
     rule = parts.rule if parts.rule is not None else rules.get(c.rule, c.momentum,
                                                                   c.sign_bound)
@@ -377,6 +400,7 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         "bytes_sent_per_worker_per_step": message_bytes(layout.dim, rule.capabilities.sends_signs),
         "signvote_version": signvote.__version__,
         "torch_version": torch.__version__,
+        "device": device_name(device),
     }
     if not parts.empty:
         summary["objects"] = parts.descriptions()
@@ -389,9 +413,35 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
             sum(r["label_entropy_bits"] for r in workers_table) / c.workers, 6)
         summary["dataset_label_entropy_bits"] = round(float(partition.label_entropy(
             torch.bincount(data.train_y, minlength=data.n_classes))), 6)
-    return RunSetup(c, data, module, layout, x, batched, part, per_epoch,
-                    range(0, per_epoch, c.batch_size), rule, aggregator, plan, summary,
-                    workers_table, rng_state, parts.loss)
+    return RunSetup(c, data_on(data, device), module, layout, x, batched, part, per_epoch,
+                    range(0, per_epoch, c.batch_size), rule, aggregator, plan_on(plan, device),
+                    summary, workers_table, rng_state, parts.loss)
+
+
+def device_name(device: torch.device) -> str:
+    """How ``summary.json`` records the device a run computed on: ``cpu``, or the CUDA
+    device with its index and name, ``cuda:0 (NVIDIA H200)``."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def data_on(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` with its four tensors on ``device`` (``data`` itself when they are
+    there)."""
+    if data.train_x.device == device:
+        return data
+    return dataclasses.replace(data, **{name: getattr(data, name).to(device) for name in
+                                        ("train_x", "train_y", "test_x", "test_y")})
+
+
+def plan_on(plan: AdversaryPlan, device: torch.device) -> AdversaryPlan:
+    """``plan`` with its masks on ``device`` (``plan`` itself when they are there)."""
+    if plan.blind_mask.device == device:
+        return plan
+    return dataclasses.replace(plan, blind_mask=plan.blind_mask.to(device),
+                               byzantine_mask=plan.byzantine_mask.to(device))
 
 
 def own_components(c: TrainConfig, parts: Parts) -> tuple[bool, bool]:

@@ -49,11 +49,13 @@ from signvote.experiment.config import TrainConfig
 
 
 def data_path(setup: RunSetup) -> DataPath:
-    """The simulator's step for ``setup``: all workers, their coins, the attack stream."""
-    c = setup.config
+    """The simulator's step for ``setup``: all workers, their coins, the attack stream
+    (the generators on the parameters' device, where the coins and the noise are drawn)."""
+    c, device = setup.config, setup.x.device
     return DataPath(setup.batched, setup.rule, setup.plan, setup.aggregator, setup.data.task,
-                    c.weight_decay, attack_generator(c.seed),
-                    coin_generators(c.seed, range(c.workers)), setup.n_classes, setup.loss)
+                    c.weight_decay, attack_generator(c.seed, device),
+                    coin_generators(c.seed, range(c.workers), device), setup.n_classes,
+                    setup.loss, compiled=c.compile)
 
 
 def train(config: TrainConfig, *, progress: bool = True, write: bool = True,
@@ -63,7 +65,7 @@ def train(config: TrainConfig, *, progress: bool = True, write: bool = True,
     (:class:`~signvote.engine.parts.Parts`; :func:`signvote.train` makes them)."""
     setup = prepare(config, parts=parts)
     with (torch_threads(run_threads(setup.config.threads, setup.layout.dim)),
-          run_rng(setup.rng_state)):
+          run_rng(setup.rng_state, setup.x.device, setup.config.seed)):
         return _loop(setup, progress, write)
 
 
@@ -87,7 +89,8 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
             inputs, targets = setup.walk(epoch)  # [n, per_epoch, ...]
         stats = EpochStats()
         measured: list[dict[str, float]] = []
-        agreement = torch.zeros(2, setup.layout.dim, dtype=torch.int64)  # agreed, counted
+        agreement = torch.zeros(2, setup.layout.dim, dtype=torch.int64,
+                                device=x.device)  # agreed, counted
         for start in setup.starts:
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
             if augment is not None:

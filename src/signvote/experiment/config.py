@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -35,6 +36,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from signvote import aggregators, attacks, models, plugins, rules
 from signvote.data import AUGMENTED, DATASETS, REGRESSION, TABULAR
@@ -51,6 +54,8 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 """The longest ``--dist-timeout``: a week (a ``timedelta`` overflows at about 1e14 s)."""
 ENGINES = ("sim", "dist")
 LAYOUTS = ("server", "peer")
+BACKENDS = ("auto", "gloo", "nccl")
+"""``--backend``: ``auto`` is nccl where the rank's device is a GPU, else gloo."""
 
 TRAJECTORY = "trajectory"
 RECORDED = "recorded"
@@ -209,6 +214,10 @@ class TrainConfig:
     layout: str = _opt("server", "--engine dist: server (rank 0 a trusted server that "
                        "aggregates, n + 1 processes) or peer (every worker aggregates, n "
                        "processes)", LAYOUTS)
+    backend: str = _opt("auto", "--engine dist: the torch.distributed backend: gloo (CPU or "
+                        "GPU tensors), nccl (one GPU per rank, cuda:LOCAL_RANK), or auto "
+                        "(nccl where the rank's device is a GPU, else gloo)", BACKENDS,
+                        section=RECOVERY)
     checkpoint_every: int | None = _opt(None, "--engine dist: write OUT/checkpoint.pt every "
                                         "this many steps (default: every epoch; 0: never)",
                                         section=RECOVERY, check=at_least(0))
@@ -233,6 +242,14 @@ class TrainConfig:
                                "else one per core)", section=OUTPUT,
                                check=Check(lambda v: 1 <= v <= MAX_THREADS,
                                            f"must be in [1, {MAX_THREADS}]"))
+    device: str = _opt("auto", "where the run computes: auto (the first CUDA device when one "
+                       "is visible, else cpu), cpu, cuda or cuda:N; not part of the run's "
+                       "identity (summary.json records the device used)", section=OUTPUT)
+    compile: bool = _opt(False, "the simulator: run a sign rule's vote and update as one "
+                         "torch.compile'd call where that is exact (signsgd or signum, "
+                         "majority-vote, no message attack; compiled once per process, "
+                         "seconds); not part of the run's identity: the numbers are the "
+                         "eager ones, bit for bit, on the CPU", section=OUTPUT)
     overwrite: bool = _opt(False, "replace a finished run in --out (without it, a folder "
                            "holding a finished run is refused)", section=OUTPUT)
     out: str | None = _opt(None, "run folder (default: runs/DATASET_RULE_AGGREGATOR[_ATTACK]"
@@ -423,12 +440,50 @@ def resolve(config: TrainConfig) -> TrainConfig:
             attack.check(c.workers, c.byzantine)
     except ValueError as exc:
         raise ConfigError(f"--attack {c.attack}: {exc}") from None
+    problem = device_problem(c.device)
+    need(problem is None, f"--device {problem}")
+    need(c.backend != "nccl" or torch.cuda.is_available(),
+          "--backend nccl needs a CUDA GPU and none is visible; valid: --backend auto or gloo")
+    need(c.backend != "nccl" or c.device != "cpu",
+          "--backend nccl exchanges GPU tensors; --device cpu has none; valid: --backend auto "
+          "or gloo with --device cpu, or --device auto or cuda with --backend nccl")
+    need(c.backend == "auto" or c.engine == "dist",
+          f"--backend {c.backend} is the distributed engine's; valid: --engine dist, or leave "
+          f"--backend out")
     need(not c.measure_theory or c.engine == "sim",
           "--measure-theory is measured by the simulator; valid: --engine sim")
+    need(not c.compile or c.engine == "sim",
+          "--compile compiles the simulator's step; valid: --engine sim, or leave --compile out")
     need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
           "--tensorboard needs the tensorboard package, which is not installed; valid: "
           "pip install 'signvote[tensorboard]', or leave --tensorboard out")
     return c
+
+
+def device_problem(value: str) -> str | None:
+    """Why ``value`` names no device this process can compute on (None when it does):
+    ``auto``, ``cpu``, ``cuda`` (the current CUDA device) or ``cuda:N`` with ``0 <= N <``
+    the visible CUDA devices; ``cuda`` needs one visible (``torch.cuda.is_available()``)."""
+    if value in ("auto", "cpu"):
+        return None
+    if re.fullmatch(r"cuda(:(0|[1-9][0-9]{0,5}))?", value) is None:
+        return f"{value!r} is no device; valid: auto, cpu, cuda, cuda:N"
+    index = value.partition(":")[2]
+    if not torch.cuda.is_available():
+        return f"{value!r}: no CUDA device is visible; valid: auto, cpu"
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        return (f"{value!r}: only {count} CUDA device{'s' if count > 1 else ''} visible; "
+                f"valid: auto, cpu, cuda, cuda:0 to cuda:{count - 1}")
+    return None
+
+
+def run_device(value: str) -> str:
+    """The device a resolved ``--device`` value names, as torch spells it: ``auto`` is
+    ``cuda`` when a CUDA device is visible, else ``cpu``."""
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
 
 
 def check_plugin_names(c: TrainConfig) -> None:
