@@ -29,9 +29,19 @@ Vote is Communication Efficient and Fault Tolerant", ICLR 2019, Algorithm 1 with
 momentum), so a run with this hook trains as the engine does. The momentum is kept per
 parameter: a bucket's momentum is the concatenation of its parameters' (in the bucket's
 order), so when DDP rebuilds its buckets each parameter keeps its own momentum, whatever
-bucket it lands in. The exchange is synchronous: the hook returns a completed future, so
-communication does not overlap the rest of the backward pass. See
-``examples/ddp_signum.py``.
+bucket it lands in.
+
+The exchange overlaps the rest of the backward pass, as PyTorch's PowerSGD hook does: the
+hook computes the bucket's message, all-gathers the frames' 4-byte headers (the zero
+counts, which size the payloads), launches the all-gather of the bits and zero payloads
+with ``async_op=True`` and returns ``work.get_future().then(decode_and_vote)``; DDP goes on
+computing the next buckets' gradients while the bits travel, and the vote is taken in the
+callback, which issues no collective (a collective issued from gloo's completion thread
+could deadlock or reorder the ranks' collectives). On NCCL the buffers on the wire are on
+the gradient's GPU; on gloo on the CPU. :func:`synchronous_signum_vote_hook` is the
+previous, blocking hook (the whole exchange before returning a completed future), kept as
+the reference the overlapping one is tested against: the two give bit-identical
+parameters. See ``examples/ddp_signum.py``.
 """
 
 # No ``from __future__ import annotations``: DDP checks the hook's annotations at run time.
@@ -112,7 +122,8 @@ def bucket_momentum(state: SignumVoteState, bucket: dist.GradBucket, like: Tenso
     params = bucket.parameters()
     if not state.momenta:
         return None
-    parts = [state.momenta.get(id(p), torch.zeros(p.numel(), dtype=like.dtype)).reshape(-1)
+    parts = [state.momenta.get(id(p), torch.zeros(p.numel(), dtype=like.dtype,
+                                                     device=like.device)).reshape(-1)
              for p in params]
     return torch.cat(parts).reshape(1, -1)
 
@@ -125,9 +136,44 @@ def store_momentum(state: SignumVoteState, bucket: dist.GradBucket, momentum: Te
         offset += p.numel()
 
 
+def wire_device(group: dist.ProcessGroup | None, grads: Tensor) -> torch.device:
+    """Where the hook's collectives move their buffers: the gradient's GPU under NCCL, the
+    CPU under any other backend (gloo's all-gather takes CPU tensors)."""
+    return grads.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+
+
 def signum_vote_hook(state: SignumVoteState, bucket: dist.GradBucket
                      ) -> torch.futures.Future[Tensor]:
-    """Replace the bucket's all-reduce by Signum with majority vote (module docstring)."""
+    """Replace the bucket's all-reduce by Signum with majority vote, overlapping the
+    exchange with the rest of the backward pass (module docstring)."""
+    message, exchange = _bucket_message(state, bucket)
+    grads = bucket.buffer()
+    pending = exchange.start_vote(message)
+
+    def decode_and_vote(_: torch.futures.Future) -> Tensor:
+        vote, _state = exchange.finish_vote(pending)
+        return vote.to(grads.dtype).reshape(grads.shape)
+
+    return pending.work.get_future().then(decode_and_vote)
+
+
+def synchronous_signum_vote_hook(state: SignumVoteState, bucket: dist.GradBucket
+                                 ) -> torch.futures.Future[Tensor]:
+    """The blocking form of :func:`signum_vote_hook`: the whole exchange
+    (``Exchange.__call__``) before it returns a completed future; the same parameters, bit
+    for bit, without the overlap."""
+    message, exchange = _bucket_message(state, bucket)
+    grads = bucket.buffer()
+    vote, _ = exchange(message)
+    future: torch.futures.Future[Tensor] = torch.futures.Future()
+    future.set_result(vote.to(grads.dtype).reshape(grads.shape))
+    return future
+
+
+def _bucket_message(state: SignumVoteState, bucket: dist.GradBucket
+                    ) -> tuple[Tensor, protocol.Exchange]:
+    """This rank's message ``[d]`` for the bucket (the rule, then its attack when
+    Byzantine; the momentum kept, the step counted) and the exchange to send it by."""
     group = state.process_group
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     grads = bucket.buffer()
@@ -144,8 +190,6 @@ def signum_vote_hook(state: SignumVoteState, bucket: dist.GradBucket
     if bucket.is_last():
         state.step += 1
     exchange = protocol.Exchange("peer", rank, world, flat.shape[1], True, state._vote,
-                                 state.traffic, group)
-    vote, _ = exchange(messages[0])
-    future: torch.futures.Future[Tensor] = torch.futures.Future()
-    future.set_result(vote.to(grads.dtype).reshape(grads.shape))
-    return future
+                                 state.traffic, group, home=grads.device,
+                                 wire=wire_device(group, grads))
+    return messages[0], exchange

@@ -43,6 +43,7 @@ signvote train --engine dist ...`` with ``N * P`` the process count.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -120,6 +121,41 @@ def rank_of(worker: int, layout: str) -> int:
     return worker + 1 if layout == "server" else worker
 
 
+def rank_device(device: str, local_rank: int, gpus: int) -> str:
+    """The device of the rank with ``LOCAL_RANK`` ``local_rank`` on a machine with ``gpus``
+    visible GPUs, for a resolved ``--device``: ``cpu``; ``cuda`` (and ``auto`` with a GPU)
+    one GPU per rank, ``cuda:(local_rank % gpus)``, so ranks share GPUs when there are
+    more of them than GPUs; ``cuda:N`` that GPU for every rank."""
+    if device == "cpu" or (device == "auto" and gpus == 0):
+        return "cpu"
+    if device in ("auto", "cuda"):
+        if gpus == 0:
+            raise ConfigError("--device cuda: no CUDA device is visible; valid: auto, cpu")
+        return f"cuda:{local_rank % gpus}"
+    return device
+
+
+def choose_backend(backend: str, device: str, local_world: int, gpus: int) -> str:
+    """The torch.distributed backend for a resolved ``--device`` with ``local_world`` ranks
+    on a machine with ``gpus`` visible GPUs. The ranks have a GPU each when the device is
+    ``cuda`` (or ``auto`` with a GPU) and ``local_world <= gpus``, or when one rank runs on
+    ``cuda:N``. ``auto`` is nccl then, else gloo: NCCL refuses two ranks on one GPU
+    ("Duplicate GPU detected"), and ranks sharing a GPU compute on it and exchange CPU
+    copies of their frames over gloo. ``nccl`` is refused (:class:`ConfigError`) unless
+    every rank has a GPU of its own."""
+    shared = device not in ("auto", "cuda", "cpu") and local_world > 1  # cuda:N for all
+    own_gpu = (device != "cpu" and gpus > 0 and local_world <= gpus and not shared)
+    if backend == "auto":
+        return "nccl" if own_gpu else "gloo"
+    if backend == "nccl" and not own_gpu:
+        raise ConfigError(
+            f"--backend nccl needs a GPU of its own for each rank; this machine runs "
+            f"{local_world} rank(s) on {gpus} GPU(s) with --device {device}; valid: "
+            f"--backend gloo or auto, or at most {gpus} rank(s) per machine with --device "
+            f"cuda")
+    return backend
+
+
 # --- the launcher ----------------------------------------------------------------------
 
 
@@ -139,7 +175,11 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // world_size(c))
     _quiet_elastic_logs()
     try:
-        with scoped_environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads))):
+        # TORCH_NCCL_BLOCKING_WAIT: under NCCL a rank waiting past --dist-timeout raises (the
+        # one-line message) instead of being torn down by NCCL's watchdog; gloo ignores it
+        with scoped_environment(
+                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)),
+                TORCH_NCCL_BLOCKING_WAIT=os.environ.get("TORCH_NCCL_BLOCKING_WAIT", "1")):
             elastic_launch(launch_config, sys.executable)("-m", "signvote", *argv)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
@@ -181,7 +221,12 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
     """Run this process's rank (RANK, WORLD_SIZE, MASTER_ADDR/PORT from torchrun); returns
     the run's result on rank 0, None on the others."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    setup = prepare(config, engine="dist")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = rank_device(config.device, local_rank, gpus)
+    backend = choose_backend(config.backend, config.device, local_world, gpus)
+    setup = prepare(dataclasses.replace(config, device=device), engine="dist")
     c = setup.config
     if world != world_size(c):
         server = " and the server" if c.layout == "server" else ""
@@ -193,8 +238,13 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
     try:
         # the ranks start at different times: wait for them longer than for a step
         store = attempt_store(rank, world, max(timeout, STARTUP_TIMEOUT))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                                timeout=timeout)
+        if backend == "nccl":  # object collectives and barriers use the current device
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", store=store, rank=rank, world_size=world,
+                                    timeout=timeout, device_id=torch.device(device))
+        else:
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                    timeout=timeout)
     except RuntimeError as exc:
         if not is_communication_failure(exc):
             raise
@@ -202,7 +252,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
     try:
         with (torch_threads(run_threads(c.threads, setup.layout.dim)),
               run_rng(setup.rng_state)):
-            return _Rank(setup, rank, world).run(progress and rank == 0)
+            return _Rank(setup, rank, world, backend).run(progress and rank == 0)
     except RuntimeError as exc:
         if isinstance(exc, DistError) or not is_communication_failure(exc):
             raise  # a bug (a shape, a dtype) surfaces as what it is, with its traceback
@@ -253,9 +303,15 @@ def describe_failure(exc: BaseException, rank: int, timeout: float) -> str:
 class _Rank:
     """One process of a distributed run: its role, its state, its training loop."""
 
-    def __init__(self, setup: RunSetup, rank: int, world: int) -> None:
+    def __init__(self, setup: RunSetup, rank: int, world: int, backend: str = "gloo") -> None:
         c = setup.config
         self.setup, self.c, self.rank, self.world = setup, c, rank, world
+        self.backend = backend
+        # where this rank computes (the parameters' device), and where its collectives'
+        # buffers live: that GPU under NCCL, the CPU under gloo
+        self.home = setup.x.device
+        self.wire = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
+                     else torch.device("cpu"))
         self.plan = setup.plan
         self.worker = worker_of(rank, c.layout)
         self.workers = None if self.worker is None else [self.worker]
@@ -263,7 +319,7 @@ class _Rank:
         self.side_traffic = protocol.Traffic()  # honest rows sent to the coalition
         self.exchange = protocol.Exchange(c.layout, rank, world, setup.layout.dim,
                                           setup.rule.capabilities.sends_signs, setup.aggregator,
-                                          self.traffic)
+                                          self.traffic, home=self.home, wire=self.wire)
         self.byzantine = self.worker is not None and bool(self.plan.byzantine_mask[self.worker])
         attack = self.plan.message_attack
         self.message_attack = attack is not None
@@ -295,26 +351,27 @@ class _Rank:
         leader = self.coalition_ranks[0]
         is_leader = self.rank == leader
         matrix = None
+        wire = self.wire
         if self.omniscient:  # every worker's row goes to the coalition first
-            rows = [torch.empty(d) for _ in range(n)] if is_leader else None
-            dist.gather(row.contiguous(), rows, dst=leader, group=self.workers_group)
+            rows = [torch.empty(d, device=wire) for _ in range(n)] if is_leader else None
+            dist.gather(row.to(wire).contiguous(), rows, dst=leader, group=self.workers_group)
             if not is_leader:
                 self.side_traffic.add(sent=4 * d)
             if not self.byzantine:
                 return row
             if is_leader:
-                matrix = torch.stack(rows)
+                matrix = torch.stack(rows).to(self.home)
         elif not self.byzantine:
             return row
         else:
             size = len(self.coalition_ranks)
-            rows = [torch.empty(d) for _ in range(size)] if is_leader else None
-            dist.gather(row.contiguous(), rows, dst=leader, group=self.coalition)
+            rows = [torch.empty(d, device=wire) for _ in range(size)] if is_leader else None
+            dist.gather(row.to(wire).contiguous(), rows, dst=leader, group=self.coalition)
             if not is_leader:
                 self.side_traffic.add(sent=4 * d)
             if is_leader:
-                matrix = torch.zeros(n, d)
-                matrix[self.plan.byzantine_mask] = torch.stack(rows)
+                matrix = torch.zeros(n, d, device=self.home)
+                matrix[self.plan.byzantine_mask.to(self.home)] = torch.stack(rows).to(self.home)
         scatter = None
         if is_leader:
             # in the server layout this copy of the aggregator's state is the leader's own
@@ -325,11 +382,11 @@ class _Rank:
             if crafted.shape != matrix.shape:
                 raise DistError(f"rank {self.rank}: attack {self.c.attack} returned messages "
                                 f"of shape {tuple(crafted.shape)}; valid: {tuple(matrix.shape)}")
-            scatter = [crafted[w].contiguous().to(torch.float32)
+            scatter = [crafted[w].to(wire, torch.float32).contiguous()
                        for w in torch.nonzero(self.plan.byzantine_mask).flatten().tolist()]
-        out = torch.empty(d)
+        out = torch.empty(d, device=wire)
         dist.scatter(out, scatter, src=leader, group=self.coalition)
-        return out
+        return out.to(self.home)
 
     # -- one step -----------------------------------------------------------------------
     def step(self, x: Tensor, inputs: Tensor | None, targets: Tensor | None, lr: float,
@@ -373,6 +430,11 @@ class _Rank:
         }
 
     def _restore(self, local: dict[str, Any]) -> tuple[EpochStats, dict[str, int]]:
+        """Take back this rank's state from a checkpoint (CPU tensors): the rule state,
+        buffers, aggregator state and statistics onto the home device; the generators'
+        states stay CPU byte tensors, as ``set_state`` takes them."""
+        local = {**local, **{key: on_device(local[key], self.home) for key in
+                             ("rule_state", "buffers", "aggregator_state", "epoch")}}
         self.rule_state = local["rule_state"]
         self.buffers = None if local["buffers"] is None else WorkerBuffers(*local["buffers"])
         self.rule_generators[0].set_state(local["rule_generator"])
@@ -387,11 +449,12 @@ class _Rank:
     def _save(self, out: Path, step: int, x: Tensor, metrics: list, epoch_stats: EpochStats,
               epoch_bytes: dict[str, int], elapsed: float) -> None:
         states = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(self._local_state(epoch_stats, epoch_bytes), states, dst=0)
+        dist.gather_object(on_cpu(self._local_state(epoch_stats, epoch_bytes)), states, dst=0)
         if self.rank == 0:
             buffer = io.BytesIO()
             torch.save({"config": trajectory_key(self.c), "world": self.world, "step": step,
-                        "x": x, "metrics": metrics, "ranks": states, "elapsed": elapsed,
+                        "x": on_cpu(x), "metrics": on_cpu(metrics), "ranks": states,
+                        "elapsed": elapsed,
                         "rng_state": torch.get_rng_state()}, buffer)
             runs.atomic_write_bytes(out / CHECKPOINT, buffer.getvalue())
 
@@ -408,7 +471,7 @@ class _Rank:
             path = out / CHECKPOINT
             if path.exists() and found[1] is None:
                 try:  # tensors and plain data only: nothing in it is unpickled as code
-                    ckpt = torch.load(path, weights_only=True)
+                    ckpt = torch.load(path, weights_only=True, map_location="cpu")
                 except Exception as exc:  # an unreadable checkpoint: start over
                     print(f"signvote: ignoring unreadable {path}: {exc}", file=sys.stderr)
                     ckpt = None
@@ -435,7 +498,7 @@ class _Rank:
         epoch_stats, epoch_bytes = EpochStats(), _no_bytes()
         elapsed = 0.0
         if ckpt is not None:
-            x, step, metrics = ckpt["x"], ckpt["step"], ckpt["metrics"]
+            x, step, metrics = ckpt["x"].to(self.home), ckpt["step"], ckpt["metrics"]
             epoch_stats, epoch_bytes = self._restore(ckpt["ranks"][self.rank])
             elapsed = ckpt["elapsed"]
             torch.set_rng_state(ckpt["rng_state"])
@@ -488,7 +551,7 @@ class _Rank:
             return None
         summary = finish_summary(s.summary, metrics, step, t0, diverged)
         summary.update(self._traffic_summary(totals, step))
-        summary.update({"layout": c.layout, "world_size": self.world, "backend": "gloo",
+        summary.update({"layout": c.layout, "world_size": self.world, "backend": self.backend,
                         "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
                         "resumed_from_step": resumed_from})
         write_results(out, s, x, summary, buffers)
@@ -502,7 +565,7 @@ class _Rank:
         if not self.setup.batched.buffer_layout:
             return None
         mine = (None if self.buffers is None
-                else (self.worker, self.buffers.floats, self.buffers.counts))
+                else on_cpu((self.worker, self.buffers.floats, self.buffers.counts)))
         gathered = [None] * self.world if self.rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
         if self.rank != 0:
@@ -517,7 +580,8 @@ class _Rank:
         training diverged."""
         mine = None
         if self.worker is not None:
-            mine = {"stats": stats.to_dict() if not self.byzantine else None, **epoch_bytes}
+            mine = on_cpu({"stats": stats.to_dict() if not self.byzantine else None,
+                           **epoch_bytes})
         gathered = [None] * self.world if self.rank == 0 else None
         dist.gather_object(mine, gathered, dst=0)
         buffers = self._all_buffers()
@@ -571,6 +635,24 @@ class _Rank:
                 os.kill(os.getpid(), signal.SIGKILL)
             while True:  # hang
                 time.sleep(3600)
+
+
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (in dicts, lists and tuples) copied to the CPU: what
+    rank 0 pickles, gathers and saves. A CPU tensor is returned itself (no copy)."""
+    return on_device(value, torch.device("cpu"))
+
+
+def on_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (in dicts, lists and tuples) on ``device``; a new
+    container, the input unchanged."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: on_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_device(v, device) for v in value)
+    return value
 
 
 def _no_bytes() -> dict[str, int]:

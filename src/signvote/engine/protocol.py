@@ -24,6 +24,13 @@ Two layouts:
   frame, then (when any row has zeros) every zero payload, padded to the largest, and
   aggregates itself. The mean of fp32 rows is an all-reduce, as DDP does.
 
+Devices: a rank's messages and aggregate live on its ``home`` device (where it computes),
+the buffers on the wire on its ``wire`` device: the rank's GPU under NCCL, the CPU under
+gloo (gloo's collectives other than broadcast and all-reduce take CPU tensors only). The
+frames are encoded and decoded on the CPU (numpy), so a GPU rank copies its row to the host
+once a step and its aggregate back; on the CPU every copy is a no-op and every byte and
+number is what it was before devices existed.
+
 Every size follows from ``d``, the rule and the frames' zero counts, which every receiver
 reads before it posts a receive. A frame is checked on arrival: a zero count outside
 ``[0, d]`` is clamped, indices outside ``[0, d)`` are dropped, bits beyond ``d`` and
@@ -94,7 +101,7 @@ def zeros_bytes(zeros: int, dim: int) -> int:
 def encode_signs(row: Tensor) -> tuple[Tensor, Tensor | None]:
     """The frame ``[4 + B]`` uint8 of a message row ``[d]`` and its zero payload
     (:func:`zeros_bytes`; None when the row has no zeros and only the frame travels)."""
-    m = row.detach().reshape(-1).to(torch.float32).numpy()
+    m = row.detach().reshape(-1).to(torch.float32).cpu().numpy()
     positive, negative = m > 0, m < 0
     zeros = m.size - np.count_nonzero(positive) - np.count_nonzero(negative)
     header = np.array([zeros], dtype="<i4").view(np.uint8)
@@ -201,16 +208,20 @@ class Exchange:
         aggregator: the aggregator, on the ranks that aggregate (the server; every peer).
         traffic: the counter this rank's bytes are added to.
         group: the process group (``rank`` and ``world`` within it; None: the default).
+        home: the device of this rank's messages, aggregate and aggregator state.
+        wire: the device of the buffers the collectives move (the GPU under NCCL).
     """
 
     def __init__(self, layout: str, rank: int, world: int, dim: int, sends_signs: bool,
                  aggregator: Aggregator, traffic: Traffic,
-                 group: dist.ProcessGroup | None = None) -> None:
+                 group: dist.ProcessGroup | None = None, *,
+                 home: torch.device | str = "cpu", wire: torch.device | str = "cpu") -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         self.layout, self.rank, self.world, self.dim = layout, rank, world, dim
         self.sends_signs, self.aggregator, self.traffic = sends_signs, aggregator, traffic
         self.group = group
+        self.home, self.wire = torch.device(home), torch.device(wire)
         self.workers = world - 1 if layout == "server" else world
         self.frame = frame_bytes(dim)
         self.returns_signs = aggregator.capabilities.returns_signs
@@ -231,20 +242,23 @@ class Exchange:
             if self.rank == 0:
                 v, state = self._gather_at_server(state)
                 self._broadcast_result(v)
-                return v, state
+                return v.to(self.home), state
             self._send_to_server(row)
-            return self._broadcast_result(None), state
-        return self._peer(row, state)
+            return self._broadcast_result(None).to(self.home), state
+        v, state = self._peer(row, state)
+        return v.to(self.home), state
 
     # -- aggregation ------------------------------------------------------------------
     def _aggregate(self, rows: Tensor, state: State) -> tuple[Tensor, State]:
-        """The aggregate of fp32 rows ``[n, d]``."""
-        return self.aggregator.apply(rows, state)
+        """The aggregate of fp32 rows ``[n, d]``, on the home device."""
+        return self.aggregator.apply(rows.to(self.home), state)
 
     def _aggregate_frames(self, frames: Tensor, payloads: list[Tensor | None],
                           state: State) -> tuple[Tensor, State]:
         """The aggregate of sign frames: the vote straight from the bits (an aggregator
         whose ``reduction`` is ``vote``), or the aggregator on the decoded ternary rows."""
+        frames = frames.cpu()
+        payloads = [None if p is None else p.cpu() for p in payloads]
         if self.reduction == "vote":
             return vote_from_frames(frames, payloads, self.dim).to(torch.float32), state
         return self._aggregate(
@@ -254,32 +268,34 @@ class Exchange:
     def _send_to_server(self, row: Tensor) -> None:
         if self.sends_signs:
             frame, payload = encode_signs(row)
-            dist.gather(frame, None, dst=0)
+            dist.gather(frame.to(self.wire), None, dst=0)
             self.traffic.add(sent=self.frame)
             if payload is not None:
-                dist.send(payload, 0)
+                dist.send(payload.to(self.wire), 0)
                 self.traffic.add(sent=payload.numel())
         else:
-            dist.gather(row.to(torch.float32).contiguous(), None, dst=0)
+            dist.gather(row.to(self.wire, torch.float32).contiguous(), None, dst=0)
             self.traffic.add(sent=4 * self.dim)
 
     def _gather_at_server(self, state: State) -> tuple[Tensor, State]:
         """The server's aggregate of the workers' messages."""
         n = self.workers
         if not self.sends_signs:
-            rows = [torch.empty(self.dim) for _ in range(self.world)]
-            dist.gather(torch.zeros(self.dim), rows, dst=0)
+            rows = [torch.empty(self.dim, device=self.wire) for _ in range(self.world)]
+            dist.gather(torch.zeros(self.dim, device=self.wire), rows, dst=0)
             self.traffic.add(received=4 * self.dim * n)
             return self._aggregate(torch.stack(rows[1:]), state)
-        frames = [torch.empty(self.frame, dtype=torch.uint8) for _ in range(self.world)]
-        dist.gather(torch.zeros(self.frame, dtype=torch.uint8), frames, dst=0)
+        frames = [torch.empty(self.frame, dtype=torch.uint8, device=self.wire)
+                  for _ in range(self.world)]
+        dist.gather(torch.zeros(self.frame, dtype=torch.uint8, device=self.wire), frames, dst=0)
         self.traffic.add(received=self.frame * n)
-        stacked = torch.stack(frames[1:])
+        stacked = torch.stack(frames[1:]).cpu()
         payloads: list[Tensor | None] = []
         for i, zeros in enumerate(zero_counts(stacked, self.dim)):
             payload = None
             if zeros:
-                payload = torch.empty(zeros_bytes(zeros, self.dim), dtype=torch.uint8)
+                payload = torch.empty(zeros_bytes(zeros, self.dim), dtype=torch.uint8,
+                                      device=self.wire)
                 dist.recv(payload, i + 1)
                 self.traffic.add(received=payload.numel())
             payloads.append(payload)
@@ -291,21 +307,28 @@ class Exchange:
         if self.returns_signs:
             if root:
                 frame, payload = encode_signs(v)
+                frame = frame.to(self.wire)
+                payload = None if payload is None else payload.to(self.wire)
             else:
-                frame, payload = torch.empty(self.frame, dtype=torch.uint8), None
+                frame = torch.empty(self.frame, dtype=torch.uint8, device=self.wire)
+                payload = None
             dist.broadcast(frame, 0)
             self._count_broadcast(self.frame, others)
+            frame = frame.cpu()
             zeros = zero_counts(frame.unsqueeze(0), self.dim)[0]
             if zeros:
                 if payload is None:
-                    payload = torch.empty(zeros_bytes(zeros, self.dim), dtype=torch.uint8)
+                    payload = torch.empty(zeros_bytes(zeros, self.dim), dtype=torch.uint8,
+                                          device=self.wire)
                 dist.broadcast(payload, 0)
                 self._count_broadcast(payload.numel(), others)
             if root:
                 return v
-            return packing.unpack_signs(decode_signs(frame.unsqueeze(0), [payload],
-                                                     self.dim))[0]
-        out = v.to(torch.float32).contiguous() if root else torch.empty(self.dim)
+            return packing.unpack_signs(decode_signs(
+                frame.unsqueeze(0), [None if payload is None else payload.cpu()],
+                self.dim))[0]
+        out = (v.to(self.wire, torch.float32).contiguous() if root
+               else torch.empty(self.dim, device=self.wire))
         dist.broadcast(out, 0)
         self._count_broadcast(4 * self.dim, others)
         return out
@@ -326,7 +349,7 @@ class Exchange:
 
     def _peer(self, row: Tensor, state: State) -> tuple[Tensor, State]:
         if not self.sends_signs:
-            row = row.to(torch.float32)
+            row = row.to(self.wire, torch.float32)
             if self.reduction in ("mean", "sum"):  # DDP's all-reduce
                 total = row.clone()
                 dist.all_reduce(total, group=self.group)
@@ -335,7 +358,7 @@ class Exchange:
                 return (total / self.world if self.reduction == "mean" else total), state
             return self._aggregate(self._all_gather(row.contiguous()), state)
         frame, payload = encode_signs(row)
-        frames = self._all_gather(frame)
+        frames = self._all_gather(frame.to(self.wire)).cpu()
         counts = zero_counts(frames, self.dim)
         width = max(zeros_bytes(z, self.dim) for z in counts)
         payloads: list[Tensor | None] = [None] * self.world
@@ -343,8 +366,56 @@ class Exchange:
             padded = torch.zeros(width, dtype=torch.uint8)
             if payload is not None:
                 padded[:payload.numel()] = payload
-            payloads = list(self._all_gather(padded))
+            payloads = list(self._all_gather(padded.to(self.wire)).cpu())
         return self._aggregate_frames(frames, payloads, state)
+
+    # -- the overlapping peer exchange (the DDP hook) ------------------------------------
+    def start_vote(self, row: Tensor) -> PendingVote:
+        """Launch the peer exchange of a sign row and return at once (the DDP hook's
+        overlap): the frames' headers (the zero counts, 4 bytes a rank) are all-gathered
+        first, synchronously, so that every rank knows the payload width; then the bits
+        and the zero payloads, padded to that width, in one asynchronous all-gather
+        (``async_op=True``). :meth:`finish_vote` aggregates once it has completed. Bytes
+        and result are :meth:`__call__`'s (peer layout): the same frames and payloads."""
+        if self.layout != "peer" or not self.sends_signs:
+            raise ValueError(f"start_vote is the peer layout's sign exchange; this one is "
+                             f"layout {self.layout}, sends_signs {self.sends_signs}")
+        frame, payload = encode_signs(row)
+        headers = self._all_gather(frame[:HEADER].to(self.wire)).cpu()
+        width = max(zeros_bytes(z, self.dim) for z in zero_counts(headers, self.dim))
+        bits = self.frame - HEADER
+        body = torch.zeros(bits + width, dtype=torch.uint8)
+        body[:bits] = frame[HEADER:]
+        if payload is not None:
+            body[bits:bits + payload.numel()] = payload
+        body = body.to(self.wire)
+        out = [torch.empty_like(body) for _ in range(self.world)]
+        work = dist.all_gather(out, body, group=self.group, async_op=True)
+        size = body.numel() * (self.world - 1)
+        self.traffic.add(sent=size, received=size)
+        return PendingVote(work, out, headers, width)
+
+    def finish_vote(self, pending: PendingVote, state: State = None) -> tuple[Tensor, State]:
+        """The aggregate ``[d]`` (home device) of a completed :meth:`start_vote`."""
+        bodies = torch.stack(pending.bodies).cpu()
+        bits = self.frame - HEADER
+        frames = torch.cat([pending.headers, bodies[:, :bits]], dim=1)
+        payloads: list[Tensor | None] = (list(bodies[:, bits:]) if pending.width
+                                         else [None] * self.world)
+        v, state = self._aggregate_frames(frames, payloads, state)
+        return v.to(self.home), state
+
+
+@dataclass
+class PendingVote:
+    """A launched :meth:`Exchange.start_vote`: the all-gather's work, its output buffers
+    (each rank's bits then its zero payload, padded to ``width``), and the gathered
+    headers ``[world, 4]`` (CPU)."""
+
+    work: dist.Work
+    bodies: list[Tensor]
+    headers: Tensor
+    width: int
 
 
 def fp32_allreduce_bytes(dim: int, world: int) -> int:
