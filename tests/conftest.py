@@ -74,3 +74,13 @@ def run_bounded():
         return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``gpu`` is skipped, with the reason, where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
