@@ -43,7 +43,6 @@ signvote train --engine dist ...`` with ``N * P`` the process count.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import signal
@@ -226,7 +225,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = rank_device(config.device, local_rank, gpus)
     backend = choose_backend(config.backend, config.device, local_world, gpus)
-    setup = prepare(dataclasses.replace(config, device=device), engine="dist")
+    setup = prepare(config, engine="dist", device=device)
     c = setup.config
     if world != world_size(c):
         server = " and the server" if c.layout == "server" else ""
@@ -251,7 +250,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> RunResult | None:
         raise DistError(describe_failure(exc, rank, c.dist_timeout)) from None
     try:
         with (torch_threads(run_threads(c.threads, setup.layout.dim)),
-              run_rng(setup.rng_state)):
+              run_rng(setup.rng_state, setup.x.device, c.seed)):
             return _Rank(setup, rank, world, backend).run(progress and rank == 0)
     except RuntimeError as exc:
         if isinstance(exc, DistError) or not is_communication_failure(exc):
@@ -333,8 +332,8 @@ class _Rank:
         self.coalition = (dist.new_group(self.coalition_ranks,
                                          timeout=timedelta(seconds=c.dist_timeout))
                           if self.message_attack else None)
-        self.attack_generator = attack_generator(c.seed)
-        self.rule_generators = coin_generators(c.seed, [self.worker or 0])
+        self.attack_generator = attack_generator(c.seed, self.home)
+        self.rule_generators = coin_generators(c.seed, [self.worker or 0], self.home)
         self.augment = (None if self.worker is None  # this worker's own stream only
                         else augmenter(c, setup.data, self.workers))
         self.rule_state: Tensor | None = None
