@@ -88,10 +88,10 @@ def shifted_gram(messages: Tensor, reference: Tensor, extra: Tensor | None = Non
     block of :data:`SHIFT_WIDTH` coordinates at a time, summed in float64."""
     n, d = messages.shape
     rows = n + (extra is not None)
-    g = torch.zeros(rows, rows, dtype=torch.float64)
+    g = torch.zeros(rows, rows, dtype=torch.float64, device=messages.device)
     for start in range(0, d, SHIFT_WIDTH):
         stop = min(start + SHIFT_WIDTH, d)
-        block = torch.empty(rows, stop - start, dtype=messages.dtype)
+        block = torch.empty(rows, stop - start, dtype=messages.dtype, device=messages.device)
         torch.sub(messages[:, start:stop], reference[start:stop], out=block[:n])
         if extra is not None:
             block[n] = extra[start:stop]
@@ -172,8 +172,8 @@ def combine(weights: Tensor, messages: Tensor) -> Tensor:
 
 def subset_mean(rows: Tensor | list[int], messages: Tensor) -> Tensor:
     """The mean ``[d]`` of the chosen ``rows`` of ``messages``, by :func:`combine`."""
-    index = torch.as_tensor(rows, dtype=torch.long)
-    weights = torch.zeros(messages.shape[0], dtype=torch.float64)
+    index = torch.as_tensor(rows, dtype=torch.long, device=messages.device)
+    weights = torch.zeros(messages.shape[0], dtype=torch.float64, device=messages.device)
     weights[index] = 1.0 / index.numel()
     return combine(weights, messages)
 
@@ -247,7 +247,7 @@ class RobustAggregator(AggregatorBase):
         median when fewer rows remain than the rule needs, zeros when none remain: the
         state is then kept as it was); ``g`` their Gram matrix if already computed."""
         if messages.shape[0] == 0:
-            return torch.zeros(messages.shape[1], dtype=messages.dtype), state
+            return messages.new_zeros(messages.shape[1]), state
         if messages.shape[0] < self.min_workers(f):
             return coordinate_median(messages), state
         if self.uses_gram and g is None:

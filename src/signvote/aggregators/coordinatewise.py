@@ -97,12 +97,12 @@ def order_bounds(messages: Tensor, k: int) -> Tensor:
     """
     n, d = messages.shape
     width = max(BOUNDS_BYTES // (2 * k * messages.element_size()), 1024)
-    out = torch.empty(k, 2, d, dtype=messages.dtype)
+    out = messages.new_empty(k, 2, d)
     for start in range(0, d, width):
         block = messages[:, start:start + width]
         both = torch.stack([block, -block], dim=1)  # [n, 2, w]
-        top = torch.full((k, 2, block.shape[1]), -torch.inf, dtype=messages.dtype)
-        pushed = torch.empty(max(k - 1, 1), 2, block.shape[1], dtype=messages.dtype)
+        top = messages.new_full((k, 2, block.shape[1]), -torch.inf)
+        pushed = messages.new_empty(max(k - 1, 1), 2, block.shape[1])
         for i in range(n):
             x = both[i:i + 1]
             if k > 1:
@@ -176,7 +176,7 @@ def mean_around_median(columns: Tensor, keep: int) -> Tensor:
     med = median_of_sorted(columns)
     closer = (columns[keep:] - med).abs() < (columns[:n - keep] - med).abs()
     best = closer.sum(dim=0)
-    position = torch.arange(n).unsqueeze(1)
+    position = torch.arange(n, device=columns.device).unsqueeze(1)
     window = (position >= best) & (position < best + keep)
     return (columns * window).sum(dim=0) / keep
 

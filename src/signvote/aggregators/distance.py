@@ -28,8 +28,8 @@ def krum_scores(dist: Tensor, neighbours: int) -> Tensor:
     ``neighbours`` nearest other rows (``dist`` the squared distances; 0 neighbours: 0)."""
     n = dist.shape[0]
     if neighbours <= 0:
-        return torch.zeros(n, dtype=dist.dtype)
-    others = dist + torch.diag(torch.full((n,), torch.inf, dtype=dist.dtype))
+        return dist.new_zeros(n)
+    others = dist + torch.diag(dist.new_full((n,), torch.inf))
     return others.topk(neighbours, dim=1, largest=False).values.sum(dim=1)
 
 
@@ -45,7 +45,7 @@ def lowest(scores: Tensor, count: int, dist: Tensor | None = None) -> Tensor:
     """The indices of the ``count`` lowest scores. A tie goes to the row whose distances to
     all rows (``dist``) sum lower (so that the choice does not depend on the workers'
     order: with one neighbour, two mutual nearest rows tie), then to the lower index."""
-    order = torch.arange(scores.shape[0])
+    order = torch.arange(scores.shape[0], device=scores.device)
     if dist is not None:
         order = torch.sort(dist.sum(dim=1), stable=True).indices
     return order[torch.sort(scores[order], stable=True).indices[:count]]

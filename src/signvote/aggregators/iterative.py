@@ -22,7 +22,7 @@ def weiszfeld_weights(g: Tensor, nu: float, tol: float, iterations: int) -> Tens
     most ``tol * max(||z||, nu)`` or after ``iterations`` steps."""
     n = g.shape[0]
     sq = g.diagonal()
-    w = torch.full((n,), 1.0 / n, dtype=g.dtype)
+    w = g.new_full((n,), 1.0 / n)
     for _ in range(iterations):
         gw = g @ w
         dist = (sq - 2 * gw + w @ gw).clamp(min=0).sqrt()
@@ -78,7 +78,7 @@ def centered_clipping_weights(g: Tensor, tau: float, iterations: int) -> tuple[f
     ``||x_i - v||^2 = g_ii - 2 (g w)_i + w^T g w``."""
     n = g.shape[0]
     sq = g.diagonal()
-    c, w = 1.0, torch.zeros(n, dtype=g.dtype)
+    c, w = 1.0, g.new_zeros(n)
     for _ in range(iterations):
         gw = g @ w
         dist = (sq - 2 * gw + w @ gw).clamp(min=0).sqrt()
@@ -147,7 +147,7 @@ class CenteredClipping(RobustAggregator):
                         state: Tensor | None) -> tuple[Tensor, Tensor]:
         v0 = state
         if v0 is None or v0.shape != messages.shape[1:]:
-            v0 = torch.zeros(messages.shape[1], dtype=messages.dtype)
+            v0 = messages.new_zeros(messages.shape[1])
         v = centered_clipping(messages, v0, self.tau, self.iterations)
         return v, v
 
@@ -163,12 +163,13 @@ def caf_weights(g: Tensor, f: int) -> Tensor:
     :math:`\langle e, x_j - \mu_c \rangle = (G_c D^{1/2} u)_j / \sqrt{\lambda}`.
     """
     n = g.shape[0]
-    c = torch.ones(n, dtype=g.dtype)
-    ones = torch.ones(n, dtype=g.dtype)
+    c = g.new_ones(n)
+    ones = g.new_ones(n)
     best_w, best_eig = c / n, float("inf")
     while float(c.sum()) > n - 2 * f:
         w = c / c.sum()
-        centre = torch.eye(n, dtype=g.dtype) - torch.outer(ones, w)  # rows: e_i - w
+        eye = torch.eye(n, dtype=g.dtype, device=g.device)
+        centre = eye - torch.outer(ones, w)  # rows: e_i - w
         g_c = centre @ g @ centre.T
         root = w.sqrt()
         eigenvalues, eigenvectors = torch.linalg.eigh(root.unsqueeze(1) * g_c * root)

@@ -35,7 +35,7 @@ def nearest_neighbour_matrix(dist: Tensor, keep: int) -> Tensor:
     ties to the lower index)."""
     n = dist.shape[0]
     order = torch.sort(dist, dim=1, stable=True).indices[:, :keep]
-    w = torch.zeros(n, n, dtype=dist.dtype)
+    w = dist.new_zeros(n, n)
     return w.scatter_(1, order, 1.0 / keep)
 
 
@@ -102,10 +102,10 @@ class Bucketing(PreAggregatorBase):
         n = messages.shape[0]
         generator = torch.Generator()
         generator.set_state(state)
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(messages.device)  # n numbers
         buckets = self.output_rows(n)
-        w = torch.zeros(buckets, n, dtype=messages.dtype)
-        bucket = torch.arange(n) // self.s
+        w = messages.new_zeros(buckets, n)
+        bucket = torch.arange(n, device=messages.device) // self.s
         sizes = torch.bincount(bucket, minlength=buckets).to(messages.dtype)
         w[bucket, order] = 1.0 / sizes[bucket]
         return w @ messages, generator.get_state()
@@ -220,7 +220,7 @@ class Chain(AggregatorBase):
         rows, _, keep = well_formed(messages, self.f)
         dropped = 0 if keep is None else messages.shape[0] - rows.shape[0]
         if rows.shape[0] == 0:
-            return torch.zeros(messages.shape[1], dtype=messages.dtype), state
+            return messages.new_zeros(messages.shape[1]), state
         new_states = []
         for stage, stage_state in zip(self.stages, stage_states, strict=True):
             f = max((self.f if stage.f is None else stage.f) - dropped, 0)

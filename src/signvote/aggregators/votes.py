@@ -104,24 +104,27 @@ class WeightedMajorityVote(AggregatorBase):
         votes = ternary_votes(messages)
         n = votes.shape[0]
         if state is None or state[0].shape[0] != n:
-            state = (torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64),
-                     torch.zeros((), dtype=torch.int64))
+            device = votes.device
+            state = (torch.zeros(n, dtype=torch.float64, device=device),
+                     torch.zeros(n, dtype=torch.float64, device=device),
+                     torch.zeros((), dtype=torch.int64, device=device))
         agree, total = state[0], state[1]
         calls = int(state[2]) if len(state) > 2 else 0
         warming = calls < self.warmup
         if warming:
-            weights = torch.ones(n, dtype=torch.float64)
+            weights = torch.ones(n, dtype=torch.float64, device=votes.device)
         else:
             weights = llr_weights(agree, total)
             if not bool((weights != 0).any()):
-                weights = torch.ones(n, dtype=torch.float64)
+                weights = torch.ones(n, dtype=torch.float64, device=votes.device)
         decoded = torch.sign(weights.to(votes.dtype) @ votes)
         agreed, counted = agreement_counts(votes, decoded)
         agree = self.memory * agree + agreed
         total = self.memory * total + counted
         counts = (agree, total)
         if self.warmup:
-            counts += (torch.tensor(min(calls + 1, self.warmup), dtype=torch.int64),)
+            counts += (torch.tensor(min(calls + 1, self.warmup), dtype=torch.int64,
+                                    device=votes.device),)
         if warming:
             return decoded, counts
         return torch.sign(llr_weights(agree, total).to(votes.dtype) @ votes), counts
