@@ -240,6 +240,18 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     "torchrun --nnodes 2 --nproc-per-node 3 --rdzv-backend c10d --rdzv-endpoint HOST:29500 "
     "-m signvote train --engine dist --workers 5 --layout server --out runs/multi":
         Run("multi-node", append=" --epochs 1", process=True),
+    # several GPUs: the gpu tests run the engine and the hook on NCCL where CUDA is
+    ".venv/bin/signvote train --engine dist --device cuda --workers 3 --out runs/gpu":
+        Elsewhere("tests/test_nccl.py::test_ranks_sharing_a_gpu_use_gloo_and_both_layouts_agree",
+                  "the same command (a gpu test: skipped without CUDA) with --epochs 2"),
+    "torchrun --standalone --nproc-per-node 4 -m signvote train --engine dist --backend nccl "
+    "--device cuda --layout peer --workers 4 --out runs/gpu-peer":
+        Elsewhere("tests/test_nccl.py::test_nccl_equals_gloo_on_several_gpus",
+                  "the peer layout on NCCL with one rank per GPU (a gpu test: skipped "
+                  "without CUDA, and with fewer than 2 GPUs)"),
+    "torchrun --standalone --nproc-per-node 4 examples/ddp_signum.py --device cuda":
+        Elsewhere("tests/test_nccl.py::test_the_hook_on_nccl_equals_the_hook_on_gloo",
+                  "the same launch with one rank per GPU (a gpu test: skipped without CUDA)"),
     "python:from signvote.engine.ddp_hook import SignumVoteState, signum_vote_hook":
         Run("ddp-hook"),
     "torchrun --standalone --nproc-per-node 4 examples/ddp_signum.py --epochs 5": Elsewhere(

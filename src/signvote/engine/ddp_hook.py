@@ -97,20 +97,23 @@ class SignumVoteState:
                              f"its own message; valid: attacks of knowledge none or blind")
         self._attack = attack
         self._vote = aggregators.get("majority-vote")
-        self._generators: dict[int, torch.Generator] = {}
+        self._generators: dict[tuple[int, str], torch.Generator] = {}
 
-    def plan(self, world: int) -> AdversaryPlan:
+    def plan(self, world: int, device: torch.device | str = "cpu") -> AdversaryPlan:
         """The adversaries among ``world`` ranks: the Byzantine ranks run the attack on
-        their own message, the engines' blind stage."""
-        mask = torch.tensor([r in self.byzantine_ranks for r in range(world)])
-        return AdversaryPlan(mask, torch.zeros(world, dtype=torch.bool), self._attack)
+        their own message, the engines' blind stage (masks on the messages' ``device``)."""
+        mask = torch.tensor([r in self.byzantine_ranks for r in range(world)], device=device)
+        return AdversaryPlan(mask, torch.zeros(world, dtype=torch.bool, device=device),
+                             self._attack)
 
-    def generator(self, rank: int) -> torch.Generator:
-        """Rank ``rank``'s attack generator (its own stream)."""
-        if rank not in self._generators:
-            self._generators[rank] = torch.Generator().manual_seed(
+    def generator(self, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+        """Rank ``rank``'s attack generator (its own stream), on the messages' ``device``
+        (one per device: a rank's gradients stay on one)."""
+        key = (rank, str(torch.device(device)))
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(
                 self.seed + ATTACK_STREAM_STRIDE * rank)
-        return self._generators[rank]
+        return self._generators[key]
 
 
 def bucket_momentum(state: SignumVoteState, bucket: dist.GradBucket, like: Tensor
@@ -185,8 +188,9 @@ def _bucket_message(state: SignumVoteState, bucket: dist.GradBucket
     messages, momentum = state.rule.step(flat, bucket_momentum(state, bucket, flat))
     if momentum is not None:
         store_momentum(state, bucket, momentum)
-    ctx = attacks.AttackContext(state.step, state.generator(rank), sign_messages=True)
-    messages = state.plan(world).blind(messages, ctx, [rank])
+    ctx = attacks.AttackContext(state.step, state.generator(rank, flat.device),
+                                sign_messages=True)
+    messages = state.plan(world, flat.device).blind(messages, ctx, [rank])
     if bucket.is_last():
         state.step += 1
     exchange = protocol.Exchange("peer", rank, world, flat.shape[1], True, state._vote,
