@@ -1,4 +1,4 @@
-"""The distributed engine: one process per worker under torch.distributed (gloo).
+"""The distributed engine: one process per worker under torch.distributed (gloo or NCCL).
 
 Every worker rank runs the stages of ``engine/step.py`` on its own row::
 
@@ -33,6 +33,12 @@ restarted by torchrun, ``--max-restarts``) with a checkpoint of the same config 
 from it, so a killed worker costs the steps since the last checkpoint and changes nothing
 else. A rank that stops answering makes the others fail after ``--dist-timeout`` seconds
 with a message that says so.
+
+Devices: rank r computes on ``cuda:(LOCAL_RANK % GPUs)`` with ``--device cuda``
+(:func:`rank_device`); ``--backend auto`` is NCCL when every rank has a GPU of its own,
+else gloo (:func:`choose_backend`). Under NCCL the collectives move GPU tensors; every
+object gathered or saved (checkpoint states, statistics) goes through the CPU
+(:func:`on_cpu`), and a checkpoint is read onto each rank's device (:func:`on_device`).
 
 Launch: ``signvote train --engine dist ...`` starts the processes on this machine through
 torch's elastic launcher (torchrun's); on several machines run on each

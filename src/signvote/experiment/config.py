@@ -12,8 +12,9 @@ when its default depends on other fields, with the ``derive`` function that comp
 
 - ``trajectory``: what decides the parameters' path and the numbers of the run folder;
 - ``recorded``: what else the run measures into ``metrics.csv`` (``measure_theory``);
-- ``recovery``: how the distributed engine survives failures (``max_restarts``,
-  ``dist_timeout``, ``checkpoint_every``), which a resumed run may change;
+- ``recovery``: how the distributed engine communicates and survives failures
+  (``backend``, ``max_restarts``, ``dist_timeout``, ``checkpoint_every``), which a resumed
+  run may change;
 - ``output``: where the run reads and writes and what extra copies it logs (``out``,
   ``data_dir``, ``tensorboard``).
 
@@ -55,7 +56,8 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 ENGINES = ("sim", "dist")
 LAYOUTS = ("server", "peer")
 BACKENDS = ("auto", "gloo", "nccl")
-"""``--backend``: ``auto`` is nccl where the rank's device is a GPU, else gloo."""
+"""``--backend``: ``auto`` is nccl where every rank has a GPU of its own, else gloo
+(:func:`signvote.engine.dist.choose_backend`)."""
 
 TRAJECTORY = "trajectory"
 RECORDED = "recorded"
@@ -209,14 +211,15 @@ class TrainConfig:
                      "2^32 - 1]", check=Check(lambda v: 0 <= v <= SEED_MAX,
                                               f"must be a whole number in [0, {SEED_MAX}]"))
     engine: str = _opt("sim", "engine: sim (all workers in one process) or dist (one process "
-                       "per worker under torch.distributed, gloo; started here, or by "
+                       "per worker under torch.distributed, see --backend; started here, or by "
                        "torchrun on several machines)", ENGINES)
     layout: str = _opt("server", "--engine dist: server (rank 0 a trusted server that "
                        "aggregates, n + 1 processes) or peer (every worker aggregates, n "
                        "processes)", LAYOUTS)
-    backend: str = _opt("auto", "--engine dist: the torch.distributed backend: gloo (CPU or "
-                        "GPU tensors), nccl (one GPU per rank, cuda:LOCAL_RANK), or auto "
-                        "(nccl where the rank's device is a GPU, else gloo)", BACKENDS,
+    backend: str = _opt("auto", "--engine dist: the torch.distributed backend: gloo (ranks on "
+                        "CPUs, or sharing GPUs), nccl (a GPU of its own for each rank, "
+                        "cuda:LOCAL_RANK), or auto (nccl where every rank has a GPU of its "
+                        "own, else gloo); not part of the run's identity", BACKENDS,
                         section=RECOVERY)
     checkpoint_every: int | None = _opt(None, "--engine dist: write OUT/checkpoint.pt every "
                                         "this many steps (default: every epoch; 0: never)",
