@@ -173,6 +173,8 @@ def launch(config: TrainConfig, argv: list[str]) -> dict[str, Any]:
 
     c = prepare(config, engine="dist").config  # every check (data, model, batch) here, once
     check_overwrite(c)  # before any process starts
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    choose_backend(c.backend, c.device, world_size(c), gpus)  # nccl without a GPU per rank
     launch_config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=world_size(c), run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=c.max_restarts,
