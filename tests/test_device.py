@@ -118,7 +118,9 @@ class DeviceTaint(TorchFunctionMode):
         if generator is not None and (explicit or on) and id(generator) not in self.generators:
             self.mixed.append(f"{name}(a host generator)")
         out = func(*args, **kwargs)
-        if on or explicit:
+        if name == "cpu" and out is args[0]:  # on a GPU, a copy on the host
+            out = out.clone()
+        if (on or explicit) and name not in SYNCS:  # what a read returns is on the host
             for t in tree_flatten(out)[0]:
                 if isinstance(t, torch.Tensor):
                     self.mark(t)
@@ -226,11 +228,17 @@ def test_packing_in_torch_keeps_to_the_device():
     assert mode.mixed == [] and mode.syncs == []
 
 
-def test_a_simulator_step_on_device_inputs_mixes_no_host_tensor():
-    """One step of the simulator's data path (signum, a random attack, weighted vote) with
-    the parameters, batches, masks and generators marked as on the device."""
-    setup = prepare(TrainConfig(rule="signum", workers=7, byzantine=2, attack="random-sign",
-                                aggregator="weighted-majority-vote", epochs=1))
+@pytest.mark.parametrize(("options", "reads"), [
+    ({"byzantine": 2, "attack": "random-sign", "aggregator": "weighted-majority-vote"}, True),
+    ({"blind": 2, "aggregator": "majority-vote"}, False),
+    ({"rule": "stochastic-sign", "byzantine": 1, "attack": "crash"}, False),
+], ids=["random-sign-weighted-vote", "blind-vote", "stochastic-crash"])
+def test_a_simulator_step_on_device_inputs_mixes_no_host_tensor(options, reads):
+    """Two steps of the simulator's data path with the parameters, batches, masks and
+    generators marked as on the device: no host tensor is mixed in, and a step whose
+    rule, adversaries and aggregator read nothing on the host (HOST_READS) reads nothing
+    (the plan's masks are read once, on the host: ``AdversaryPlan.host_masks``)."""
+    setup = prepare(TrainConfig(**{"rule": "signum", "workers": 7, "epochs": 1, **options}))
     path = data_path(setup)
     inputs, targets = setup.walk(0)
     mode = DeviceTaint((path.generator, *path.rule_generators))
@@ -241,10 +249,15 @@ def test_a_simulator_step_on_device_inputs_mixes_no_host_tensor():
     xb, yb = mode.mark(inputs[:, :8]), mode.mark(targets[:, :8])
     with mode:
         state = path.initial_state()
-        for step in range(2):
-            x, state, _ = path.step(x, state, xb, yb, 0.01, step)
+        x, state, _ = path.step(x, state, xb, yb, 0.01, 0)
+        first = list(mode.syncs)
+        x, state, _ = path.step(x, state, xb, yb, 0.01, 1)
     assert mode.mixed == []
     assert mode.on(x)
+    later = mode.syncs[len(first):]
+    assert bool(later) == reads, later
+    if not reads:  # the first step reads the masks once (AdversaryPlan.host_masks)
+        assert first == ["cpu", "cpu"], first
 
 
 # --- the config field and the CPU path ---------------------------------------------------

@@ -21,6 +21,7 @@ things it advances.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor
 from signvote import contracts
 from signvote.aggregators.basic import ternary_votes
 from signvote.attacks import AttackContext
+from signvote.engine import fused
 from signvote.engine.gradients import (
     BatchedModel,
     Loss,
@@ -73,11 +75,17 @@ class AdversaryPlan:
         a = self.attack
         return a if a is not None and not a.capabilities.data_level else None
 
+    @functools.cached_property
+    def host_masks(self) -> tuple[Tensor, Tensor]:
+        """``(blind, byzantine)`` on the host, read once: which stages run is decided in
+        Python, and a device mask's ``any()`` would synchronise a GPU every step."""
+        return self.blind_mask.cpu(), self.byzantine_mask.cpu()
+
     @property
     def alters_messages(self) -> bool:
         """True when some adversary acts on messages (blind workers, or a coalition whose
         attack is not data-level)."""
-        return self.message_attack is not None or bool(self.blind_mask.any())
+        return self.message_attack is not None or bool(self.host_masks[0].any())
 
     @property
     def honest_mask(self) -> Tensor:
@@ -91,18 +99,16 @@ class AdversaryPlan:
         attack = self.data_attack
         if attack is None:
             return targets
-        mask = _rows(self.byzantine_mask, workers)
-        if not bool(mask.any()):
+        if not bool(_rows(self.host_masks[1], workers).any()):
             return targets
-        return attack.poison_targets(targets, mask, n_classes)
+        return attack.poison_targets(targets, _rows(self.byzantine_mask, workers), n_classes)
 
     def blind(self, messages: Tensor, ctx: AttackContext, workers: Workers = None) -> Tensor:
         """``messages[k, d]`` of ``workers`` after the blind workers among them have acted
         (they read only their own rows)."""
-        mask = _rows(self.blind_mask, workers)
-        if not bool(mask.any()):
+        if not bool(_rows(self.host_masks[0], workers).any()):
             return messages
-        return self.blind_attack(messages, mask, ctx)
+        return self.blind_attack(messages, _rows(self.blind_mask, workers), ctx)
 
     def coalition(self, messages: Tensor, ctx: AttackContext) -> Tensor:
         """All ``messages[n, d]`` after the Byzantine coalition's message attack (rows it
@@ -177,6 +183,8 @@ class DataPath:
         n_classes: the number of classes (None for regression), for data-level attacks.
         loss: the per-sample loss (None: the task's default,
             :func:`~signvote.engine.gradients.default_loss`).
+        compiled: ``--compile``: :meth:`step` runs the rule's signs, the vote and the
+            update as one compiled call where that is exact (``engine/fused.py``).
     """
 
     model: BatchedModel
@@ -189,6 +197,7 @@ class DataPath:
     rule_generators: Coins = None
     n_classes: int | None = None
     loss: Loss | None = None
+    compiled: bool = False
 
     def initial_state(self) -> StepState:
         """The state before the first step: every worker with the model's own buffers."""
@@ -199,8 +208,22 @@ class DataPath:
              step: int) -> tuple[Tensor, StepState, WorkerStep]:
         """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
         returns the new parameters, the new state and the workers' step statistics."""
+        if self.compiled and fused.applies(self.rule, self.aggregator,
+                                           self.plan.alters_messages):
+            return self._fused_step(x, state, inputs, targets, lr)
         x, state, honest, _ = self.step_observed(x, state, inputs, targets, lr, step)
         return x, state, honest
+
+    def _fused_step(self, x: Tensor, state: StepState, inputs: Tensor, targets: Tensor,
+                    lr: float) -> tuple[Tensor, StepState, WorkerStep]:
+        """:meth:`step` where :func:`fused.applies`: the gradients and the momentum eager,
+        then the vote of the signs and the update in one compiled call (bit-identical)."""
+        honest = worker_gradients(self.model, x, inputs,
+                                  self.plan.poison(targets, self.n_classes), self.task,
+                                  loss=self.loss, buffers=state.buffers)
+        source, rule_state = fused.rule_direction(self.rule, honest.grads, state.rule)
+        x = fused.vote_update(self.weight_decay)(source, x, fused.lr_tensor(lr, x))
+        return x, StepState(rule_state, state.aggregator, honest.buffers), honest
 
     def step_observed(self, x: Tensor, state: StepState, inputs: Tensor, targets: Tensor,
                       lr: float, step: int
