@@ -201,6 +201,7 @@ class RunSetup:
         walk = partition.epoch_indices(self.part, self.per_epoch, epoch)
         if workers is not None:
             walk = walk[workers]
+        walk = walk.to(self.data.train_x.device)  # one copy an epoch, where the data is
         return self.data.train_x[walk], self.data.train_y[walk]
 
 
@@ -598,10 +599,11 @@ def write_results(out: Path, setup: RunSetup, x: Tensor, summary: dict[str, Any]
     """Write the final parameters (``params.pt``, named as the model's, with the evaluated
     running statistics :func:`evaluated_buffers` of every worker's ``buffers``: a state
     dict ``load_state_dict`` takes) and then ``summary.json``, whose presence marks a
-    finished run."""
-    runs.write_params(out / "params.pt",
-                      {**{k: v.clone() for k, v in setup.layout.unflatten(x).items()},
-                       **(evaluated_buffers(setup, buffers) or {})})
+    finished run. The tensors are saved on the CPU, whatever the run's device, so that
+    any machine loads them."""
+    params = {k: v.to("cpu", copy=True) for k, v in setup.layout.unflatten(x).items()}
+    kept = {k: v.cpu() for k, v in (evaluated_buffers(setup, buffers) or {}).items()}
+    runs.write_params(out / "params.pt", {**params, **kept})
     runs.write_json(out / "summary.json", summary)
 
 
