@@ -57,9 +57,9 @@ def table_rows(stdout, first_cell):
 
 
 def test_every_benchmark_script_has_a_smoke_test():
-    tested = {"bench_aggregators.py", "bench_cnn.py", "bench_dist.py", "bench_sim.py",
-              "bench_threads.py", "paper_logreg_grid.py", "weighted_vote_coalition.py",
-              "zoo_logreg_grid.py"}
+    tested = {"bench_aggregators.py", "bench_cnn.py", "bench_compile.py", "bench_dist.py",
+              "bench_sim.py", "bench_threads.py", "gpu.py", "paper_logreg_grid.py",
+              "weighted_vote_coalition.py", "zoo_logreg_grid.py"}
     assert set(SCRIPTS) == tested, "a script in benchmarks/ without a smoke test here"
 
 
@@ -207,3 +207,45 @@ def test_bench_aggregators_smoke(run_bounded, tmp_path, results_untouched):
         assert (row["d"], row["n"], row["f"]) == (1000, 10, 1)
         assert row["ours_ms"] > 0
     assert f"wrote {out}" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_compile_smoke(run_bounded, tmp_path, results_untouched):
+    out = tmp_path / "compile.json"
+    stdout = smoke(run_bounded, tmp_path, "bench_compile.py", "--smoke", "--out", str(out))
+    rows = table_rows(stdout, r"(logregnet|smallcnn) \(.*\)")
+    stages = [(r[0].split()[0], r[3]) for r in rows]
+    assert stages == [(m, s) for m in ("logregnet", "smallcnn")
+                      for s in ("rule+vote+update", "wire+vote", "sim step")]
+    for row in rows:
+        assert all(re.fullmatch(r"[\d.]+", c) for c in row[4:8]), row
+        assert row[8] == "yes", row  # every compiled result equal to eager
+    written = json.loads(out.read_text())
+    assert [r["d"] for r in written["rows"]] == [922, 6090] and written["repeats"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_gpu_script_smoke_on_the_cpu(run_bounded, tmp_path, results_untouched):
+    """benchmarks/gpu.py --smoke --device cpu: every part ran (none errored), the goals
+    close the table, the JSON went to $OUT; --device cuda without CUDA is refused."""
+    result = run_bounded([sys.executable, str(BENCHMARKS / "gpu.py"), "--smoke", "--device",
+                          "cpu"], env={**SMOKE_ENV, "OUT": str(tmp_path / "out")},
+                         limit_s=LIMIT_S, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout, "a|b|c|d|e|goal")
+    assert {r[0] for r in rows} == {"a", "b", "c", "d", "e", "goal"}
+    assert not [r for r in rows if r[2] in ("error", "failed", "-") and r[0] != "goal"], rows
+    assert re.fullmatch(r"\d+ skipped, \d+ deselected in [\d.]+s", rows[0][2]), rows[0]
+    assert [r[1] for r in rows if r[0] == "goal"] == [
+        "resnet18 sim/plain step (10x64)", "MNIST Byzantine grid, minutes",
+        "packed vote / copy bandwidth (best)"]
+    assert result.stdout.rstrip().splitlines()[-1].startswith("total ")
+    written = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert len(written["rows"]) == len(rows)
+    if not __import__("torch").cuda.is_available():
+        refused = run_bounded([sys.executable, str(BENCHMARKS / "gpu.py")], env=SMOKE_ENV,
+                              limit_s=60, cwd=tmp_path)
+        assert refused.returncode == 2
+        assert "no CUDA device is visible; valid: --device cpu" in refused.stdout
