@@ -367,6 +367,13 @@ def test_the_simulator_on_cuda_equals_the_cpu_run(config, fp32_cuda):
 
 
 @pytest.mark.gpu
+def test_measure_theory_on_cuda_matches_the_cpu(fp32_cuda):
+    cpu, gpu = _cpu_and_cuda(TrainConfig(epochs=1, measure_theory=True))
+    for key in ("theory_p", "theory_vote_wrong", "theory_vote_wrong_predicted"):
+        assert abs(cpu.metrics[0][key] - gpu.metrics[0][key]) <= 0.01, key
+
+
+@pytest.mark.gpu
 def test_stochastic_sign_trains_on_cuda():
     result = train(TrainConfig(epochs=3, rule="stochastic-sign", device="cuda"),
                    progress=False, write=False)

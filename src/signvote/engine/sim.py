@@ -110,8 +110,9 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
         for key in theory.MEASURE_STEP_COLUMNS if measured else ():
             row[key] = math.fsum(m[key] for m in measured) / len(measured)
         if measured:
+            counts = agreement.cpu()  # once an epoch; the prediction computes on the CPU
             row["theory_vote_wrong_predicted"] = theory.predicted_vote_wrong(
-                agreement[0], agreement[1], c.workers, c.blind, c.byzantine)
+                counts[0], counts[1], c.workers, c.blind, c.byzantine)
         display.record(row, metrics)
         if not finite:
             break
