@@ -311,6 +311,25 @@ def test_an_index_beyond_the_visible_devices_is_refused(monkeypatch):
     assert cfg.run_device("auto") == "cuda"
 
 
+@pytest.mark.slow
+def test_prepare_moves_the_model_data_and_masks_to_the_device_it_is_given():
+    """The plumbing of ``prepare(device=)`` on the meta device (shapes, no numbers): what
+    the run computes with is there, and what it built on the CPU is what moved. (Slow: a
+    first ``torch.cat`` of meta tensors imports torch._dynamo, about 5 s.)"""
+    config = TrainConfig(workers=5, blind=1, byzantine=1, epochs=1)
+    cpu, meta = prepare(config), prepare(config, device="meta")
+    assert meta.summary == {**cpu.summary, "device": "meta"}
+    assert meta.x.device.type == "meta" and meta.x.shape == cpu.x.shape
+    assert all(p.device.type == "meta" for p in meta.module.parameters())
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        assert getattr(meta.data, name).device.type == "meta"
+        assert getattr(meta.data, name).shape == getattr(cpu.data, name).shape
+    assert meta.plan.blind_mask.device.type == "meta"
+    assert meta.plan.byzantine_mask.device.type == "meta"
+    assert meta.walk(0)[0].device.type == "meta"
+    assert cpu.x.device.type == "cpu" and cpu.data is not meta.data
+
+
 def test_run_rng_on_the_cpu_leaves_the_callers_generator_as_it_was():
     torch.manual_seed(5)
     before = torch.get_rng_state()
