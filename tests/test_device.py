@@ -232,7 +232,11 @@ def test_packing_in_torch_keeps_to_the_device():
     ({"byzantine": 2, "attack": "random-sign", "aggregator": "weighted-majority-vote"}, True),
     ({"blind": 2, "aggregator": "majority-vote"}, False),
     ({"rule": "stochastic-sign", "byzantine": 1, "attack": "crash"}, False),
-], ids=["random-sign-weighted-vote", "blind-vote", "stochastic-crash"])
+    pytest.param({"dataset": "digits", "model": "smallcnn", "workers": 3, "blind": 1}, False,
+                 marks=pytest.mark.slow, id="digits-smallcnn"),
+    pytest.param({"dataset": "digits", "model": "resnet20(norm=batch)", "workers": 2,
+                  "batch_size": 4}, False, marks=pytest.mark.slow, id="digits-resnet20-bn"),
+], ids=["random-sign-weighted-vote", "blind-vote", "stochastic-crash", None, None])
 def test_a_simulator_step_on_device_inputs_mixes_no_host_tensor(options, reads):
     """Two steps of the simulator's data path with the parameters, batches, masks and
     generators marked as on the device: no host tensor is mixed in, and a step whose
@@ -247,8 +251,11 @@ def test_a_simulator_step_on_device_inputs_mixes_no_host_tensor(options, reads):
     path = dataclasses.replace(path, plan=plan)
     x = mode.mark(setup.x)
     xb, yb = mode.mark(inputs[:, :8]), mode.mark(targets[:, :8])
+    state = path.initial_state()
+    if state.buffers is not None:  # every worker's BatchNorm statistics, on the device
+        state = dataclasses.replace(state, buffers=type(state.buffers)(
+            mode.mark(state.buffers.floats), mode.mark(state.buffers.counts)))
     with mode:
-        state = path.initial_state()
         x, state, _ = path.step(x, state, xb, yb, 0.01, 0)
         first = list(mode.syncs)
         x, state, _ = path.step(x, state, xb, yb, 0.01, 1)
