@@ -386,10 +386,38 @@ def test_the_simulator_on_cuda_equals_the_cpu_run(config, fp32_cuda):
     assert gpu.summary["device"].startswith("cuda:")
     assert gpu.params.device.type == "cuda"
     far = ((gpu.params.cpu() - cpu.params).abs() > 1e-4).float().mean()
-    assert far < 0.01, far
+    assert far < 0.05, far
     for a, b in zip(cpu.metrics, gpu.metrics, strict=True):
-        assert abs(a["test_acc"] - b["test_acc"]) <= 0.01, (a, b)
-        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 + 1e-2 * abs(a["train_loss"])
+        assert abs(a["test_acc"] - b["test_acc"]) <= 0.02, (a, b)
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 + 2e-2 * abs(a["train_loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", [None, "smallcnn", "resnet20(norm=batch)"])
+@pytest.mark.parametrize("rule", ["sgd", "signum"])
+def test_two_simulator_steps_on_cuda_equal_the_cpu_steps(model, rule, fp32_cuda):
+    """The sharp form of the test above: from the same parameters and batches, two steps
+    on CUDA give the CPU's parameters (SGD to float tolerance; Signum exactly but where a
+    coordinate of the momentum is within float error of 0) and BatchNorm statistics."""
+    options = {} if model is None else {"dataset": "digits", "model": model}
+    config = TrainConfig(rule=rule, workers=4, batch_size=8, epochs=1, **options)
+    out = []
+    for device in ("cpu", "cuda"):
+        setup = prepare(config, device=device)
+        path = data_path(setup)
+        inputs, targets = setup.walk(0)
+        x, state = setup.x, path.initial_state()
+        for step in range(2):
+            xb, yb = inputs[:, 8 * step:8 * step + 8], targets[:, 8 * step:8 * step + 8]
+            x, state, _ = path.step(x, state, xb, yb, 0.01, step)
+        out.append((x.cpu(), None if state.buffers is None else state.buffers.floats.cpu()))
+    (cpu_x, cpu_b), (gpu_x, gpu_b) = out
+    if rule == "sgd":
+        assert torch.allclose(gpu_x, cpu_x, rtol=1e-4, atol=1e-6)
+    else:
+        assert ((gpu_x - cpu_x).abs() > 1e-6).float().mean() < 1e-3
+    if cpu_b is not None:
+        assert torch.allclose(gpu_b, cpu_b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
