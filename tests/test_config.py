@@ -20,8 +20,8 @@ def test_every_field_is_declared_in_a_section():
     by_section = {s: [n for n in FIELDS if cfg.section_of(n) == s] for s in cfg.SECTIONS}
     assert by_section[cfg.RECOVERY] == ["backend", "checkpoint_every", "max_restarts",
                                          "dist_timeout"]
-    assert by_section[cfg.OUTPUT] == ["data_dir", "tensorboard", "threads", "device", "overwrite",
-                                       "out"]
+    assert by_section[cfg.OUTPUT] == ["data_dir", "tensorboard", "threads", "device", "compile",
+                                       "overwrite", "out"]
     assert by_section[cfg.RECORDED] == ["measure_theory"]
     assert {"engine", "layout", "seed", "lr", "aggregator"} <= set(by_section[cfg.TRAJECTORY])
     assert sum(map(len, by_section.values())) == len(FIELDS)
