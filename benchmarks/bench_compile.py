@@ -15,7 +15,9 @@ threads a run of that model uses (``engine/threads.py``: one below 1M parameters
   ``torch.compile(DataPath.step)`` (the whole step traced, models of at most
   ``--whole-max-d``; where tracing fails, its error).
 
-Every compiled call is checked equal to the eager one (the vote stages bit for bit).
+The fused call is measured at every size (``fused.MIN_CPU_DIM`` set to 0 here; a run uses
+it on the CPU from that many parameters on). Every compiled call is checked equal to the
+eager one (the vote stages bit for bit).
 Each measurement is the median over ``--repeats`` interleaved repeats (eager block, then
 compiled block) of the mean time a call in a block of ``--calls``; the first call of each
 compiled function, compilation included, is reported as ``compile s``. The machine's
@@ -211,6 +213,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--smoke", action="store_true", help="1 repeat of 3 calls, 2 models")
     args = parser.parse_args()
+    fused.MIN_CPU_DIM = 0  # the fused call at every size: where it pays is what is measured
     chosen = MODELS[:2] if args.smoke else MODELS
     if args.smoke:
         args.repeats, args.calls, args.whole_max_d = 1, 3, 0

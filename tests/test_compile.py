@@ -60,15 +60,18 @@ def test_fused_momentum_starts_from_zero_as_the_rule_does(gen):
     assert state is source
 
 
-def test_fused_step_applies_only_where_it_is_exact():
-    vote = aggregators.get("majority-vote")
-    assert fused.applies(rules.get("signum"), vote, alters_messages=False)
-    assert fused.applies(rules.get("signsgd"), vote, alters_messages=False)
-    assert not fused.applies(rules.get("signum"), vote, alters_messages=True)
-    assert not fused.applies(rules.get("sgd"), vote, alters_messages=False)
-    assert not fused.applies(rules.get("stochastic-sign"), vote, alters_messages=False)
+def test_fused_step_applies_only_where_it_is_exact_and_pays():
+    vote, big = aggregators.get("majority-vote"), torch.zeros(fused.MIN_CPU_DIM)
+    assert fused.applies(rules.get("signum"), vote, False, big)
+    assert fused.applies(rules.get("signsgd"), vote, False, big)
+    assert not fused.applies(rules.get("signum"), vote, True, big)
+    assert not fused.applies(rules.get("sgd"), vote, False, big)
+    assert not fused.applies(rules.get("stochastic-sign"), vote, False, big)
     for other in ("weighted-majority-vote", "mean", "median"):
-        assert not fused.applies(rules.get("signum"), aggregators.get(other), False)
+        assert not fused.applies(rules.get("signum"), aggregators.get(other), False, big)
+    small = torch.zeros(fused.MIN_CPU_DIM - 1)
+    assert not fused.applies(rules.get("signum"), vote, False, small)  # the CPU, too small
+    assert fused.applies(rules.get("signum"), vote, False, small.to("meta"))  # a device
 
 
 def test_compile_is_not_part_of_the_run_identity():
@@ -99,9 +102,11 @@ def test_compiled_vote_update_equals_eager_bit_for_bit(gen):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["signum", "signsgd"])
-def test_a_run_with_compile_is_identical_to_eager(rule):
+def test_a_run_with_compile_is_identical_to_eager(rule, monkeypatch):
     """Signum and SignSGD on logreg with weight decay and a learning-rate decay every
-    epoch (the compiled call takes lr as a tensor: no recompilation), against eager."""
+    epoch (the compiled call takes lr as a tensor: no recompilation), against eager; the
+    fused call made to run at logreg's 922 parameters."""
+    monkeypatch.setattr(fused, "MIN_CPU_DIM", 0)
     base = dict(epochs=3, rule=rule, weight_decay=1e-3, lr_decay_step=1, lr_decay_rate=0.5,
                 workers=5, blind=0, byzantine=0)
     calls = fused.vote_update.cache_info().misses + fused.vote_update.cache_info().hits
@@ -116,7 +121,8 @@ def test_a_run_with_compile_is_identical_to_eager(rule):
 
 
 @pytest.mark.slow
-def test_compile_under_a_message_attack_runs_the_eager_stages():
+def test_compile_under_a_message_attack_runs_the_eager_stages(monkeypatch):
+    monkeypatch.setattr(fused, "MIN_CPU_DIM", 0)
     base = dict(epochs=1, rule="signum", workers=5, byzantine=1, attack="vote-cancel")
     before = fused.vote_update.cache_info()
     eager = train(TrainConfig(**base), progress=False, write=False)

@@ -23,8 +23,9 @@ On CUDA inductor emits Triton, whose compiler may contract multiply-adds: the ``
 compares the compiled and eager runs there and says whether they are identical.
 
 The fused step applies where it computes what the eager stages do and nothing is observed
-in between (:func:`applies`): a sign rule without coins, the plain majority vote, no
-adversary acting on messages. Elsewhere ``--compile`` runs the eager stages.
+in between, and where it pays (:func:`applies`): a sign rule without coins, the plain
+majority vote, no adversary acting on messages, a GPU or at least :data:`MIN_CPU_DIM`
+parameters. Elsewhere ``--compile`` runs the eager stages.
 """
 
 from __future__ import annotations
@@ -44,13 +45,23 @@ VoteUpdate = Callable[[Tensor, Tensor, Tensor], Tensor]
 update, in one call."""
 
 
-def applies(rule: WorkerRule, aggregator: contracts.Aggregator, alters_messages: bool) -> bool:
-    """True when the fused step computes exactly the eager stages: ``rule`` sends
+MIN_CPU_DIM = 100_000
+"""The fewest parameters for which the fused call runs on the CPU: below, a compiled
+call's fixed cost exceeds what it saves (benchmarks/bench_compile.py, 10 workers, one
+thread: compiled / eager 1.6 at d = 20k, 0.64 at 253k, 0.42 at 1.6M). On a GPU it always
+runs (not yet measured there)."""
+
+
+def applies(rule: WorkerRule, aggregator: contracts.Aggregator, alters_messages: bool,
+            x: Tensor) -> bool:
+    """True when the fused step computes exactly the eager stages and pays: ``rule`` sends
     deterministic signs (``signsgd``, ``signum``), ``aggregator`` is the plain
-    majority vote (stateless) and no adversary alters the messages."""
+    majority vote (stateless), no adversary alters the messages, and the parameters
+    ``x[d]`` are on a GPU or number at least :data:`MIN_CPU_DIM`."""
     caps = rule.capabilities
     return (caps.sends_signs and not caps.stochastic and not alters_messages
-            and type(aggregator) is MajorityVote)
+            and type(aggregator) is MajorityVote
+            and (x.device.type != "cpu" or x.numel() >= MIN_CPU_DIM))
 
 
 def vote_update_eager(source: Tensor, x: Tensor, lr: Tensor, weight_decay: float) -> Tensor:

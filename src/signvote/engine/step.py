@@ -209,7 +209,7 @@ class DataPath:
         """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
         returns the new parameters, the new state and the workers' step statistics."""
         if self.compiled and fused.applies(self.rule, self.aggregator,
-                                           self.plan.alters_messages):
+                                           self.plan.alters_messages, x):
             return self._fused_step(x, state, inputs, targets, lr)
         x, state, honest, _ = self.step_observed(x, state, inputs, targets, lr, step)
         return x, state, honest
