@@ -24,7 +24,8 @@ estimate:
 - (d) ``vote``: the packed vote from bits (``packing.packed_vote``, eager and
   ``torch.compile``'d) for d = 10M and 100M, n = 10 and 64: the bytes it must read and
   write (``n d / 8`` in, ``d`` out) per second, against the device's bandwidth measured by
-  a large device-to-device copy (bytes read + written);
+  a large device-to-device copy (bytes read + written); and ``--compile``'s fused vote and
+  update (``engine/fused.py``) against the eager stages at resnet18's size;
 - (e) ``dist``: the distributed engine (``signvote train --engine dist``, logreg, 1 epoch,
   peer layout) with 2 and 4 ranks on gloo and on NCCL (NCCL refuses ranks that share one
   GPU: the row says so), and 1 rank on each.
@@ -279,7 +280,44 @@ def part_vote(args: argparse.Namespace, device: torch.device, left_s: float) -> 
                              "n": n, "d": d, "kind": kind, "fraction": rate / bw})
         except Exception as error:
             rows.append(error_row("d", f"vote n={n} d={d:,}", error))
+    if time.perf_counter() < deadline:
+        try:
+            rows += fused_rows(clock, device, 10, 20_000 if args.smoke else 11_173_962,
+                               repeats)
+        except Exception as error:
+            rows.append(error_row("d", "fused vote+update", error))
     return rows
+
+
+def fused_rows(clock: Clock, device: torch.device, n: int, d: int, repeats: int
+               ) -> list[Row]:
+    """``--compile``'s fused call (engine/fused.py) against the eager stages, n x d
+    (d = resnet18's parameters): Signum, majority vote, update with weight decay."""
+    from signvote import aggregators, rules
+    from signvote.engine import fused
+    from signvote.engine.step import apply_update
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    grads = torch.randn(n, d, generator=gen, device=device)
+    state = torch.randn(n, d, generator=gen, device=device)
+    x = torch.randn(d, generator=gen, device=device)
+    rule, vote = rules.get("signum"), aggregators.get("majority-vote")
+    lr = fused.lr_tensor(1e-4, x)
+
+    def eager() -> torch.Tensor:
+        direction, _ = vote.apply(rule.step(grads, state)[0], None)
+        return apply_update(x, direction, 1e-4, 1e-4)
+
+    def compiled() -> torch.Tensor:
+        return fused.vote_update(1e-4)(fused.rule_direction(rule, grads, state)[0], x, lr)
+
+    same = torch.equal(compiled(), eager())
+    t = interleaved(clock, {"eager": eager, "compiled": compiled}, repeats, 3)
+    ratio = statistics.median(t["compiled"]) / statistics.median(t["eager"])
+    return [{"part": "d", "item": f"fused vote+update n={n} d={d:,}", "value": f"{ratio:.2f}",
+             "note": f"compiled/eager: {1e3 * statistics.median(t['compiled']):.2f} / "
+                     f"{1e3 * statistics.median(t['eager']):.2f} ms, identical "
+                     f"{'yes' if same else 'no'}", "ratio": ratio, "identical": same}]
 
 
 # --- (e) the distributed engine: NCCL against gloo -----------------------------------------
