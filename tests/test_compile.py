@@ -69,6 +69,10 @@ def test_fused_step_applies_only_where_it_is_exact_and_pays():
     assert not fused.applies(rules.get("stochastic-sign"), vote, False, big)
     for other in ("weighted-majority-vote", "mean", "median"):
         assert not fused.applies(rules.get("signum"), aggregators.get(other), False, big)
+    class Scaled(rules.WorkerRule):  # a plugin's rule: its own step
+        pass
+
+    assert not fused.applies(Scaled("signum", 0.9, sends_signs=True), vote, False, big)
     small = torch.zeros(fused.MIN_CPU_DIM - 1)
     assert not fused.applies(rules.get("signum"), vote, False, small)  # the CPU, too small
     assert fused.applies(rules.get("signum"), vote, False, small.to("meta"))  # a device

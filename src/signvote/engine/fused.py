@@ -54,12 +54,14 @@ runs (not yet measured there)."""
 
 def applies(rule: WorkerRule, aggregator: contracts.Aggregator, alters_messages: bool,
             x: Tensor) -> bool:
-    """True when the fused step computes exactly the eager stages and pays: ``rule`` sends
-    deterministic signs (``signsgd``, ``signum``), ``aggregator`` is the plain
+    """True when the fused step computes exactly the eager stages and pays: ``rule`` is a
+    built-in :class:`WorkerRule` sending deterministic signs (``signsgd``, ``signum``; a
+    plugin rule's ``step`` may compute anything), ``aggregator`` is the plain
     majority vote (stateless), no adversary alters the messages, and the parameters
     ``x[d]`` are on a GPU or number at least :data:`MIN_CPU_DIM`."""
     caps = rule.capabilities
-    return (caps.sends_signs and not caps.stochastic and not alters_messages
+    return (type(rule) is WorkerRule and caps.sends_signs and not caps.stochastic
+            and not alters_messages
             and type(aggregator) is MajorityVote
             and (x.device.type != "cpu" or x.numel() >= MIN_CPU_DIM))
 
