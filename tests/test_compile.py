@@ -154,3 +154,18 @@ def test_compiled_vote_update_on_cuda_equals_eager_cuda():
             assert torch.equal(got_x, want_x)
         else:
             torch.testing.assert_close(got_x, want_x, rtol=0, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_with_compile_equals_the_cuda_run():
+    """Signum on logreg on CUDA, no weight decay (nothing Triton could contract): the run
+    with --compile (the fused call on every step) against the eager run, when two eager
+    runs agree with each other (otherwise the GPU's own nondeterminism is measured)."""
+    base = dict(epochs=2, rule="signum", workers=5, blind=0, byzantine=0, device="cuda")
+    before = fused.vote_update.cache_info()
+    eager = [train(TrainConfig(**base), progress=False, write=False) for _ in range(2)]
+    if not torch.equal(eager[0].params, eager[1].params):
+        pytest.skip("two eager CUDA runs differ: nothing to compare --compile against")
+    compiled = train(TrainConfig(**base, compile=True), progress=False, write=False)
+    assert fused.vote_update.cache_info() != before  # the fused call ran
+    assert torch.equal(compiled.params, eager[0].params)
