@@ -119,17 +119,26 @@ def step_calls(name: str, shape: tuple[int, ...], b: int) -> dict[str, Callable[
         worker_gradients(path.model, sim_state["x"], inputs, targets, "classification",
                          buffers=sim_state["state"].buffers)
 
-    plain = models.build(name, shape, 10)
+    return {"plain": plain_step(name, shape, inputs, targets), "sim": sim_step,
+            "grads": grads_step}
+
+
+def plain_step(name: str, shape: tuple[int, ...], inputs: torch.Tensor,
+               targets: torch.Tensor) -> Callable[[], None]:
+    """One plain single-process training step of model ``name`` on all the workers'
+    samples ``inputs[n, b, ...]`` as one batch (forward, backward, ``torch.optim.SGD``),
+    on the inputs' device: what a simulator step is compared with (also by gpu.py)."""
+    plain = models.build(name, shape, 10).to(inputs.device)
     plain.train()
     optimizer = torch.optim.SGD(plain.parameters(), lr=1e-4)
-    flat_x, flat_y = inputs.reshape(n * b, *shape), targets.reshape(-1)
+    flat_x, flat_y = inputs.reshape(-1, *shape), targets.reshape(-1)
 
-    def plain_step() -> None:
+    def step() -> None:
         optimizer.zero_grad()
         nn.functional.cross_entropy(plain(flat_x), flat_y).backward()
         optimizer.step()
 
-    return {"plain": plain_step, "sim": sim_step, "grads": grads_step}
+    return step
 
 
 def conv_layers(name: str, shape: tuple[int, ...]) -> list[tuple[nn.Conv2d, torch.Size]]:

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 Row = dict[str, Any]
@@ -150,17 +149,9 @@ def step_pair(name: str, shape: tuple[int, ...], n: int, b: int, device: torch.d
     def sim_step() -> None:
         sim["x"], sim["state"], _ = path.step(sim["x"], sim["state"], inputs, targets, 1e-4, 0)
 
-    plain = models.build(name, shape, 10).to(device)
-    plain.train()
-    optimizer = torch.optim.SGD(plain.parameters(), lr=1e-4)
-    flat_x, flat_y = inputs.reshape(n * b, *shape), targets.reshape(-1)
+    from bench_cnn import plain_step  # benchmarks/, this script's folder
 
-    def plain_step() -> None:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(plain(flat_x), flat_y).backward()
-        optimizer.step()
-
-    return {"plain": plain_step, "sim": sim_step}
+    return {"plain": plain_step(name, shape, inputs, targets), "sim": sim_step}
 
 
 def part_steps(args: argparse.Namespace, device: torch.device, left_s: float) -> list[Row]:
