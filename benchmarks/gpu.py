@@ -22,7 +22,8 @@ estimate:
   1e-5) and the projected time of the paper's two MNIST figures (``reproduce.FIGURES``:
   2 figures x 15 runs x 25 epochs, one run at a time) and of the Byzantine grid (15 runs);
 - (d) ``vote``: the packed vote from bits (``packing.packed_vote``, eager and
-  ``torch.compile``'d) for d = 10M and 100M, n = 10 and 64: the bytes it must read and
+  ``torch.compile``'d, and the engine's ``protocol.vote_from_frames`` on whole frames on
+  the device) for d = 10M and 100M, n = 10 and 64: the bytes it must read and
   write (``n d / 8`` in, ``d`` out) per second, against the device's bandwidth measured by
   a large device-to-device copy (bytes read + written); and ``--compile``'s fused vote and
   update (``engine/fused.py``) against the eager stages at resnet18's size;
@@ -234,6 +235,7 @@ def bandwidth(clock: Clock, device: torch.device, nbytes: int, repeats: int) -> 
 
 
 def part_vote(args: argparse.Namespace, device: torch.device, left_s: float) -> list[Row]:
+    from signvote.engine import protocol
     from signvote.packing import PackedSigns, packed_vote, packed_vote_torch
 
     clock = Clock(device)
@@ -258,11 +260,19 @@ def part_vote(args: argparse.Namespace, device: torch.device, left_s: float) -> 
             packed = PackedSigns(bits, None, d)
             if not torch.equal(compiled(packed), packed_vote(packed)):
                 raise AssertionError("compiled packed vote differs from eager")
+            # the engine's path: whole frames (a zero-count header, then the bits)
+            frames = torch.cat([torch.zeros(n, protocol.HEADER, dtype=torch.uint8,
+                                            device=device), bits], dim=1)
+            if not torch.equal(protocol.vote_from_frames(frames, [None] * n, d),
+                               packed_vote(packed)):
+                raise AssertionError("the vote from frames differs from packed_vote")
             t = interleaved(clock, {"eager": lambda p=packed: packed_vote(p),
-                                    "compiled": lambda p=packed: compiled(p)},
+                                    "compiled": lambda p=packed: compiled(p),
+                                    "frames": lambda f=frames: protocol.vote_from_frames(
+                                        f, [None] * n, d)},
                             repeats, 3)
             moved = n * bits.shape[1] + d
-            for kind in ("eager", "compiled"):
+            for kind in ("eager", "compiled", "frames"):
                 rate = moved / statistics.median(t[kind])
                 rows.append({"part": "d", "item": f"vote {kind} n={n} d={d:,}",
                              "value": f"{rate / 1e9:.3g} GB/s",

@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_flatten
 from signvote import aggregators, attacks, packing, rules
 from signvote.attacks import AttackContext
 from signvote.contracts import Preview
+from signvote.engine import protocol
 from signvote.engine import run as run_module
 from signvote.engine.run import prepare, run_rng
 from signvote.engine.sim import data_path, train
@@ -226,6 +227,25 @@ def test_packing_in_torch_keeps_to_the_device():
 
     mode = traced(run)
     assert mode.mixed == [] and mode.syncs == []
+
+
+def test_wire_frames_in_torch_keep_to_the_device_and_read_only_sizes():
+    """A GPU rank encodes its row, decodes the gathered frames and votes on its device;
+    the host reads are the row's zero count (the payload's size) and the headers (the
+    receives' sizes), nothing else."""
+    def run(m, mask, g, mode):
+        rows = torch.where(m > 0.3, 1.0, torch.where(m < -0.3, -1.0, 0.0))
+        encoded = [protocol.encode_signs_torch(row) for row in rows]
+        frames = torch.stack([f for f, _ in encoded])
+        payloads = [p for _, p in encoded]
+        mode.syncs.clear()
+        vote = protocol.vote_from_frames_torch(frames, payloads, m.shape[1])
+        assert mode.syncs == ["cpu"], mode.syncs  # the headers, once
+        assert mode.on(vote)
+        assert torch.equal(vote.float(), aggregators.build("majority-vote")(rows))
+
+    mode = traced(run, n=7, d=300)
+    assert mode.mixed == []
 
 
 @pytest.mark.parametrize(("options", "reads"), [
@@ -504,6 +524,25 @@ def test_packing_round_trips_on_cuda(d):
     assert torch.equal(packing.unpack_signs(packed).cpu(), messages)
     assert torch.equal(packing.packed_vote(packed).cpu(),
                        packing.packed_vote(packing.pack_signs(messages)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [7, 1000, 100_003])
+def test_wire_frames_on_cuda_are_the_cpu_bytes_and_vote(d):
+    g = torch.Generator().manual_seed(d)
+    rows = torch.sign(torch.randn(6, d, generator=g))
+    rows[1, ::3] = 0.0
+    rows[2, 5] = 0.0
+    encoded = [protocol.encode_signs(row) for row in rows]
+    on_gpu = [protocol.encode_signs(row.cuda()) for row in rows]
+    for (frame, payload), (f, p) in zip(encoded, on_gpu, strict=True):
+        assert f.device.type == "cuda" and torch.equal(f.cpu(), frame)
+        assert (p is None and payload is None) or torch.equal(p.cpu(), payload)
+    frames = torch.stack([f for f, _ in on_gpu])
+    vote = protocol.vote_from_frames(frames, [p for _, p in on_gpu], d)
+    assert vote.device.type == "cuda"
+    assert torch.equal(vote.cpu(), protocol.vote_from_frames(
+        torch.stack([f for f, _ in encoded]), [p for _, p in encoded], d))
 
 
 @pytest.mark.gpu

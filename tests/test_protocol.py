@@ -103,3 +103,67 @@ def test_a_message_of_the_wrong_size_or_type_is_refused_before_it_is_sent(row, l
     exchange = protocol.Exchange(layout, 1, 3, 8, True, MajorityVote(), protocol.Traffic())
     with pytest.raises(ValueError, match="a message must be 8 real numbers"):
         exchange(row)  # no process group exists: nothing was sent
+
+
+# --- the torch path (a GPU rank's), against the numpy path on the same inputs --------------
+
+
+def _garbage(n, d, gen):
+    """Frames and payloads a hostile rank could send: every kind of zero count, random
+    bits, indices out of range and repeated."""
+    mask = math.ceil(d / 8)
+    frames = torch.randint(0, 256, (n, 4 + mask), generator=gen, dtype=torch.uint8)
+    for i in range(n):
+        frames[i, :4] = torch.tensor([[-7, 0, 1, 2, d // 2, d + 3][i % 6]],
+                                     dtype=torch.int32).view(torch.uint8)
+    payloads = [torch.randint(0, 256, (mask + 16,), generator=gen, dtype=torch.uint8)
+                for _ in range(n)]
+    payloads[min(3, n - 1)][:8] = torch.tensor([1, 1], dtype=torch.int32).view(torch.uint8)
+    return frames, payloads
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 31, 100, 257, 8000])
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.001, 0.05, 0.6, 1.0])
+def test_torch_encoding_writes_the_bytes_of_the_numpy_encoding(d, zero_fraction, gen):
+    row = torch.randn(d, generator=gen)
+    row[torch.rand(d, generator=gen) < zero_fraction] = 0.0
+    if d > 3:
+        row[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    want_frame, want_payload = protocol.encode_signs(row)
+    frame, payload = protocol.encode_signs_torch(row)
+    assert frame.dtype == torch.uint8 and torch.equal(frame, want_frame)
+    assert (payload is None) == (want_payload is None)
+    if payload is not None:
+        assert payload.dtype == torch.uint8 and torch.equal(payload, want_payload)
+
+
+@pytest.mark.parametrize("d", [5, 13, 100, 4000])
+@pytest.mark.parametrize("n", [1, 3, 6, 7])
+def test_torch_decoding_and_vote_equal_numpys_on_honest_and_garbage_frames(d, n, gen):
+    rows = torch.where(torch.rand(n, d, generator=gen) < 0.5, -1.0, 1.0)
+    rows[torch.rand(n, d, generator=gen) < torch.linspace(0, 0.5, n)[:, None]] = 0.0
+    encoded = [protocol.encode_signs(row) for row in rows]
+    honest = (torch.stack([f for f, _ in encoded]), [p for _, p in encoded])
+    for frames, payloads in (honest, _garbage(n, d, gen)):
+        want = protocol.decode_signs(frames, payloads, d)
+        got = protocol.decode_signs_torch(frames, payloads, d)
+        assert torch.equal(got.positive, want.positive)
+        assert (got.nonzero is None) == (want.nonzero is None)
+        if got.nonzero is not None:
+            assert torch.equal(got.nonzero, want.nonzero)
+        assert torch.equal(protocol.vote_from_frames_torch(frames, payloads, d),
+                           protocol.vote_from_frames(frames, payloads, d))
+    assert torch.equal(protocol.vote_from_frames_torch(*honest, d).float(),
+                       MajorityVote()(rows))
+
+
+def test_a_weakened_torch_index_check_would_be_caught():
+    """The garbage above does reach the index check: an index payload with entries outside
+    [0, d) decodes to what dropping exactly those entries gives."""
+    d = 4000
+    frame = torch.zeros(4 + math.ceil(d / 8), dtype=torch.uint8)
+    frame[:4] = torch.tensor([3], dtype=torch.int32).view(torch.uint8)
+    payload = torch.tensor([5, -1, d], dtype=torch.int32).view(torch.uint8)
+    for decode in (protocol.decode_signs, protocol.decode_signs_torch):
+        rows = unpack_signs(decode(frame[None], [payload], d))[0]
+        assert torch.nonzero(rows == 0).flatten().tolist() == [5]

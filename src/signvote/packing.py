@@ -110,6 +110,11 @@ def bit_counts(packed: Tensor, dim: int) -> Tensor:
     """How many rows have each coordinate's bit set: int32 ``[dim]`` (integers only)."""
     if packed.device.type == "cpu":
         return torch.from_numpy(_counts_numpy(packed, dim).astype(np.int32, copy=False))
+    return bit_counts_torch(packed, dim)
+
+
+def bit_counts_torch(packed: Tensor, dim: int) -> Tensor:
+    """:func:`bit_counts` in torch operations (any device)."""
     counts = torch.stack([((packed >> k) & 1).sum(dim=0, dtype=torch.int32)
                           for k in range(8)], dim=1)  # [B, 8]
     return counts.reshape(-1)[:dim]
@@ -146,7 +151,7 @@ def packed_vote(packed: PackedSigns) -> Tensor:
 def packed_vote_torch(packed: PackedSigns) -> Tensor:
     """:func:`packed_vote` in torch operations (any device, any number of rows)."""
     n = packed.positive.shape[0]
-    plus = bit_counts(packed.positive, packed.dim)
+    plus = bit_counts_torch(packed.positive, packed.dim)
     voters = (torch.full_like(plus, n) if packed.nonzero is None
-              else bit_counts(packed.nonzero, packed.dim))
+              else bit_counts_torch(packed.nonzero, packed.dim))
     return torch.sign(2 * plus - voters).to(torch.int8)

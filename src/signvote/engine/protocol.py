@@ -26,10 +26,13 @@ Two layouts:
 
 Devices: a rank's messages and aggregate live on its ``home`` device (where it computes),
 the buffers on the wire on its ``wire`` device: the rank's GPU under NCCL, the CPU under
-gloo (gloo's collectives other than broadcast and all-reduce take CPU tensors only). The
-frames are encoded and decoded on the CPU (numpy), so a GPU rank copies its row to the host
-once a step and its aggregate back; on the CPU every copy is a no-op and every byte and
-number is what it was before devices existed.
+gloo (gloo's collectives other than broadcast and all-reduce take CPU tensors only). A row
+is encoded where it lies and frames are decoded and voted on the home device: in numpy on
+the CPU, in torch operations elsewhere (``*_torch``, the same bytes and votes). A GPU rank
+therefore moves only frames between its GPU and the wire, and reads on the host only what
+decides a size: its own zero count (the payload's size) and the gathered headers (the
+sizes of the receives). On the CPU every copy is a no-op and every byte and number is what
+it was before devices existed.
 
 Every size follows from ``d``, the rule and the frames' zero counts, which every receiver
 reads before it posts a receive. A frame is checked on arrival: a zero count outside
@@ -47,6 +50,8 @@ from, each of the ``p - 1`` others; an all-reduce of ``S`` bytes as the ring alg
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +105,11 @@ def zeros_bytes(zeros: int, dim: int) -> int:
 
 def encode_signs(row: Tensor) -> tuple[Tensor, Tensor | None]:
     """The frame ``[4 + B]`` uint8 of a message row ``[d]`` and its zero payload
-    (:func:`zeros_bytes`; None when the row has no zeros and only the frame travels)."""
-    m = row.detach().reshape(-1).to(torch.float32).cpu().numpy()
+    (:func:`zeros_bytes`; None when the row has no zeros and only the frame travels), on
+    the row's device (:func:`encode_signs_torch` off the CPU)."""
+    if row.device.type != "cpu":
+        return encode_signs_torch(row)
+    m = row.detach().reshape(-1).to(torch.float32).numpy()
     positive, negative = m > 0, m < 0
     zeros = m.size - np.count_nonzero(positive) - np.count_nonzero(negative)
     header = np.array([zeros], dtype="<i4").view(np.uint8)
@@ -117,17 +125,58 @@ def encode_signs(row: Tensor) -> tuple[Tensor, Tensor | None]:
     return frame, torch.from_numpy(payload)
 
 
+def encode_signs_torch(row: Tensor) -> tuple[Tensor, Tensor | None]:
+    """:func:`encode_signs` in torch operations, on the row's device (any device; the
+    same bytes). Its one host read is the zero count, which decides the payload's size."""
+    m = row.detach().reshape(-1)
+    positive = m > 0
+    nonzero = positive | (m < 0)
+    count = (~nonzero).sum(dtype=torch.int32).reshape(1)
+    frame = torch.cat([_little_endian_bytes(count), packing.pack_bits_torch(positive[None])[0]])
+    zeros = int(count)
+    if zeros == 0:
+        return frame, None
+    if zeros_as_indices(zeros, m.numel()):
+        index = torch.nonzero(~nonzero).reshape(-1).to(torch.int32)
+        return frame, _little_endian_bytes(index)
+    return frame, packing.pack_bits_torch(nonzero[None])[0]
+
+
+def _little_endian_bytes(values: Tensor) -> Tensor:
+    """The bytes of an int32 tensor ``[k]``, little-endian: ``[4 k]`` uint8 (a view)."""
+    if sys.byteorder != "little":  # torch's view is the machine's order
+        raise RuntimeError("the wire format is little-endian; this machine is not")
+    return values.contiguous().view(torch.uint8)
+
+
 def zero_counts(frames: Tensor, dim: int) -> list[int]:
-    """The zero count of each frame of ``frames[k, 4 + B]``, clamped to ``[0, d]``."""
-    counts = np.ascontiguousarray(frames[:, :HEADER].numpy()).view("<i4")[:, 0]
+    """The zero count of each frame of ``frames[k, 4 + B]``, clamped to ``[0, d]`` (read
+    on the host: a copy of the headers from a device)."""
+    counts = np.ascontiguousarray(frames[:, :HEADER].cpu().numpy()).view("<i4")[:, 0]
     return np.clip(counts, 0, dim).tolist()
 
 
 def decode_signs(frames: Tensor, payloads: list[Tensor | None], dim: int
                  ) -> packing.PackedSigns:
     """The checked packed rows of ``frames[k, 4 + B]`` and their zero payloads (None for
-    a row without zeros; longer payloads are read up to :func:`zeros_bytes`)."""
-    valid = _valid_bits(dim)
+    a row without zeros; longer payloads are read up to :func:`zeros_bytes`), on the
+    frames' device (:func:`decode_signs_torch` off the CPU)."""
+    if frames.device.type != "cpu":
+        return decode_signs_torch(frames, payloads, dim)
+    return _decode(frames, payloads, dim, _nonzero_bits)
+
+
+def decode_signs_torch(frames: Tensor, payloads: list[Tensor | None], dim: int
+                       ) -> packing.PackedSigns:
+    """:func:`decode_signs` in torch operations (any device; the same bits). Its one host
+    read is the frames' headers."""
+    return _decode(frames, payloads, dim, _nonzero_bits_torch)
+
+
+def _decode(frames: Tensor, payloads: list[Tensor | None], dim: int,
+            nonzero_bits: Callable[[Tensor, int, int], Tensor]) -> packing.PackedSigns:
+    """:func:`decode_signs`, reading each zero payload with ``nonzero_bits``."""
+    valid = _valid_bits(dim).to(frames.device)
     positive = frames[:, HEADER:] & valid
     counts = zero_counts(frames, dim)
     if not any(counts):
@@ -135,7 +184,7 @@ def decode_signs(frames: Tensor, payloads: list[Tensor | None], dim: int
     nonzero = valid.repeat(len(counts), 1)
     for i, (zeros, payload) in enumerate(zip(counts, payloads, strict=True)):
         if zeros:
-            nonzero[i] = _nonzero_bits(payload[:zeros_bytes(zeros, dim)], zeros, dim) & valid
+            nonzero[i] = nonzero_bits(payload[:zeros_bytes(zeros, dim)], zeros, dim) & valid
     return packing.PackedSigns(positive & nonzero, nonzero, dim)
 
 
@@ -143,7 +192,10 @@ def vote_from_frames(frames: Tensor, payloads: list[Tensor | None], dim: int) ->
     """The majority vote ``[d]`` (int8) of the rows of ``frames`` and their zero payloads:
     ``packed_vote(decode_signs(frames, payloads, dim))``, without building a bit mask for
     a row whose zeros come as indices. Per coordinate it counts the positive bits and the
-    rows that abstain; the sign of ``2 #positive - (n - #abstaining)`` is the vote."""
+    rows that abstain; the sign of ``2 #positive - (n - #abstaining)`` is the vote. Off
+    the CPU: :func:`vote_from_frames_torch`."""
+    if frames.device.type != "cpu":
+        return vote_from_frames_torch(frames, payloads, dim)
     n = frames.shape[0]
     positive = (frames[:, HEADER:] & _valid_bits(dim)).numpy()
     count_type = np.uint8 if n < 1 << 7 else np.int64  # 2 n fits
@@ -171,6 +223,13 @@ def vote_from_frames(frames: Tensor, payloads: list[Tensor | None], dim: int) ->
     return torch.from_numpy(vote)
 
 
+def vote_from_frames_torch(frames: Tensor, payloads: list[Tensor | None], dim: int
+                           ) -> Tensor:
+    """:func:`vote_from_frames` in torch operations, on the frames' device (the same
+    vote): :func:`signvote.packing.packed_vote_torch` of :func:`decode_signs`."""
+    return packing.packed_vote_torch(decode_signs_torch(frames, payloads, dim))
+
+
 def _zero_indices(payload: np.ndarray, dim: int) -> np.ndarray:
     """The int32 indices of an index payload, those outside ``[0, d)`` dropped."""
     index = np.ascontiguousarray(payload).view("<i4")
@@ -185,6 +244,18 @@ def _nonzero_bits(payload: Tensor, zeros: int, dim: int) -> Tensor:
     nonzero = np.ones(dim, dtype=bool)
     nonzero[index] = False
     return torch.from_numpy(np.packbits(nonzero, bitorder="little"))
+
+
+def _nonzero_bits_torch(payload: Tensor, zeros: int, dim: int) -> Tensor:
+    """:func:`_nonzero_bits` in torch operations, on the payload's device."""
+    if not zeros_as_indices(zeros, dim):
+        return payload
+    index = payload.contiguous().view(torch.int32).long()
+    # an index outside [0, d) is sent to a spare slot: dropped without a host read
+    index = torch.where((index >= 0) & (index < dim), index, dim)
+    nonzero = torch.ones(dim + 1, dtype=torch.bool, device=payload.device)
+    nonzero[index] = False
+    return packing.pack_bits_torch(nonzero[None, :dim])[0]
 
 
 @functools.lru_cache(maxsize=8)
@@ -257,8 +328,8 @@ class Exchange:
                           state: State) -> tuple[Tensor, State]:
         """The aggregate of sign frames: the vote straight from the bits (an aggregator
         whose ``reduction`` is ``vote``), or the aggregator on the decoded ternary rows."""
-        frames = frames.cpu()
-        payloads = [None if p is None else p.cpu() for p in payloads]
+        frames = frames.to(self.home)
+        payloads = [None if p is None else p.to(self.home) for p in payloads]
         if self.reduction == "vote":
             return vote_from_frames(frames, payloads, self.dim).to(torch.float32), state
         return self._aggregate(
@@ -289,7 +360,7 @@ class Exchange:
                   for _ in range(self.world)]
         dist.gather(torch.zeros(self.frame, dtype=torch.uint8, device=self.wire), frames, dst=0)
         self.traffic.add(received=self.frame * n)
-        stacked = torch.stack(frames[1:]).cpu()
+        stacked = torch.stack(frames[1:])
         payloads: list[Tensor | None] = []
         for i, zeros in enumerate(zero_counts(stacked, self.dim)):
             payload = None
@@ -314,7 +385,6 @@ class Exchange:
                 payload = None
             dist.broadcast(frame, 0)
             self._count_broadcast(self.frame, others)
-            frame = frame.cpu()
             zeros = zero_counts(frame.unsqueeze(0), self.dim)[0]
             if zeros:
                 if payload is None:
@@ -325,8 +395,8 @@ class Exchange:
             if root:
                 return v
             return packing.unpack_signs(decode_signs(
-                frame.unsqueeze(0), [None if payload is None else payload.cpu()],
-                self.dim))[0]
+                frame.unsqueeze(0).to(self.home),
+                [None if payload is None else payload.to(self.home)], self.dim))[0]
         out = (v.to(self.wire, torch.float32).contiguous() if root
                else torch.empty(self.dim, device=self.wire))
         dist.broadcast(out, 0)
@@ -358,15 +428,15 @@ class Exchange:
                 return (total / self.world if self.reduction == "mean" else total), state
             return self._aggregate(self._all_gather(row.contiguous()), state)
         frame, payload = encode_signs(row)
-        frames = self._all_gather(frame.to(self.wire)).cpu()
+        frames = self._all_gather(frame.to(self.wire))
         counts = zero_counts(frames, self.dim)
         width = max(zeros_bytes(z, self.dim) for z in counts)
         payloads: list[Tensor | None] = [None] * self.world
         if width:  # every payload padded to the largest, read back to its own size
-            padded = torch.zeros(width, dtype=torch.uint8)
+            padded = torch.zeros(width, dtype=torch.uint8, device=self.wire)
             if payload is not None:
                 padded[:payload.numel()] = payload
-            payloads = list(self._all_gather(padded.to(self.wire)).cpu())
+            payloads = list(self._all_gather(padded))
         return self._aggregate_frames(frames, payloads, state)
 
     # -- the overlapping peer exchange (the DDP hook) ------------------------------------
@@ -381,14 +451,13 @@ class Exchange:
             raise ValueError(f"start_vote is the peer layout's sign exchange; this one is "
                              f"layout {self.layout}, sends_signs {self.sends_signs}")
         frame, payload = encode_signs(row)
-        headers = self._all_gather(frame[:HEADER].to(self.wire)).cpu()
+        headers = self._all_gather(frame[:HEADER].to(self.wire))
         width = max(zeros_bytes(z, self.dim) for z in zero_counts(headers, self.dim))
         bits = self.frame - HEADER
-        body = torch.zeros(bits + width, dtype=torch.uint8)
+        body = torch.zeros(bits + width, dtype=torch.uint8, device=self.wire)
         body[:bits] = frame[HEADER:]
         if payload is not None:
             body[bits:bits + payload.numel()] = payload
-        body = body.to(self.wire)
         out = [torch.empty_like(body) for _ in range(self.world)]
         work = dist.all_gather(out, body, group=self.group, async_op=True)
         size = body.numel() * (self.world - 1)
@@ -397,7 +466,7 @@ class Exchange:
 
     def finish_vote(self, pending: PendingVote, state: State = None) -> tuple[Tensor, State]:
         """The aggregate ``[d]`` (home device) of a completed :meth:`start_vote`."""
-        bodies = torch.stack(pending.bodies).cpu()
+        bodies = torch.stack(pending.bodies)
         bits = self.frame - HEADER
         frames = torch.cat([pending.headers, bodies[:, :bits]], dim=1)
         payloads: list[Tensor | None] = (list(bodies[:, bits:]) if pending.width
