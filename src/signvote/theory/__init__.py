@@ -1,0 +1,45 @@
+"""The paper's theory as functions (see :mod:`signvote.theory.core` for the notation):
+
+- :mod:`~signvote.theory.core`: a worker's sign error (Bernstein et al.'s Lemma 1 and
+  Cantelli's variance-only form), the majority vote's exact failure and its Cantelli bound,
+  the checker, the convergence rates (Theorem 2 as printed and the project's derived
+  rate), and what ``--measure-theory`` records in training.
+"""
+
+from signvote.theory.core import (  # noqa: F401
+    CRITICAL_SNR,
+    MEASURE_COLUMNS,
+    MEASURE_STEP_COLUMNS,
+    MODES,
+    NOISES,
+    OBJECTIVES,
+    RATE_BOUNDS,
+    RATE_CASES,
+    RATE_SNR_GRID,
+    SNR_GRID,
+    SQRT3,
+    Check,
+    Noise,
+    Objective,
+    RateCase,
+    RateCheck,
+    check_all,
+    check_bound,
+    lemma1_sign_error,
+    lemma1bis_sign_error,
+    measure_step,
+    predicted_vote_wrong,
+    rate_bounds,
+    rate_check,
+    sign_error_monte_carlo,
+    simulate_vote_descent,
+    theorem2_rate,
+    theorem2_schedule,
+    tolerable_byzantine,
+    tolerable_fraction,
+    vote_failure_bound,
+    vote_failure_exact,
+    vote_failure_monte_carlo,
+    vote_failure_per_coordinate,
+    vote_rate_bound,
+)
