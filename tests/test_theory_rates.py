@@ -68,7 +68,7 @@ def test_the_derivations_one_step_inequality_against_an_exact_enumeration(
         sd = torch.rand(6, generator=gen, dtype=torch.float64) + 0.2
         exact = exact_descent(g, sd, workers, adversaries, mode)
         tested = 0
-        for lemma in (theory.lemma1_sign_error, theory.lemma1bis_sign_error):
+        for lemma in (theory.lemma1_sign_error, theory.cantelli_sign_error):
             for s in (0.3, 1.0, 2.0, 4.0, 8.0):
                 fail = theory.vote_failure_bound(workers, 1 - lemma(s),
                                                  adversaries / workers, mode)
@@ -140,7 +140,7 @@ def test_theorem2_fails_for_byzantine_workers_outside_its_assumptions():
     checks = {c.bound: c for c in theory.rate_check(case, 4, torch.Generator().manual_seed(1))}
     assert not checks["Theorem 2"].assumptions_hold and not checks["Theorem 2"].holds
     assert checks["Theorem 2"].ratio > 2
-    assert checks["derived, Lemma 1"].holds and checks["derived, Lemma 1bis"].holds
+    assert checks["derived, Lemma 1"].holds and checks["derived, Cantelli"].holds
 
 
 def test_the_rate_checker_reports_a_bound_that_is_too_small():

@@ -309,7 +309,7 @@ def theory_section(rate_repeats: int = 4) -> list[str]:
             lines.insert(-1, f"- {c.bound} fails on {c.case}, {where} its assumptions: at "
                              f"S = {s:g}, the exact sign error is {exact:.3f} against "
                              f"{bound:.3f}."
-                             + (" Lemma 1bis, 1/(1 + S^2), holds there."
+                             + (" The Cantelli form, 1/(1 + S^2), holds there."
                                 if c.bound == "Lemma 1" else ""))
     gen = torch.Generator().manual_seed(1)
     rates = [c for case in theory.RATE_CASES for c in theory.rate_check(case, rate_repeats,

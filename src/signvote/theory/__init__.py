@@ -6,6 +6,16 @@
   rate), and what ``--measure-theory`` records in training.
 """
 
+from signvote.theory.as_printed import (  # noqa: F401
+    REPORT,
+    Verdict,
+    report_lemma1bis_sign_error,
+    report_tolerable_fraction,
+    theorem2bis_failure,
+    theorem2bis_failure_in_p,
+    theorem2bis_rate,
+    verdict,
+)
 from signvote.theory.core import (  # noqa: F401
     CRITICAL_SNR,
     MEASURE_COLUMNS,
@@ -23,6 +33,7 @@ from signvote.theory.core import (  # noqa: F401
     Objective,
     RateCase,
     RateCheck,
+    cantelli_sign_error,
     check_all,
     check_bound,
     lemma1_sign_error,

@@ -18,16 +18,18 @@ failure, since a zero does not move the parameter the right way.
   :math:`P[\mathrm{sign}\,\hat g \ne \mathrm{sign}\,g] \le \frac{2}{9 S^2}` if
   :math:`S > 2/\sqrt3`, else :math:`\le \frac12 - \frac{S}{2\sqrt3}`
   (:func:`lemma1_sign_error`).
-- Lemma 1bis (Akoun & Meyer's variance-only version; Cantelli's inequality). For any noise
-  of variance :math:`\sigma^2`: :math:`P[\text{wrong}] \le \frac{1}{1 + S^2}`
-  (:func:`lemma1bis_sign_error`).
+- The Cantelli form (the project's variance-only bound; Cantelli's one-sided inequality).
+  For any noise of variance :math:`\sigma^2`: :math:`P[\text{wrong}] \le \frac{1}{1 + S^2}`
+  (:func:`cantelli_sign_error`; its old name ``lemma1bis_sign_error`` still works). The
+  report's own Lemma 1bis, :math:`\frac{1}{2 S^2}`, is in :mod:`signvote.theory.as_printed`.
 - Theorems 2 and 2bis bound the vote's failure through the count :math:`Z` of right
   votes, using Cantelli's inequality on :math:`Z`:
   :math:`P[Z \le M/2] \le \frac{\mathrm{Var} Z}{\mathrm{Var} Z + (E Z - M/2)^2}` when
   :math:`E Z > M/2` (:func:`vote_failure_bound`).
   - Blind (Theorem 2): :math:`E Z - M/2 = M (p - \frac12)(1 - 2\alpha)` and
     :math:`\mathrm{Var} Z = M p (1 - p)`. It needs :math:`\alpha < 1/2`.
-  - Byzantine (Theorem 2bis): :math:`Z \sim \mathrm{Bin}((1-\alpha) M, p)`. It needs
+  - Byzantine (step 2 of the report's proof of Theorem 2bis):
+    :math:`Z \sim \mathrm{Bin}((1-\alpha) M, p)`. It needs
     :math:`\alpha < 1 - \frac{1}{2p}` (:func:`tolerable_fraction`).
 - :func:`vote_failure_exact`: the exact failure probability, a binomial sum.
 - Convergence rates. :func:`theorem2_rate` is Theorem 2 of Bernstein, Zhao,
@@ -63,9 +65,17 @@ def lemma1_sign_error(snr: float) -> float:
     return 0.5 - snr / (2 * SQRT3)
 
 
-def lemma1bis_sign_error(snr: float) -> float:
-    """Lemma 1bis's bound ``1 / (1 + S^2)`` (Cantelli: any noise with that variance)."""
+def cantelli_sign_error(snr: float) -> float:
+    """The project's variance-only bound on a worker's sign error, ``1 / (1 + S^2)``
+    (Cantelli's one-sided inequality: any noise of mean 0 and that variance; tight, reached
+    by a two-point noise). Not the report's Lemma 1bis, ``1 / (2 S^2)``
+    (:func:`signvote.theory.as_printed.report_lemma1bis_sign_error`)."""
     return 1 / (1 + snr * snr)
+
+
+lemma1bis_sign_error = cantelli_sign_error
+"""The old name of :func:`cantelli_sign_error`, kept for scripts that use it: the project
+called its Cantelli form "Lemma 1bis" before the report's text was at hand."""
 
 
 @dataclass(frozen=True)
@@ -257,8 +267,8 @@ def check_all() -> list[Check]:
     for noise in NOISES:
         checks.append(check_bound(lemma1_sign_error, noise.left_tail, SNR_GRID, "Lemma 1",
                                   noise.name, noise.symmetric_unimodal))
-        checks.append(check_bound(lemma1bis_sign_error, noise.left_tail, SNR_GRID,
-                                  "Lemma 1bis", noise.name, True))
+        checks.append(check_bound(cantelli_sign_error, noise.left_tail, SNR_GRID,
+                                  "Cantelli", noise.name, True))
     for mode, theorem in (("blind", "Theorem 2"), ("byzantine", "Theorem 2bis")):
         for m in (5, 11, 31, 101):
             for p in (0.55, 0.65, 0.75, 0.85, 0.95):
@@ -321,7 +331,7 @@ RATE_SNR_GRID = [10 ** (-2 + 4 * i / 400) for i in range(401)]  # S* from 0.01 t
 
 def vote_rate_bound(*, l1_smoothness: float, sigma_l1: float, f_gap: float, workers: int,
                     adversaries: int, mode: str, steps: int,
-                    sign_error: Callable[[float], float] = lemma1bis_sign_error,
+                    sign_error: Callable[[float], float] = cantelli_sign_error,
                     snr_grid: Sequence[float] = RATE_SNR_GRID) -> float:
     r"""A bound on :math:`\bigl[\frac1K \sum_{k<K} E\|g_k\|_1\bigr]^2` for majority vote
     with ``adversaries`` blind or Byzantine workers among M, on Theorem 2's schedule: our
@@ -337,7 +347,7 @@ def vote_rate_bound(*, l1_smoothness: float, sigma_l1: float, f_gap: float, work
        with :math:`P_i` the probability that the vote on coordinate i is not right
        (a tie moves nothing, so it counts as a failure).
     2. Pick a threshold :math:`S^* > 0`. If :math:`S_i \ge S^*`, a worker's sign is right
-       with probability :math:`p_i \ge p^* = 1 - \text{sign\_error}(S^*)` (Lemma 1bis
+       with probability :math:`p_i \ge p^* = 1 - \text{sign\_error}(S^*)` (the Cantelli form
        needs only the variance; Lemma 1 needs Assumption 4), and the vote's bound is
        decreasing in p, so :math:`P_i \le P^* =` Cantelli's bound at :math:`p^*`.
        If :math:`S_i < S^*`, then :math:`|g_i| < S^* \sigma_i / \sqrt n` and
@@ -471,15 +481,16 @@ def _by_name(items: Sequence[Any], name: str) -> Any:
     raise ValueError(f"{name!r}; valid: {', '.join(i.name for i in items)}")
 
 
-RATE_BOUNDS = ("Theorem 2", "derived, Lemma 1", "derived, Lemma 1bis")
+RATE_BOUNDS = ("Theorem 2", "derived, Lemma 1", "derived, Cantelli")
 """The bounds on the rate that :func:`rate_check` evaluates: Theorem 2 as printed
-(:func:`theorem2_rate`), and :func:`vote_rate_bound` with Lemma 1 or Lemma 1bis."""
+(:func:`theorem2_rate`), and :func:`vote_rate_bound` with Lemma 1 or the Cantelli form
+(:func:`cantelli_sign_error`)."""
 
 
 def rate_bounds(case: RateCase, f_gap: float) -> dict[str, tuple[float, bool]]:
     """Each bound of :data:`RATE_BOUNDS` for ``case``, with whether its assumptions hold
     there: Theorem 2 needs Assumption 4 and blind adversaries, Lemma 1 needs Assumption 4,
-    Lemma 1bis needs neither."""
+    the Cantelli form needs neither."""
     noise = _by_name(NOISES, case.noise)
     args = {"l1_smoothness": float(case.dim), "sigma_l1": case.sigma * case.dim,
             "f_gap": f_gap, "workers": case.workers, "steps": case.steps}
@@ -489,7 +500,7 @@ def rate_bounds(case: RateCase, f_gap: float) -> dict[str, tuple[float, bool]]:
                       symmetric and case.mode == "blind"),
         "derived, Lemma 1": (vote_rate_bound(adversaries=case.adversaries, mode=case.mode,
                                              sign_error=lemma1_sign_error, **args), symmetric),
-        "derived, Lemma 1bis": (vote_rate_bound(adversaries=case.adversaries, mode=case.mode,
+        "derived, Cantelli": (vote_rate_bound(adversaries=case.adversaries, mode=case.mode,
                                                 **args), True),
     }
 
