@@ -113,6 +113,7 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
             counts = agreement.cpu()  # once an epoch; the prediction computes on the CPU
             row["theory_vote_wrong_predicted"] = theory.predicted_vote_wrong(
                 counts[0], counts[1], c.workers, c.blind, c.byzantine)
+            row |= theory.p_coordinate_spread(counts[0], counts[1])
         display.record(row, metrics)
         if not finite:
             break

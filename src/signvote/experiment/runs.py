@@ -110,7 +110,8 @@ in the epoch (mean over the workers)."""
 
 THEORY_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median", "theory_snr_q10",
                   "theory_snr_q90", "theory_snr_above_critical",
-                  "theory_vote_wrong_predicted")
+                  "theory_vote_wrong_predicted", "theory_p_coord_min", "theory_p_coord_q10",
+                  "theory_p_coord_median", "theory_p_coord_mean", "theory_p_coord_q90")
 """Extra columns of ``--measure-theory``: :data:`signvote.theory.MEASURE_COLUMNS`, spelt
 out here so that this module does not import torch (a test checks they agree)."""
 

@@ -19,6 +19,7 @@ from signvote.theory.as_printed import (  # noqa: F401
 from signvote.theory.core import (  # noqa: F401
     CRITICAL_SNR,
     MEASURE_COLUMNS,
+    MEASURE_P_SPREAD_COLUMNS,
     MEASURE_STEP_COLUMNS,
     MODES,
     NOISES,
@@ -39,6 +40,7 @@ from signvote.theory.core import (  # noqa: F401
     lemma1_sign_error,
     lemma1bis_sign_error,
     measure_step,
+    p_coordinate_spread,
     predicted_vote_wrong,
     rate_bounds,
     rate_check,

@@ -571,11 +571,19 @@ MEASURE_STEP_COLUMNS = ("theory_p", "theory_vote_wrong", "theory_snr_median",
                         "theory_snr_q10", "theory_snr_q90", "theory_snr_above_critical")
 """What :func:`measure_step` returns for one step."""
 
-MEASURE_COLUMNS = (*MEASURE_STEP_COLUMNS, "theory_vote_wrong_predicted")
+MEASURE_P_SPREAD_COLUMNS = ("theory_p_coord_min", "theory_p_coord_q10",
+                            "theory_p_coord_median", "theory_p_coord_mean",
+                            "theory_p_coord_q90")
+"""What :func:`p_coordinate_spread` returns: the spread over coordinates of each
+coordinate's own empirical p over the epoch."""
+
+MEASURE_COLUMNS = (*MEASURE_STEP_COLUMNS, "theory_vote_wrong_predicted",
+                   *MEASURE_P_SPREAD_COLUMNS)
 """What ``--measure-theory`` adds to every epoch of ``metrics.csv``: the columns of
 :func:`measure_step` as means over the epoch's steps, then the wrong-vote fraction the
 exact binomial predicts from each coordinate's own empirical p over the epoch
-(:func:`predicted_vote_wrong`)."""
+(:func:`predicted_vote_wrong`), then the spread of those per-coordinate p
+(:func:`p_coordinate_spread`)."""
 
 
 def measure_step(full_grad: Tensor, honest_grads: Tensor, honest_messages: Tensor,
@@ -626,3 +634,30 @@ def predicted_vote_wrong(agree: Tensor, live: Tensor, workers: int, blind: int,
         return float("nan")
     p = agree[seen].double() / live[seen].double()
     return float(vote_failure_per_coordinate(workers, p, blind, byzantine).mean())
+
+
+def p_coordinate_spread(agree: Tensor, live: Tensor) -> dict[str, float]:
+    r"""The spread over coordinates of the per-coordinate empirical p of one epoch, from the
+    counts :func:`predicted_vote_wrong` reads: :math:`\hat p_i = a_i / n_i` on the
+    coordinates with :math:`n_i > 0` (``agree[d]``, ``live[d]``).
+
+    Akoun & Meyer ("SignSGD: Fault-Tolerance to Blind and Byzantine Adversaries", arXiv
+    2202.02085, 2022), Theorem 2bis, use one p for every coordinate; these columns say how
+    far the coordinates' own p are from one number. With :math:`\hat p_{(0)} \le \dots \le
+    \hat p_{(m-1)}` sorted and ``last = m - 1``, the quantiles are the lower order statistics
+    of :func:`measure_step`: ``theory_p_coord_q10`` :math:`= \hat p_{(\lfloor 0.1\,
+    last\rfloor)}`, ``_median`` :math:`\hat p_{(\lfloor last/2 \rfloor)}`, ``_q90``
+    :math:`\hat p_{(\lfloor 0.9\, last\rfloor)}`; ``_min`` and ``_mean`` are
+    :math:`\hat p_{(0)}` and :math:`\frac1m \sum_i \hat p_i` (each coordinate weighs the
+    same, unlike ``theory_p``, which weighs every counted pair the same). NaN for all when
+    no coordinate was counted."""
+    seen = live > 0
+    if not bool(seen.any()):
+        return dict.fromkeys(MEASURE_P_SPREAD_COLUMNS, float("nan"))
+    p = (agree[seen].double() / live[seen].double()).sort().values
+    last = p.numel() - 1
+    return {"theory_p_coord_min": float(p[0]),
+            "theory_p_coord_q10": float(p[int(0.1 * last)]),
+            "theory_p_coord_median": float(p[last // 2]),
+            "theory_p_coord_mean": float(p.mean()),
+            "theory_p_coord_q90": float(p[int(0.9 * last)])}
