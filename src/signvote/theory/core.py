@@ -426,7 +426,9 @@ def simulate_vote_descent(objective: Objective, smoothness: Tensor, sigma: Tenso
     :math:`-\mathrm{sign}(g)`, wrong on every coordinate. The vote is
     :math:`\mathrm{sign}(\sum_m s_m)`, 0 on a tie. Returns ``lhs`` (the square of the
     mean over repeats and steps of :math:`\|g_k\|_1`), its standard error ``lhs_se`` (delta
-    method over repeats), ``f_gap`` = :math:`f(x_0) - 0` and ``final_f`` (mean over repeats).
+    method over repeats), ``f_gap`` = :math:`f(x_0) - 0`, ``final_f`` (mean over repeats)
+    and ``snr`` ``[K, R, d]``, each coordinate's S of a worker's estimate at each step
+    (:math:`\sqrt n |g_i| / \sigma_i`), from which its exact p follows.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}; valid: {', '.join(MODES)}")
@@ -435,9 +437,11 @@ def simulate_vote_descent(objective: Objective, smoothness: Tensor, sigma: Tenso
     lr, batch = theorem2_schedule(f_gap, float(smoothness.sum()), steps)
     x = start.double().expand(repeats, -1).clone()
     norm_sum = torch.zeros(repeats, dtype=torch.float64)
+    snrs = []
     for _ in range(steps):
         g = objective.gradient(x, smoothness)  # [R, d]
         norm_sum += g.abs().sum(-1)
+        snrs.append(g.abs() * math.sqrt(batch) / sigma)
         estimate = g.unsqueeze(1) + sigma * _mean_noise(
             noise, (repeats, workers, x.shape[-1]), batch, gen)  # [R, M, d]
         signs = torch.sign(estimate)
@@ -450,7 +454,8 @@ def simulate_vote_descent(objective: Objective, smoothness: Tensor, sigma: Tenso
     mean = float(per_repeat.mean())
     se = float(per_repeat.std()) / math.sqrt(repeats) if repeats > 1 else math.nan
     return {"lhs": mean * mean, "lhs_se": 2 * mean * se, "f_gap": f_gap,
-            "final_f": float(objective.value(x, smoothness).mean())}
+            "final_f": float(objective.value(x, smoothness).mean()),
+            "snr": torch.stack(snrs)}
 
 
 @dataclass(frozen=True)
