@@ -268,8 +268,8 @@ def part_vote(args: argparse.Namespace, device: torch.device, left_s: float) -> 
                 raise AssertionError("the vote from frames differs from packed_vote")
             t = interleaved(clock, {"eager": lambda p=packed: packed_vote(p),
                                     "compiled": lambda p=packed: compiled(p),
-                                    "frames": lambda f=frames: protocol.vote_from_frames(
-                                        f, [None] * n, d)},
+                                    "frames": lambda f=frames, n=n, d=d:
+                                        protocol.vote_from_frames(f, [None] * n, d)},
                             repeats, 3)
             moved = n * bits.shape[1] + d
             for kind in ("eager", "compiled", "frames"):
