@@ -163,6 +163,11 @@ def test_the_breakdown_is_the_smallest_fraction_wrong_on_half_the_coordinates():
     # exact: the most f with P[vote wrong] < 1/2 at p = 0.9 of 10 workers, by the loop
     best = max(f for f in range(10) if _binomial_by_loop(10, 0.9, f) < 0.5)
     assert item["tolerable_exact_median"] == best / 10
+    low = tt.breakdowns(tt.single_p_records([_row("c", 0, 2, 0.6, (0.4, 0.5, 0.5, 0.5, 0.6)),
+                                             _row("d", 5, 2, 0.9, CLEAN)]))
+    assert low[0]["tolerable_exact_min"] == -0.1  # p = 0.4: even f = 0 fails
+    assert low[0]["tolerable_min"] == 0.0
+    assert "| f = 0 fails |" in tt.breakdown_table(low)
 
 
 def test_the_verdicts_hold_where_measured_is_below_the_bound_and_no_further():
@@ -204,3 +209,13 @@ def test_the_tables_show_the_numbers():
     assert "none" in tt.markdown_table(records)  # alpha 0.5 at p 0.9: no bound
     with pytest.raises(ValueError, match="source 'x'; valid: clean, own"):
         tt.markdown_table(records, "x")
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from signvote.experiment import theory_training as tt
+
+    assert tt.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("signvote: error:")
+    assert tt.main([str(tmp_path), "--last", "0"]) == 2
+    assert "last_epochs 0; valid: an integer >= 1" in capsys.readouterr().err

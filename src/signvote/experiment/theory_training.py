@@ -181,7 +181,8 @@ def breakdowns(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     and for every stat of :data:`P_STATISTICS` the report's tolerable fraction
     ``tolerable_{stat}`` :math:`1 - 1/(2p)` and the exact one ``tolerable_exact_{stat}``
     (:func:`signvote.theory.tolerable_byzantine` / M: the largest fraction whose exact
-    failure stays below 1/2) at the clean single p."""
+    failure stays below 1/2; -1 / M when even f = 0 fails with probability 1/2 or more, the
+    case p <= 1/2) at the clean single p."""
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["task"], r["rule"], r["attack"]), []).append(r)
@@ -233,7 +234,10 @@ def single_p_verdicts(records: Sequence[Mapping[str, Any]]) -> list[as_printed.V
 
 
 def from_sweep(sweep_dir: str | Path, last_epochs: int = 1) -> list[dict[str, Any]]:
-    """:func:`single_p_records` of a sweep folder's finished runs."""
+    """:func:`single_p_records` of a sweep folder's finished runs (ValueError for
+    ``last_epochs < 1`` before the folder is read)."""
+    if last_epochs < 1:
+        raise ValueError(f"last_epochs {last_epochs!r}; valid: an integer >= 1")
     return single_p_records(results.tidy_rows(sweep_dir, require=True), last_epochs)
 
 
@@ -283,14 +287,17 @@ def markdown_table(records: Sequence[Mapping[str, Any]], source: str = "clean") 
 
 def breakdown_table(items: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: :func:`breakdowns`, the observed breakdown beside 1 - 1/(2p) at each
-    single p (and the exact binomial's tolerable fraction)."""
+    single p (and the exact binomial's tolerable fraction; "f = 0 fails" where even no
+    adversary leaves the exact failure at 1/2 or more)."""
+    def exact(value: float | None) -> Any:
+        return "f = 0 fails" if value is not None and value < 0 else value
     header = ["task", "rule", "attack", "observed breakdown", "largest tested",
               *(f"1 - 1/(2p) at {s}" for s in P_STATISTICS),
               *(f"exact at {s}" for s in P_STATISTICS)]
     return "\n".join(_table(header, [
         [b["task"], b["rule"], b["attack"], b["breakdown"], b["largest_tested"],
          *(b[f"tolerable_{s}"] for s in P_STATISTICS),
-         *(b[f"tolerable_exact_{s}"] for s in P_STATISTICS)] for b in items]))
+         *(exact(b[f"tolerable_exact_{s}"]) for s in P_STATISTICS)] for b in items]))
 
 
 def verdict_table(verdicts: Sequence[as_printed.Verdict]) -> str:
@@ -313,3 +320,36 @@ def markdown_tables(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n\n".join([spread_table(records), markdown_table(records, "clean"),
                         breakdown_table(breakdowns(records)),
                         verdict_table(single_p_verdicts(records))])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m signvote.experiment.theory_training SWEEP [--last K]``: print
+    :func:`markdown_tables` of a sweep folder; a bad folder or K is one line on stderr and
+    exit status 2."""
+    import argparse
+    import sys
+
+    from signvote.experiment.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m signvote.experiment.theory_training",
+                                     description="Theorem 2bis at one p against a sweep "
+                                                 "run with measure_theory = true")
+    parser.add_argument("sweep", help="the sweep's folder")
+    parser.add_argument("--last", type=int, default=1, metavar="K",
+                        help="average each run over its last K epochs (default 1)")
+    args = parser.parse_args(argv)
+    try:
+        records = from_sweep(args.sweep, args.last)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"signvote: error: {exc}", file=sys.stderr)
+        return 2
+    if not records:
+        print(f"signvote: error: no run of {args.sweep} has the --measure-theory columns "
+              f"(set measure_theory = true)", file=sys.stderr)
+        return 2
+    print(markdown_tables(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
