@@ -72,6 +72,7 @@ HOST_READS = {
     "optimal-alie": "its line search evaluates the aggregator, a float each evaluation",
     "optimal-ipm": "its line search evaluates the aggregator, a float each evaluation",
     "optimal-vote": "whether a Byzantine worker exists",
+    "cancel-to-zero": "the coalition's size f (the clip bound and the rows' shape)",
 }
 """The rules that read device values on the host (a GPU synchronisation), and why: each
 needs a value for Python control flow or a shape. Every other aggregator, attack and rule

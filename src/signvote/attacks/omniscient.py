@@ -331,3 +331,34 @@ class OptimalVote(AttackBase):
             return messages
         honest_sum = aggregators.basic.ternary_votes(honest_rows(messages, byzantine_mask)).sum(0)
         return replace_rows(messages, byzantine_mask, -torch.sign(honest_sum))
+
+
+@REGISTRY.register("cancel-to-zero")
+class CancelToZero(AttackBase):
+    r"""Cancel to zero: with the honest vote sums :math:`S_j` (as :class:`OptimalVote`),
+    the coalition's votes sum to :math:`c_j = -\mathrm{clip}(S_j, -f, f)`: the first
+    :math:`|c_j|` Byzantine workers vote :math:`\mathrm{sign}(c_j)` and the others abstain.
+
+    The vote is then exactly 0 wherever :math:`|S_j| \le f` and
+    :math:`S_j - f\,\mathrm{sign}(S_j)` elsewhere. Where a zero vote counts as a failure,
+    this fails exactly when the coalition that knows the true sign :math:`t` and votes
+    :math:`-t` fails (both when :math:`t S_j \le f`), without knowing :math:`t`; unlike
+    :class:`OptimalVote` it never turns a wrong honest majority into a right vote
+    (``signvote.theory.coalition``). The project's own strategy; the abstentions are what
+    the report's vote cancelling (:class:`~signvote.attacks.basic.VoteCancel`, all
+    :math:`\pm 1`) lacks when :math:`f - |S_j|` is odd. On real-valued messages it reads their
+    signs and sends ternary rows. knowledge: omniscient.
+    """
+
+    capabilities = AttackCapabilities(knowledge="omniscient")
+
+    def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
+        f = int(byzantine_mask.sum())
+        if f == 0:
+            return messages
+        honest_sum = aggregators.basic.ternary_votes(honest_rows(messages, byzantine_mask)).sum(0)
+        total = -honest_sum.clamp(min=-f, max=f)
+        k = torch.arange(f, device=messages.device).unsqueeze(1)
+        rows = torch.where(k < total.abs().unsqueeze(0), torch.sign(total).unsqueeze(0),
+                           torch.zeros_like(total).unsqueeze(0))
+        return replace_rows(messages, byzantine_mask, rows)

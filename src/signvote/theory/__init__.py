@@ -4,6 +4,10 @@
   Cantelli's variance-only form), the majority vote's exact failure and its Cantelli bound,
   the checker, the convergence rates (Theorem 2 as printed and the project's derived
   rate), and what ``--measure-theory`` records in training.
+- :mod:`~signvote.theory.coalition`: a colluding coalition's exact effect on one
+  coordinate of the vote (failure, wrong sign, progress) for the report's vote cancelling,
+  OptimalVote, cancel-to-zero and the omniscient best response, against the report's
+  step-1 worst case; bounds on the vote's failure compared with the exact worst case.
 """
 
 from signvote.theory.as_printed import (  # noqa: F401
@@ -15,6 +19,25 @@ from signvote.theory.as_printed import (  # noqa: F401
     theorem2bis_failure_in_p,
     theorem2bis_rate,
     verdict,
+)
+from signvote.theory.coalition import (  # noqa: F401
+    BOUNDS,
+    MENGOLI,
+    STRATEGIES,
+    BoundPoint,
+    Outcome,
+    bound_verdicts,
+    coalition_failure,
+    coalition_outcome,
+    coalition_verdicts,
+    corrected_mass,
+    failure_gap,
+    hoeffding_failure_bound,
+    omniscient_best_total,
+    tightest_bounds,
+    tightest_summary,
+    worst_case_gaps,
+    worst_case_verdicts,
 )
 from signvote.theory.core import (  # noqa: F401
     CRITICAL_SNR,
