@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 import signvote
-from signvote import aggregators, attacks, contracts, models, rules
+from signvote import aggregators, attacks, contracts, election, models, rules
 from signvote.data import Dataset, augment, partition
 from signvote.data import load as load_dataset
 from signvote.engine import protocol
@@ -53,6 +53,7 @@ from signvote.registry import parse_spec
 # Offsets that give every random stream of a run its own generator from the one seed.
 PARTITION_STREAM, ADVERSARY_STREAM, ATTACK_STREAM, RULE_STREAM = 1, 2, 3, 4
 AUGMENT_STREAM = 5
+ELECTION_STREAM = 6  # the Bernoulli code's allocation matrix (signvote.election)
 
 
 @dataclass
@@ -167,6 +168,8 @@ class RunSetup:
             run's dropout draws continue (:func:`run_rng`).
         loss: the per-sample loss (None: the task's default,
             :func:`~signvote.engine.gradients.default_loss`).
+        allocation: ``--election-code``'s allocation matrix ``G[n, n]`` (worker i computes
+            the partitions j with ``G[i, j] = 1``), None without a code.
     """
 
     config: TrainConfig
@@ -185,6 +188,7 @@ class RunSetup:
     workers_table: list[dict[str, Any]]
     rng_state: Tensor
     loss: Loss | None = None
+    allocation: Tensor | None = None
 
     @property
     def n_classes(self) -> int | None:
@@ -414,9 +418,33 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
             sum(r["label_entropy_bits"] for r in workers_table) / c.workers, 6)
         summary["dataset_label_entropy_bits"] = round(float(partition.label_entropy(
             torch.bincount(data.train_y, minlength=data.n_classes))), 6)
+    allocation = election_allocation(c)
+    if allocation is not None:
+        summary["election_code"] = c.election_code
+        summary["allocation"] = ["".join(map(str, row)) for row in allocation.tolist()]
+        summary["gradient_computations_per_step"] = int(allocation.sum())
+        summary["redundancy"] = election.redundancy(allocation)
     return RunSetup(c, data_on(data, device), module, layout, x, batched, part, per_epoch,
                     range(0, per_epoch, c.batch_size), rule, aggregator, plan_on(plan, device),
-                    summary, workers_table, rng_state, parts.loss)
+                    summary, workers_table, rng_state, parts.loss,
+                    None if allocation is None else allocation.to(device))
+
+
+def election_allocation(c: TrainConfig) -> Tensor | None:
+    """``--election-code``'s allocation matrix ``G[n, n]`` (int64, on the CPU) for resolved
+    ``c``: the deterministic code for ``--election-tolerance`` Byzantines, or the Bernoulli
+    code with ``q = --election-redundancy / n`` drawn from ``seed + ELECTION_STREAM``;
+    None for ``none`` (:mod:`signvote.election`)."""
+    if c.election_code == "deterministic":
+        return election.deterministic_allocation(c.workers, c.election_tolerance)
+    if c.election_code == "bernoulli":
+        generator = torch.Generator().manual_seed(c.seed + ELECTION_STREAM)
+        try:
+            return election.bernoulli_allocation(c.workers, c.election_redundancy / c.workers,
+                                                 generator)
+        except ValueError as exc:
+            raise ConfigError(f"--election-redundancy {c.election_redundancy}: {exc}") from None
+    return None
 
 
 def device_name(device: torch.device) -> str:

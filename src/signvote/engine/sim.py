@@ -55,7 +55,7 @@ def data_path(setup: RunSetup) -> DataPath:
     return DataPath(setup.batched, setup.rule, setup.plan, setup.aggregator, setup.data.task,
                     c.weight_decay, attack_generator(c.seed, device),
                     coin_generators(c.seed, range(c.workers), device), setup.n_classes,
-                    setup.loss, compiled=c.compile)
+                    setup.loss, compiled=c.compile, allocation=setup.allocation)
 
 
 def train(config: TrainConfig, *, progress: bool = True, write: bool = True,

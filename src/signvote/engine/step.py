@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from signvote import contracts
+from signvote import contracts, election
 from signvote.aggregators.basic import ternary_votes
 from signvote.attacks import AttackContext
 from signvote.engine import fused
@@ -185,6 +185,9 @@ class DataPath:
             :func:`~signvote.engine.gradients.default_loss`).
         compiled: ``--compile``: :meth:`step` runs the rule's signs, the vote and the
             update as one compiled call where that is exact (``engine/fused.py``).
+        allocation: ``--election-code``'s ``G[n, n]``: the rows are then partitions, and
+            worker i's own message is :func:`signvote.election.encode`'s majority of the
+            rule's messages of its partitions ``{j : G[i, j] = 1}`` (None: no code).
     """
 
     model: BatchedModel
@@ -198,6 +201,7 @@ class DataPath:
     n_classes: int | None = None
     loss: Loss | None = None
     compiled: bool = False
+    allocation: Tensor | None = None
 
     def initial_state(self) -> StepState:
         """The state before the first step: every worker with the model's own buffers."""
@@ -208,8 +212,8 @@ class DataPath:
              step: int) -> tuple[Tensor, StepState, WorkerStep]:
         """One step from parameters ``x`` on the workers' batches ``inputs[n, b, ...]``;
         returns the new parameters, the new state and the workers' step statistics."""
-        if self.compiled and fused.applies(self.rule, self.aggregator,
-                                           self.plan.alters_messages, x):
+        if self.compiled and self.allocation is None and fused.applies(
+                self.rule, self.aggregator, self.plan.alters_messages, x):
             return self._fused_step(x, state, inputs, targets, lr)
         x, state, honest, _ = self.step_observed(x, state, inputs, targets, lr, step)
         return x, state, honest
@@ -233,6 +237,8 @@ class DataPath:
                                   self.plan.poison(targets, self.n_classes), self.task,
                                   loss=self.loss, buffers=state.buffers)
         own, rule_state = self.rule.step(honest.grads, state.rule, self.rule_generators)
+        if self.allocation is not None:  # Election Coding: rows were partitions, now workers
+            own = election.encode(self.allocation, own)
         ctx = AttackContext(step, self.generator, self.rule.capabilities.sends_signs,
                             contracts.Preview(self.aggregator, state.aggregator))
         messages = own

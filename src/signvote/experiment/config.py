@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from signvote import aggregators, attacks, models, plugins, rules
+from signvote import aggregators, attacks, election, models, plugins, rules
 from signvote.data import AUGMENTED, DATASETS, REGRESSION, TABULAR
 from signvote.data.folder import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE
 from signvote.data.partition import NEEDS_LABELS, PARTITIONS
@@ -183,6 +183,22 @@ class TrainConfig:
                           check=at_least(0))
     blind: int = _opt(0, "number of blind workers inverting their messages (the seed's -i)",
                       check=at_least(0))
+    election_code: str = _opt("none", "Election Coding (Sohn et al., NeurIPS 2020): each worker "
+                              "sends the majority of the signs of the partitions (the n "
+                              "workers' batches) an allocation matrix assigns it; none (the "
+                              "plain vote), deterministic (tolerates --election-tolerance "
+                              "Byzantines; odd --workers) or bernoulli (each partition "
+                              "assigned with probability --election-redundancy / workers); "
+                              "signsgd or signum, --engine sim", election.CODES)
+    election_redundancy: float | None = _opt(None, "--election-code bernoulli: its expected "
+                                             "redundancy r = workers * q, the partition "
+                                             "gradients a worker computes per step, in (0, "
+                                             "workers]", check=finite(">", 0))
+    election_tolerance: int | None = _opt(None, "--election-code deterministic: the Byzantines "
+                                          "b it is built for, 2b + 1 <= workers (default: "
+                                          "--byzantine)", check=at_least(0),
+                                          derive=lambda c: (c.byzantine if c.election_code
+                                                            == "deterministic" else None))
     partition: str = _opt("iid", "how the training set is cut among workers", PARTITIONS)
     partition_alpha: float = _opt(0.5, "Dirichlet concentration of --partition dirichlet "
                                   "(smaller: more label skew)", check=finite(">", 0))
@@ -457,10 +473,54 @@ def resolve(config: TrainConfig) -> TrainConfig:
           "--measure-theory is measured by the simulator; valid: --engine sim")
     need(not c.compile or c.engine == "sim",
           "--compile compiles the simulator's step; valid: --engine sim, or leave --compile out")
+    check_election(c)
     need(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
           "--tensorboard needs the tensorboard package, which is not installed; valid: "
           "pip install 'signvote[tensorboard]', or leave --tensorboard out")
     return c
+
+
+def check_election(c: TrainConfig) -> None:
+    """The Election Coding fields of ``c`` (resolved but for the derived
+    ``election_tolerance``): each set only with its code; a code only for a sign rule in the
+    simulator, with a message attack; the deterministic code's ``n`` and ``b`` buildable,
+    the Bernoulli code's ``r`` in (0, workers] (:mod:`signvote.election`)."""
+    code = c.election_code
+    need(c.election_redundancy is None or code == "bernoulli",
+          f"--election-redundancy is the Bernoulli code's expected redundancy; --election-code "
+          f"{code} has none; valid: --election-code bernoulli, or leave it out")
+    need(c.election_tolerance is None or code == "deterministic",
+          f"--election-tolerance is the deterministic code's b; --election-code {code} has "
+          f"none; valid: --election-code deterministic, or leave it out")
+    if code == "none":
+        return
+    need(c.engine == "sim",
+          f"--election-code {code} forms every worker's message from the partitions' "
+          f"gradients in one process; valid: --engine sim, or --election-code none")
+    need(c.rule in ("signsgd", "signum"),
+          f"--election-code {code} takes the majority of the partitions' signs; --rule "
+          f"{c.rule} sends no signs of its own; valid: --rule signsgd or signum, or "
+          f"--election-code none")
+    try:
+        data_level = c.byzantine > 0 and attacks.build(c.attack).capabilities.data_level
+    except ValueError:
+        data_level = False  # refused with its own message below
+    need(not data_level,
+          f"--attack {c.attack} poisons a Byzantine worker's own batch; under --election-code "
+          f"{code} the batches are partitions that honest workers compute too; valid: a "
+          f"message attack, or --election-code none")
+    if code == "bernoulli":
+        r = c.election_redundancy
+        need(r is not None, "--election-code bernoulli needs --election-redundancy r, its "
+              f"expected redundancy, in (0, {c.workers}]")
+        need(r <= c.workers, f"--election-redundancy {r}: the Bernoulli code assigns each of "
+              f"the {c.workers} partitions with probability r / workers; valid: (0, "
+              f"{c.workers}]")
+    else:
+        b = c.byzantine if c.election_tolerance is None else c.election_tolerance
+        problem = election.deterministic_problem(c.workers, b)
+        need(problem is None, f"--election-code deterministic with --workers {c.workers} and "
+              f"--election-tolerance {b}: {problem}")
 
 
 def device_problem(value: str) -> str | None:
