@@ -467,6 +467,9 @@ def run_theory(args: argparse.Namespace) -> int:
         fail(f"signvote theory: error: --rate-repeats {args.rate_repeats}: valid: 2 (a "
              f"standard error needs two runs) to {MAX_RATE_REPEATS}")
     result = theory_report.write(args.out, args.sweep, args.rate_repeats)
+    failing = result["statements_failed"]
+    print(f"{result['statements']} statements checked, {len(failing)} fail within their "
+          f"assumptions{': ' + '; '.join(failing) if failing else ''}")
     print(f"{result['checks']} bounds checked, {result['failed']} fail somewhere; "
           f"{result['rate_checks']} rate checks, {result['rates_failed']} fail "
           f"({result['rates_failed_within_assumptions']} within their assumptions) "

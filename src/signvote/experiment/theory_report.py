@@ -21,13 +21,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from signvote import theory
-from signvote.experiment import plots, results, runs
+from signvote.experiment import plots, results, runs, statements
+from signvote.theory import as_printed
 
 
 def _grid(lo: float, hi: float, n: int) -> list[float]:
@@ -53,9 +55,52 @@ def sign_error_figure():
         ax.plot(snr, [noise.left_tail(s) for s in snr], label="exact", color="black")
         ax.plot(snr, [theory.lemma1_sign_error(s) for s in snr], "--",
                 label="Lemma 1" + ("" if noise.symmetric_unimodal else " (assumptions fail)"))
-        ax.plot(snr, [theory.lemma1bis_sign_error(s) for s in snr], ":", label="Lemma 1bis")
+        ax.plot(snr, [theory.cantelli_sign_error(s) for s in snr], ":",
+                label="Cantelli 1/(1+S^2)")
+        ax.plot(snr, [min(1.0, theory.report_lemma1bis_sign_error(s)) if s else 1.0
+                      for s in snr], "-.", label="report's Lemma 1bis 1/(2S^2)")
         _probability_axes(ax, noise.name, "S = |g| / sigma", "P[sign wrong]", 7)
     fig.suptitle("A worker's sign error: exact against the lemmas' bounds")
+    fig.tight_layout()
+    return fig
+
+
+LEMMA1BIS_PANELS = ("-bernoulli(0.2), standardised", "-bernoulli(0.1), standardised",
+                    "-poisson(0.1), standardised", as_printed.WORST_CASE)
+"""The cases of ``lemma1bis.png``: noises where the report's Lemma 1bis fails, and the worst
+noise at each S."""
+
+
+def lemma1bis_figure():
+    """The report's Lemma 1bis, 1/(2S^2), against the exact sign error of noises where it
+    fails (shaded: where the exact error is above it), beside Chebyshev's 1/S^2 and
+    Cantelli's 1/(1+S^2), on a log scale."""
+    plt = plots.pyplot()
+    tails = {noise.name: noise.left_tail for noise in as_printed.CLAIM_NOISES}
+    tails[as_printed.WORST_CASE] = as_printed.worst_sign_error
+    fig, axes = plt.subplots(1, len(LEMMA1BIS_PANELS), figsize=(4.2 * len(LEMMA1BIS_PANELS),
+                                                                  4.2), squeeze=False)
+    snr = [0.5 + i / 100 for i in range(451)]
+    for ax, case in zip(axes[0], LEMMA1BIS_PANELS, strict=True):
+        exact = [tails[case](s) for s in snr]
+        report = [as_printed.report_lemma1bis_sign_error(s) for s in snr]
+        ax.plot(snr, exact, color="black", label="exact")
+        ax.plot(snr, report, "--", color="red", label="report's Lemma 1bis 1/(2S^2)")
+        ax.plot(snr, [as_printed.chebyshev_sign_error(s) for s in snr], ":",
+                label="fix: 1/S^2")
+        ax.plot(snr, [theory.cantelli_sign_error(s) for s in snr], "-.",
+                label="Cantelli 1/(1+S^2)")
+        ax.fill_between(snr, report, exact, where=[e > r for e, r in zip(exact, report,
+                                                                          strict=True)],
+                        color="red", alpha=0.25, label="Lemma 1bis fails")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-3, 1.5)
+        ax.set_title(case, fontsize=9)
+        ax.set_xlabel("S = |g| / sigma")
+        ax.set_ylabel("P[sign wrong]")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle("The report's Lemma 1bis against the exact sign error where it fails")
     fig.tight_layout()
     return fig
 
@@ -259,7 +304,8 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
     if sweep_dir is not None:
         observed = observed_breakdowns(results.tidy_rows(sweep_dir))
     rates_fig, panel_checks = rate_figure(rate_repeats)
-    figures = [("sign_error", sign_error_figure()), ("vote_failure", vote_failure_figure()),
+    figures = [("sign_error", sign_error_figure()), ("lemma1bis", lemma1bis_figure()),
+               ("vote_failure", vote_failure_figure()),
                ("tolerance", tolerance_figure(observed)), ("rates", rates_fig)]
     if observed:
         figures.append(("vote_wrong", vote_wrong_figure(observed)))
@@ -274,10 +320,17 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
                 "points": c.points, "holds": c.holds, "violations": len(c.violations),
                 "first_violation": list(c.violations[0]) if c.violations else None,
                 "tightest_ratio": round(c.tightest_ratio, 4)} for c in checks]
-    runs.write_json(out / "checks.json", {"checks": records, "rates": rate_records,
+    verdicts = statements.collect()
+    one_p, one_p_records = as_printed.rate_verdicts(rate_repeats)
+    verdicts += one_p
+    runs.write_json(out / "checks.json", {"statements": statements.records(verdicts),
+                                          "checks": records, "rates": rate_records,
+                                          "theorem2bis_rate": one_p_records,
                                           "observed": observed})
     lines = [
         "# The paper's theory in numbers", "",
+        *_statement_lines(verdicts, one_p_records, rate_repeats), "",
+        "## The project's checks", "",
         "Written by `signvote theory`. Figures: "
         + ", ".join(f"`{name}.png`" for name, _ in figures)
         + ". Each bound is compared with the exact value over a grid: S from "
@@ -305,8 +358,8 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
             "- Lemma 1 needs noise that is unimodal and *symmetric*; a zero-mean noise with "
             "a short left tail (exponential - 1) can be wrong more than half the time at "
             "S = 0, because its median is below its mean. The form that holds for every "
-            "noise of variance sigma^2 is Lemma 1bis, 1 / (1 + S^2) (Cantelli), which held "
-            "on every noise here."]
+            "noise of variance sigma^2 is Cantelli's, 1 / (1 + S^2), which held on every "
+            "noise here."]
     lines += _rate_lines(rate_checks, rate_repeats)
     if sweep_dir is not None:
         lines += ["", f"## Observed in training (`{sweep_dir}`)", "",
@@ -340,10 +393,55 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
                              f"{'-' if pred is None else f'{pred:.3f}'} |")
     runs.atomic_write_text(out / "THEORY.md", "\n".join(lines) + "\n")
     rates_failed = [r for r in rate_records if not r["holds"]]
-    return {"checks": len(records), "failed": len(failed), "observed": observed,
+    summary = statements.summarise(verdicts)
+    return {"statements": len(summary),
+            "statements_failed": [row["statement"] for row in summary if row["failed_within"]],
+            "checks": len(records), "failed": len(failed), "observed": observed,
             "rate_checks": len(rate_records), "rates_failed": len(rates_failed),
             "rates_failed_within_assumptions": sum(r["assumptions_hold"]
                                                    for r in rates_failed)}
+
+
+def _statement_lines(verdicts: list[as_printed.Verdict], one_p: list[dict[str, Any]],
+                     repeats: int) -> list[str]:
+    """THEORY.md's first section: every statement checked (:mod:`statements`), what the
+    table means, and Theorem 2bis's rate at one p per simulated case."""
+    lines = [
+        "## The statements, checked", "",
+        "Each statement is an inequality `lhs <= rhs` between computable quantities, "
+        "checked at every point of a grid on each family of cases (a noise, a setting). "
+        "The report's Lemma 1bis and Theorem 2bis are Akoun & Meyer's as printed "
+        "(`shared/paper/THEORY.md`; `signvote.theory.as_printed`); \"fix\" rows are the "
+        "smallest changes that make a failing statement true; \"ours\" are the project's. "
+        "Lemmas: S from 0.05 to 5 on every noise of `theory.as_printed.CLAIM_NOISES` (the "
+        "project's six and twelve discrete, asymmetric ones) and on the worst noise at each "
+        "S (Cantelli's two-point noise, which reaches 1/(1+S^2)). Proof steps: M in "
+        f"{{{', '.join(map(str, as_printed.STEP_GRID_WORKERS))}}}, every Byzantine count "
+        "f < M, p in "
+        f"{{{', '.join(f'{p:g}' for p in as_printed.STEP_GRID_P)}}} (steps 2 to 4), and the "
+        "same M and f with p = 1 - the noise's exact sign error at S (step 5 and the bound "
+        "it ends with, against the exact failure with every Byzantine against). \"Worst lhs "
+        "/ rhs\" is over the cases within the statement's assumptions (above 1: fails by "
+        "that factor).", "",
+        *statements.table(verdicts), "",
+        "### Theorem 2bis's rate with one p", "",
+        "Theorem 2bis uses one p for every coordinate and step. On simulated votes (Gaussian "
+        f"noise, {repeats} runs each; each coordinate's exact p = Phi(S) at every step is "
+        "known) the printed rate is evaluated at the minimum, median and mean of those p; "
+        "inf: the theorem's condition alpha < 1 - 1/(2p) fails there, so it says nothing.",
+        "", "| case | p min / median / mean | measured | at min p | at median p | at mean p |",
+        "|---|---|---|---|---|---|"]
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for record in one_p:
+        by_case.setdefault(record["case"], []).append(record)
+    for case, rows in by_case.items():
+        first = rows[0]
+        cells = [("inf" if math.isinf(r["bound"]) else f"{r['bound']:.4g}")
+                 + ("" if r["holds"] else " NO") for r in rows]
+        lines.append(f"| {case} | {first['p_min']:.3f} / {first['p_median']:.3f} / "
+                     f"{first['p_mean']:.3f} | {first['measured']:.4g} +- "
+                     f"{first['measured_se']:.2g} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _rate_lines(checks: list[theory.RateCheck], repeats: int) -> list[str]:
