@@ -184,6 +184,12 @@ def test_the_verdicts_hold_where_measured_is_below_the_bound_and_no_further():
     assert median.worst["alpha"] == 0.3
     assert median.ratio == pytest.approx(0.4 / (0.05 / 0.13))
     assert not median.assumptions_hold
+    informative = tt.informative_points(tt.single_p_records(_rows()))
+    assert informative[verdicts.index(median)] == 3  # 0.125, 0.161, 0.385 all below 1
+    low = tt.single_p_records([_row("c", 0, 2, 0.6, (0.4, 0.5, 0.5, 0.5, 0.6))])
+    (at_min, *_) = tt.single_p_verdicts(low)
+    assert at_min.points == 0  # p = 0.4 <= 1/2: the theorem claims nothing
+    assert "| no claim | 0 | 0 | 0 |" in tt.verdict_table([at_min], [0])
 
 
 @pytest.mark.parametrize("factor, failures", [(0.9, 2), (1.0, 1), (1.1, 0)])

@@ -206,13 +206,9 @@ def breakdowns(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def single_p_verdicts(records: Sequence[Mapping[str, Any]]) -> list[as_printed.Verdict]:
-    """One verdict per (task, rule, p statistic, p source): the claim ``measured wrong-vote
-    fraction <= step 4's bound at that single p``, at every (attack, Byzantine count) of the
-    records inside the theorem's condition (a finite bound). Statement
-    ``"Theorem 2bis step 4 at the {stat} p"``, source :data:`signvote.theory.REPORT`, case
-    ``"TASK, RULE, p of the runs without adversary"`` (or ``"..., the run's own p"``);
-    ``assumptions_hold`` False (one p for every coordinate, which training does not have)."""
+def _verdict_points(records: Sequence[Mapping[str, Any]]
+                    ) -> list[tuple[str, str, list[tuple[dict[str, Any], float, float]]]]:
+    """(statement, case, points) of every verdict of :func:`single_p_verdicts`, in order."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["task"], r["rule"]), []).append(r)
@@ -227,10 +223,27 @@ def single_p_verdicts(records: Sequence[Mapping[str, Any]]) -> list[as_printed.V
                           if r[f"bound_{source}_{s}"] is not None
                           and math.isfinite(r[f"bound_{source}_{s}"])
                           and r["vote_wrong"] is not None]
-                out.append(as_printed.verdict(STATEMENT.format(s), as_printed.REPORT,
-                                              f"{task}, {rule}, {where}", points,
-                                              assumptions_hold=False))
+                out.append((STATEMENT.format(s), f"{task}, {rule}, {where}", points))
     return out
+
+
+def informative_points(records: Sequence[Mapping[str, Any]]) -> list[int]:
+    """For every verdict of :func:`single_p_verdicts`, in its order: how many of its points
+    have a bound below 1 (a bound of 1 or more holds whatever is measured)."""
+    return [sum(1 for _, _, rhs in points if rhs < 1)
+            for _, _, points in _verdict_points(records)]
+
+
+def single_p_verdicts(records: Sequence[Mapping[str, Any]]) -> list[as_printed.Verdict]:
+    """One verdict per (task, rule, p statistic, p source): the claim ``measured wrong-vote
+    fraction <= step 4's bound at that single p``, at every (attack, Byzantine count) of the
+    records inside the theorem's condition (a finite bound). Statement
+    ``"Theorem 2bis step 4 at the {stat} p"``, source :data:`signvote.theory.REPORT`, case
+    ``"TASK, RULE, p of the runs without adversary"`` (or ``"..., the run's own p"``);
+    ``assumptions_hold`` False (one p for every coordinate, which training does not have)."""
+    return [as_printed.verdict(statement, as_printed.REPORT, case, points,
+                               assumptions_hold=False)
+            for statement, case, points in _verdict_points(records)]
 
 
 def from_sweep(sweep_dir: str | Path, last_epochs: int = 1) -> list[dict[str, Any]]:
@@ -300,18 +313,25 @@ def breakdown_table(items: Sequence[Mapping[str, Any]]) -> str:
          *(exact(b[f"tolerable_exact_{s}"]) for s in P_STATISTICS)] for b in items]))
 
 
-def verdict_table(verdicts: Sequence[as_printed.Verdict]) -> str:
-    """Markdown: one line per verdict, whether it held, at how many points, and the worst
-    ratio measured / bound with where it was."""
+def verdict_table(verdicts: Sequence[as_printed.Verdict],
+                  informative: Sequence[int] | None = None) -> str:
+    """Markdown: one line per verdict, whether it held ("no claim" where no point lies
+    inside the theorem's condition, e.g. at a p <= 1/2), at how many points, at how many of
+    those the bound is below 1 (``informative``, from :func:`informative_points`; "-" when
+    not given), and the worst ratio measured / bound with where it was."""
     def worst(v: as_printed.Verdict) -> str:
         if not v.worst:
             return "-"
         return f"{v.worst['attack']}, alpha {v.worst['alpha']:.2f}"
+
+    def holds(v: as_printed.Verdict) -> str:
+        return "no claim" if v.points == 0 else "yes" if v.holds else "no"
     return "\n".join(_table(
-        ["statement", "case", "holds", "points", "failures", "worst measured / bound",
-         "where"],
-        [[v.statement, v.case, "yes" if v.holds else "no", v.points, v.failures, v.ratio,
-          worst(v)] for v in verdicts]))
+        ["statement", "case", "holds", "points", "bound < 1", "failures",
+         "worst measured / bound", "where"],
+        [[v.statement, v.case, holds(v), v.points, None if informative is None else n,
+          v.failures, v.ratio if v.points else None, worst(v)]
+         for v, n in zip(verdicts, informative or [None] * len(verdicts), strict=True)]))
 
 
 def markdown_tables(records: Sequence[Mapping[str, Any]]) -> str:
@@ -319,7 +339,8 @@ def markdown_tables(records: Sequence[Mapping[str, Any]]) -> str:
     predictions at the clean single p, the breakdowns and the verdicts."""
     return "\n\n".join([spread_table(records), markdown_table(records, "clean"),
                         breakdown_table(breakdowns(records)),
-                        verdict_table(single_p_verdicts(records))])
+                        verdict_table(single_p_verdicts(records),
+                                      informative_points(records))])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
