@@ -198,3 +198,46 @@ def test_cancel_to_zero_real_messages_and_no_byzantine() -> None:
     assert torch.equal(out[:2], m[:2]) and m[2, 0] == 9.0  # input not mutated
     none = torch.zeros(3, dtype=torch.bool)
     assert attacks.get("cancel-to-zero")(m, none, ctx()) is m
+
+
+def brute_best_response(h: int, f: int, p: float, measure: str) -> float:
+    """Over every honest vote vector (not its sum) and every coalition message in
+    {-1, 0, 1}^f: the attacker's best expected damage when the true sign is +-1 with
+    probability 1/2 (the choice per vector is independent, so the best policy is the
+    best message per vector)."""
+    def damage(x: float) -> float:
+        if measure == "failure":
+            return float(x <= 0)
+        if measure == "wrong":
+            return float(x < 0)
+        return float(x < 0) - float(x > 0)
+
+    total = 0.0
+    for votes in itertools.product((1, -1), repeat=h):
+        up = sum(v > 0 for v in votes)
+        given_plus = p ** up * (1 - p) ** (h - up)      # P[votes | t = +1]
+        given_minus = p ** (h - up) * (1 - p) ** up     # P[votes | t = -1]
+        total += max(0.5 * given_plus * damage(sum(votes) + sum(m))
+                     + 0.5 * given_minus * damage(-(sum(votes) + sum(m)))
+                     for m in itertools.product((-1, 0, 1), repeat=f))
+    return -total if measure == "progress" else total
+
+
+@pytest.mark.parametrize("measure", co.MEASURES)
+def test_honest_sum_best_response_matches_brute_force(measure: str) -> None:
+    for h in range(1, 6):
+        for f in range(0, 4):
+            for p in (0.55, 0.8):
+                assert co.honest_sum_best_response(h, f, p, measure) == pytest.approx(
+                    brute_best_response(h, f, p, measure), abs=1e-12), (h, f, p)
+
+
+def test_best_response_verdicts() -> None:
+    points = co.grid_points((5, 6, 11, 12), (0.55, 0.8, 0.97))
+    held = {(v.case, v.statement.rsplit(", ", 1)[1]): v.holds
+            for v in co.best_response_verdicts(points)}
+    # cancel-to-zero: best for P[fail]; optimal-vote: best for progress, not for P[wrong]
+    # (it abstains where the honest sum is 0) nor P[fail] (it flips instead of zeroing)
+    assert held[("cancel-to-zero", "failure")] and held[("optimal-vote", "progress")]
+    assert not held[("optimal-vote", "wrong")] and not held[("optimal-vote", "failure")]
+    assert not held[("vote-cancel", "failure")] and not held[("cancel-to-zero", "wrong")]

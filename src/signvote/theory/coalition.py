@@ -46,10 +46,24 @@ Strategies (:data:`STRATEGIES`):
   every :math:`(H, f, p, t)` (both fail exactly when :math:`t s \le f`), without knowing
   :math:`t`.
 
-Findings this module computes (:func:`worst_case_verdicts`): every strategy's failure is at
-most ``all-against``'s; ``optimal-vote`` fails less where the honest majority is wrong but
-within reach (:math:`0 < -t s < f`: its :math:`f` votes against the honest majority put the
-vote back on the right side), by :math:`P[0 < -t s < f]` (:func:`failure_gap`).
+Findings this module computes (:func:`worst_case_verdicts`, :func:`best_response_verdicts`):
+
+- every strategy's failure, P[wrong] and loss of progress are at most ``all-against``'s,
+  at every :math:`(H, f, p, t)`: any :math:`f` ternary votes sum to :math:`t c \ge -f`, so
+  :math:`t V` is never below all-against's, outcome by outcome;
+- ``optimal-vote`` fails less where the honest majority is wrong but within reach
+  (:math:`0 < -t s < f`: its votes against the honest majority put the vote back on the
+  right side), by exactly :math:`P[0 < -t s < f]` (:func:`corrected_mass`); such an
+  :math:`s` exists only when :math:`s \equiv H \pmod 2` allows it;
+- ``vote-cancel`` (all :math:`\pm 1`) ends at :math:`V \in \{0, \mp 1\}` where
+  :math:`|s| \le f`: with :math:`M` odd it flips a wrong honest majority back as
+  ``optimal-vote`` does, with :math:`M` even it zeroes it (the failure of ``all-against``),
+  and its tie-break at :math:`s = 0` (-1) fails for :math:`t = +1` only;
+- with the true sign unknown (:math:`\pm 1` with probability 1/2), the most a coalition
+  that reads the honest votes can do (:func:`honest_sum_best_response`) is attained by
+  ``cancel-to-zero`` for P[fail] (which then equals ``all-against``'s: the report's step 1
+  is attained without knowing the true sign) and by ``optimal-vote`` for the progress;
+  for P[wrong] by neither (``optimal-vote`` abstains at :math:`s = 0`).
 """
 
 from __future__ import annotations
@@ -323,6 +337,77 @@ def worst_case_gaps(points: Sequence[tuple[int, int, float]] | None = None) -> l
     return rows
 
 
+# --- the best a coalition that reads only the honest votes can do --------------------------
+
+
+def _damage(measure: str, signed_vote: float) -> float:
+    """The attacker's gain at one outcome ``t V``: 1[t V <= 0], 1[t V < 0], or
+    ``-sign(t V)`` (minus the progress)."""
+    if measure == "failure":
+        return 1.0 if signed_vote <= 0 else 0.0
+    if measure == "wrong":
+        return 1.0 if signed_vote < 0 else 0.0
+    return -1.0 if signed_vote > 0 else 1.0 if signed_vote < 0 else 0.0
+
+
+def honest_sum_best_response(honest: int, byzantine: int, p: float, measure: str) -> float:
+    r"""The largest damage a coalition that sees the honest votes but not the true sign can
+    do, the true sign being :math:`\pm 1` with probability 1/2 each: for each honest sum
+    :math:`s` the total :math:`c \in \{-f, \dots, f\}` (every total ternary votes reach) that
+    maximises :math:`rac12 P[s \mid t = 1]\, d(s + c) + rac12 P[s \mid t = -1]\, d(-s - c)`,
+    summed over :math:`s` (a search; the honest votes are exchangeable, so :math:`s` is all
+    they tell about :math:`t`). ``measure``: ``failure`` or ``wrong`` (the damage is that
+    probability) or ``progress`` (returned as the smallest expected progress)."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure {measure!r}; valid: {', '.join(MEASURES)}")
+    _check_sizes(honest, byzantine)
+    return _best_response(honest, byzantine, float(p), measure)
+
+
+@functools.lru_cache(maxsize=65536)
+def _best_response(honest: int, byzantine: int, p: float, measure: str) -> float:
+    pmf = _pmf(honest, p)
+    total = []
+    for k in range(honest + 1):  # s = 2k - H; P[s | t = 1] = pmf[k], P[s | t = -1] = pmf[H - k]
+        s = 2 * k - honest
+        # the damage depends on s + c only through its sign: try each reachable sign
+        reachable = [x for x, ok in ((-1, s - byzantine < 0), (0, abs(s) <= byzantine),
+                                     (1, s + byzantine > 0)) if ok]
+        total.append(max(0.5 * pmf[k] * _damage(measure, x)
+                         + 0.5 * pmf[honest - k] * _damage(measure, -x) for x in reachable))
+    best = math.fsum(total)
+    return -best if measure == "progress" else best
+
+
+def sign_averaged(strategy: str, honest: int, byzantine: int, p: float, measure: str
+                  ) -> float:
+    """``strategy``'s ``measure`` averaged over the true sign (1/2 each)."""
+    return 0.5 * (getattr(coalition_outcome(strategy, honest, byzantine, p, 1), measure)
+                  + getattr(coalition_outcome(strategy, honest, byzantine, p, -1), measure))
+
+
+def best_response_verdicts(points: Sequence[tuple[int, int, float]] | None = None
+                           ) -> list[Verdict]:
+    r"""Per strategy that reads only the honest votes and per measure: does it do the
+    most damage such a coalition can (:func:`honest_sum_best_response`, the true sign
+    :math:`\pm 1` with probability 1/2)? ``lhs <= rhs`` with the strategy's damage on the
+    right (P[fail], P[wrong], or minus the progress); the claim of
+    :class:`~signvote.attacks.omniscient.OptimalVote`'s docstring ("the best response ...
+    to the majority vote") is the ``optimal-vote`` rows."""
+    points = grid_points(WORKER_GRID + EVEN_WORKER_GRID) if points is None else points
+    out = []
+    for strategy in ("vote-cancel", "optimal-vote", "cancel-to-zero"):
+        for measure in MEASURES:
+            sign = -1.0 if measure == "progress" else 1.0
+            pts = [({"M": m, "f": f, "p": p},
+                    sign * honest_sum_best_response(m - f, f, p, measure),
+                    sign * sign_averaged(strategy, m - f, f, float(p), measure))
+                   for m, f, p in points]
+            out.append(verdict(f"attains the best honest-sum response, {measure}", OURS,
+                               strategy, pts, tolerance=1e-9))
+    return out
+
+
 # --- bounds on the vote's failure against the exact worst case -----------------------------
 
 
@@ -437,7 +522,9 @@ def bound_verdicts(table: Sequence[BoundPoint] | None = None,
 def coalition_verdicts() -> list[Verdict]:
     """Every statement this module checks: "all against is the worst case" for each
     strategy, true sign and measure (:func:`worst_case_verdicts`, odd and even ``M``);
+    whether each honest-vote strategy is the best response of a coalition that does not
+    know the true sign (:func:`best_response_verdicts`);
     Hoeffding's bound against the exact failure (:func:`bound_verdicts` on
     :data:`WORKER_GRID`, every ``f < M/2``, :data:`P_GRID`).
     Mengoli et al. 2025's bound is absent (its statement was not available to us)."""
-    return worst_case_verdicts() + bound_verdicts()
+    return worst_case_verdicts() + best_response_verdicts() + bound_verdicts()
