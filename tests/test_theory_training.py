@@ -168,6 +168,9 @@ def test_the_breakdown_is_the_smallest_fraction_wrong_on_half_the_coordinates():
     assert low[0]["tolerable_exact_min"] == -0.1  # p = 0.4: even f = 0 fails
     assert low[0]["tolerable_min"] == 0.0
     assert "| f = 0 fails |" in tt.breakdown_table(low)
+    zero = tt.single_p_records([_row("c", 0, 2, 0.6, (0.0, 0.5, 0.6, 0.6, 0.7))])
+    assert zero[0]["tolerable_clean_min"] == 0.0  # p = 0: no division by 2p
+    assert zero[0]["bound_clean_min"] == math.inf and zero[0]["exact_clean_min"] == 1.0
 
 
 def test_the_verdicts_hold_where_measured_is_below_the_bound_and_no_further():

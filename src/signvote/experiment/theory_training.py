@@ -121,7 +121,14 @@ def _at_p(workers: int, byzantine: int, p: float | None) -> dict[str, float | No
     alpha = byzantine / workers
     return {"bound": as_printed.theorem2bis_failure_in_p(workers, p, alpha),
             "exact": theory.vote_failure_exact(workers, p, byzantine, "byzantine"),
-            "tolerable": as_printed.report_tolerable_fraction(p)}
+            "tolerable": _tolerable(p)}
+
+
+def _tolerable(p: float) -> float:
+    """:func:`signvote.theory.report_tolerable_fraction`, with its documented 0 for
+    ``p <= 1/2`` given at ``p = 0`` too (a coordinate on which no honest sign agreed; the
+    printed formula divides by 2p there)."""
+    return as_printed.report_tolerable_fraction(p) if p > 0.5 else 0.0
 
 
 def single_p_records(rows: Iterable[Mapping[str, Any]], last_epochs: int = 1
@@ -198,8 +205,7 @@ def breakdowns(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for s in P_STATISTICS:
             p = mine[0][f"p_clean_{s}"]
             item[f"p_clean_{s}"] = p
-            item[f"tolerable_{s}"] = None if p is None else (
-                as_printed.report_tolerable_fraction(p))
+            item[f"tolerable_{s}"] = None if p is None else _tolerable(p)
             item[f"tolerable_exact_{s}"] = None if p is None else (
                 theory.tolerable_byzantine(item["workers"], p) / item["workers"])
         out.append(item)
