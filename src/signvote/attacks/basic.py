@@ -53,21 +53,24 @@ class BlindInversion(AttackBase):
 def cancelling_votes(honest_sum: Tensor, f: int) -> Tensor:
     r"""The coalition's votes ``[f, d]`` against the honest vote sums ``S[d]``.
 
-    With :math:`a = |S|` and :math:`\sigma = -1` where :math:`S \ge 0`, :math:`+1` where
-    :math:`S < 0`, Byzantine worker :math:`k \in \{0, \dots, f-1\}` votes
+    With :math:`a = |S|` and :math:`\sigma = -1` where :math:`S > 0`, :math:`+1` where
+    :math:`S \le 0`, Byzantine worker :math:`k \in \{0, \dots, f-1\}` votes
 
     .. math:: b_k = \sigma \text{ if } k < a \text{ or } (k - a) \text{ is even}, \quad
               b_k = -\sigma \text{ otherwise.}
 
     So where :math:`|S| > f` all vote :math:`-\mathrm{sign}(S)`; where :math:`0 \le S \le f`,
     :math:`S` of them vote :math:`-1` to cancel the honest sum and the rest alternate
-    :math:`-1, +1, -1, \dots` (mirror image for :math:`-f \le S < 0`). The coalition's total
-    is :math:`-S - ((f - S) \bmod 2)` for :math:`0 \le S \le f`, as in the seed code.
+    :math:`-1, +1, -1, \dots` (mirror image for :math:`-f \le S \le 0`). The coalition's
+    total is :math:`-S - ((f - S) \bmod 2)` for :math:`0 < S \le f` and
+    :math:`-S + ((f + S) \bmod 2)` for :math:`-f \le S \le 0`, as in the seed code, which
+    applies the mirror rule last, so at :math:`S = 0` (possible only with zeros among the
+    honest signs, or an even number of honest workers) the total is :math:`f \bmod 2`.
     """
     # [f + 1, f]: the votes, in units of sigma, for |S| = 0..f
     table = _cancelling_table(f).to(honest_sum.device)
     magnitude = honest_sum.abs().clamp(max=f).long()
-    against = torch.where(honest_sum >= 0, -1.0, 1.0)
+    against = torch.where(honest_sum > 0, -1.0, 1.0)
     return (table[magnitude] * against.unsqueeze(1)).T
 
 

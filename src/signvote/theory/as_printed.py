@@ -47,8 +47,9 @@ def report_lemma1bis_sign_error(snr: float) -> float:
 
 def report_tolerable_fraction(p: float) -> float:
     r"""Theorem 2bis's condition as printed: it holds for :math:`\alpha < 1 - 1/(2p)`
-    (0 when :math:`p \le 1/2`)."""
-    return max(0.0, 1 - 1 / (2 * p))
+    (0 when :math:`p \le 1/2`): :func:`signvote.theory.core.tolerable_fraction`, under
+    the report's name."""
+    return core.tolerable_fraction(p)
 
 
 def _margin(p: float, alpha: float) -> float:

@@ -58,7 +58,8 @@ Findings this module computes (:func:`worst_case_verdicts`, :func:`best_response
 - ``vote-cancel`` (all :math:`\pm 1`) ends at :math:`V \in \{0, \mp 1\}` where
   :math:`|s| \le f`: with :math:`M` odd it flips a wrong honest majority back as
   ``optimal-vote`` does, with :math:`M` even it zeroes it (the failure of ``all-against``),
-  and its tie-break at :math:`s = 0` (-1) fails for :math:`t = +1` only;
+  and its tie-break at :math:`s = 0` (the seed's mirror rule: a total of
+  :math:`f \bmod 2`, +1 for odd :math:`f`) fails for :math:`t = -1` only;
 - with the true sign unknown (:math:`\pm 1` with probability 1/2), the most a coalition
   that reads the honest votes can do (:func:`honest_sum_best_response`) is attained by
   ``cancel-to-zero`` for P[fail] (which then equals ``all-against``'s: the report's step 1
@@ -228,7 +229,7 @@ def coalition_outcome(strategy: str, honest: int, byzantine: int, p: float,
 def coalition_failure(strategy: str, honest: int, byzantine: int, p: float,
                       true_sign: int | None = None) -> float:
     """:attr:`Outcome.failure`; with ``true_sign=None`` the larger over both true signs
-    (``vote-cancel`` breaks the tie :math:`s = 0` towards -1, so its failure depends on
+    (``vote-cancel`` breaks the tie :math:`s = 0` towards +1, so its failure depends on
     the sign; the others are symmetric)."""
     signs = (1, -1) if true_sign is None else (true_sign,)
     return max(coalition_outcome(strategy, honest, byzantine, p, t).failure for t in signs)

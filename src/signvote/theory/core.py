@@ -209,8 +209,8 @@ def vote_failure_bound(workers: int, p: float, alpha: float, mode: str) -> float
 
 def tolerable_fraction(p: float) -> float:
     """Theorem 2bis's limit: the vote's failure bound tends to 0 as M grows for every
-    Byzantine fraction ``alpha < 1 - 1/(2p)`` (0 when ``p <= 1/2``)."""
-    return max(0.0, 1 - 1 / (2 * p))
+    Byzantine fraction ``alpha < 1 - 1/(2p)`` (0 when ``p <= 1/2``, including ``p = 0``)."""
+    return 0.0 if p <= 0.5 else 1 - 1 / (2 * p)
 
 
 def tolerable_byzantine(workers: int, p: float, level: float = 0.5) -> int:
