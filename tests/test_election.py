@@ -35,11 +35,11 @@ def loop_vote_wrong(g, byz, signs, messages):
     return ((total > 0) - (total < 0)) != ((mu > 0) - (mu < 0))
 
 
-def loop_failures(g, attackers, values=(-1, 0, 1)):
+def loop_failures(g, attackers, values=(-1, 0, 1), partitions=(-1, 1)):
     g = g.tolist()
     n = len(g)
     count = 0
-    for signs in itertools.product((-1, 1), repeat=n):
+    for signs in itertools.product(partitions, repeat=n):
         for byz in itertools.combinations(range(n), attackers):
             for msgs in itertools.product(values, repeat=attackers):
                 count += loop_vote_wrong(g, set(byz), signs, msgs)
@@ -113,6 +113,23 @@ def test_the_brute_force_check_counts_what_a_plain_loop_counts(seed):
                 == loop_failures(g, attackers, (-1, 1)))
     d = election.deterministic_allocation(5, 1)
     assert election.tolerance_check(d, 2).failures == loop_failures(d, 2) > 0
+    for attackers in range(2):  # partition signs that may be 0
+        assert (election.tolerance_check(d, attackers, partitions=(-1, 0, 1)).failures
+                == loop_failures(d, attackers, partitions=(-1, 0, 1)))
+
+
+def test_with_zero_partition_signs_the_code_fails_only_at_a_tied_majority():
+    for n, b in [(3, 1), (5, 1), (5, 2), (7, 2)]:
+        g = election.deterministic_allocation(n, b)
+        for k in range(b + 1):
+            ternary = election.tolerance_check(g, k, partitions=(-1, 0, 1))
+            assert election.tolerance_check(g, k, partitions=(-1, 0, 1),
+                                            skip_ties=True).failures == 0
+            if ternary.failures:
+                assert ternary.example["majority"] == 0
+    # one worker with a tie of its own is enough, without any attacker (n = 5, b = 1)
+    assert election.tolerance_check(election.deterministic_allocation(5, 1), 0,
+                                    partitions=(-1, 0, 1)).failures > 0
 
 
 @pytest.mark.parametrize("n", [3, 5, 7])
@@ -227,6 +244,20 @@ def test_a_steps_messages_are_the_loop_over_partition_gradients(code, extra):
         assert torch.equal(seen.own[i], torch.sign(total))
     if code == "deterministic":
         assert torch.equal(g.cpu(), election.deterministic_allocation(5, 1))
+
+
+@pytest.mark.parametrize("rule", ["signsgd", "signum"])
+@pytest.mark.parametrize("byzantine, attack", [(1, "vote-cancel"), (2, "optimal-vote")])
+def test_within_its_bound_the_code_runs_the_attack_free_trajectory(rule, byzantine, attack):
+    # every step's vote is the partitions' majority, which is the attack-free plain vote
+    # (on the logistic task no partition's gradient coordinate is exactly 0)
+    clean = train(quick(rule=rule, byzantine=0), progress=False, write=False)
+    plain = train(quick(rule=rule, byzantine=byzantine, attack=attack), progress=False,
+                  write=False)
+    coded = train(quick(rule=rule, byzantine=byzantine, attack=attack,
+                        election_code="deterministic"), progress=False, write=False)
+    assert torch.equal(coded.params, clean.params)
+    assert not torch.equal(plain.params, clean.params)
 
 
 def test_a_coded_run_records_its_cost_and_is_reproducible(tmp_path):

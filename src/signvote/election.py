@@ -188,17 +188,23 @@ class Tolerance:
         return self.failures / self.cases if self.cases else 0.0
 
 
-def tolerance_check(g: Tensor, attackers: int, *, messages: tuple[int, ...] = (-1, 0, 1)
+def tolerance_check(g: Tensor, attackers: int, *, messages: tuple[int, ...] = (-1, 0, 1),
+                    partitions: tuple[int, ...] = (-1, 1), skip_ties: bool = False
                     ) -> Tolerance:
     r"""Brute force, one coordinate: for every partition-sign pattern
     :math:`s \in \{-1, +1\}^n`, every Byzantine set :math:`B` of exactly ``attackers``
     workers and every pattern of their messages in ``messages^{|B|}`` (ternary by default,
     ``(-1, 1)`` for binary), whether the server's vote
     :math:`\mathrm{sign}(\sum_{i \notin B} c_i + \sum_{i \in B} m_i)` equals the majority
-    opinion :math:`\mathrm{sign}(\sum_j s_j)`. For ``n`` up to about 9."""
+    opinion :math:`\mathrm{sign}(\sum_j s_j)`. ``partitions=(-1, 0, 1)``: the partitions'
+    signs may be 0 too (a coordinate whose gradient is exactly 0 on a partition, which the
+    paper's binary signs leave out); ``skip_ties``: only the patterns whose majority
+    opinion is not 0. For ``n`` up to about 9."""
     n = g.shape[0]
-    signs = _patterns(n, (-1, 1))  # [P, n]
+    signs = _patterns(n, partitions)  # [P, n]
     mu = torch.sign(signs.sum(1))  # [P]
+    if skip_ties:
+        signs, mu = signs[mu != 0], mu[mu != 0]
     honest = torch.sign(signs @ g.T.to(torch.int64))  # [P, n]: c_i for every pattern
     sent = _patterns(attackers, messages).sum(1) if attackers else torch.zeros(1, dtype=torch.int64)
     cases = failures = 0
@@ -321,13 +327,16 @@ BERNOULLI_CASES = ((5, 1, 2.5), (9, 2, 3.0), (9, 3, 3.0), (9, 3, 2.0))
 """``(n, b, r)`` of the paper's Bernoulli experiments (their run.sh) that are checked."""
 
 
-def _deterministic_points(over: int) -> Iterator[tuple[dict[str, Any], float, float]]:
+def _deterministic_points(over: int, **kinds: Any
+                          ) -> Iterator[tuple[dict[str, Any], float, float]]:
     for n, b in DETERMINISTIC_CASES:
+        if kinds and n > 7:
+            continue  # 3^9 ternary patterns times every Byzantine set: too many for a report
         g = deterministic_allocation(n, b)
         for k in ([b + over] if over else range(b + 1)):
             if k >= n:
                 continue
-            t = tolerance_check(g, k)
+            t = tolerance_check(g, k, **kinds)
             yield ({"n": n, "b": b, "attackers": k, "r": redundancy(g), **t.example},
                    t.error, 0.0)
 
@@ -340,6 +349,8 @@ def election_verdicts(*, draws: int = 400, seed: int = 0) -> list[Verdict]:
        (sign pattern, Byzantine set of :math:`k \le b`, ternary messages) cases whose vote
        is not the majority opinion, rhs 0, for every :data:`DETERMINISTIC_CASES`;
     2. the same at :math:`b + 1` attackers (no claim; ``assumptions_hold=False``): fails;
+       and with partition signs that may be 0 (outside the paper's binary signs): fails
+       exactly where the partitions' majority is a tie (0), holds where it is not;
     3. the authors' released :math:`n = 5, b = 1` matrix (:math:`r = 3.8`), at 1 and 2;
     4. the deterministic code's redundancy against the exhaustive minimum
        (:func:`minimum_redundancy`, :data:`MINIMUM_CASES`), with every worker computing
@@ -356,7 +367,16 @@ def election_verdicts(*, draws: int = 400, seed: int = 0) -> list[Verdict]:
                    _deterministic_points(0)),
            verdict("deterministic code at b + 1 Byzantines", "ours (beyond the claim)",
                    "every sign pattern, Byzantine set of b + 1 and ternary message",
-                   _deterministic_points(1), assumptions_hold=False)]
+                   _deterministic_points(1), assumptions_hold=False),
+           verdict("deterministic code tolerates b Byzantines, zero partition signs",
+                   "ours (outside the paper's binary signs)",
+                   "ternary partition signs, every Byzantine set and ternary message, n <= 7",
+                   _deterministic_points(0, partitions=(-1, 0, 1)), assumptions_hold=False),
+           verdict("deterministic code tolerates b Byzantines, zero signs, no tie",
+                   "ours (outside the paper's binary signs)",
+                   "ternary partition signs whose majority is not 0, n <= 7",
+                   _deterministic_points(0, partitions=(-1, 0, 1), skip_ties=True),
+                   assumptions_hold=False)]
     released = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 1, 1, 0]] + [[1] * 5] * 3)
     for k in (1, 2):
         t = tolerance_check(released, k)
