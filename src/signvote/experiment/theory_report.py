@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from signvote import theory
-from signvote.experiment import plots, results, runs, statements
-from signvote.theory import as_printed
+from signvote.experiment import plots, results, runs, statements, theory_training
+from signvote.theory import as_printed, coalition
 
 
 def _grid(lo: float, hi: float, n: int) -> list[float]:
@@ -300,9 +300,13 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
     simulated ``rate_repeats`` times."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    observed = []
+    observed: list[dict[str, Any]] = []
+    single_p: list[dict[str, Any]] = []
     if sweep_dir is not None:
-        observed = observed_breakdowns(results.tidy_rows(sweep_dir))
+        rows = results.tidy_rows(sweep_dir)
+        observed = observed_breakdowns(rows)
+        if any(row.get("theory_p_coord_min") is not None for row in rows):
+            single_p = theory_training.single_p_records(rows)
     rates_fig, panel_checks = rate_figure(rate_repeats)
     figures = [("sign_error", sign_error_figure()), ("lemma1bis", lemma1bis_figure()),
                ("vote_failure", vote_failure_figure()),
@@ -320,7 +324,9 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
                 "points": c.points, "holds": c.holds, "violations": len(c.violations),
                 "first_violation": list(c.violations[0]) if c.violations else None,
                 "tightest_ratio": round(c.tightest_ratio, 4)} for c in checks]
-    verdicts = statements.collect()
+    verdicts = statements.collect() + coalition.coalition_verdicts()
+    if single_p:
+        verdicts += theory_training.single_p_verdicts(single_p)
     one_p, one_p_records = as_printed.rate_verdicts(rate_repeats)
     verdicts += one_p
     runs.write_json(out / "checks.json", {"statements": statements.records(verdicts),
@@ -360,7 +366,14 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
             "S = 0, because its median is below its mean. The form that holds for every "
             "noise of variance sigma^2 is Cantelli's, 1 / (1 + S^2), which held on every "
             "noise here."]
+    lines += _coalition_lines()
     lines += _rate_lines(rate_checks, rate_repeats)
+    if single_p:
+        lines += ["", f"## The theorem's single p against training (`{sweep_dir}`)", "",
+                  "Per-coordinate p measured by `--measure-theory` (last epoch), and "
+                  "Theorem 2bis's step-4 bound, the exact binomial and 1 - 1/(2p) at its "
+                  "minimum, median and mean (`signvote.experiment.theory_training`).", "",
+                  theory_training.markdown_tables(single_p)]
     if sweep_dir is not None:
         lines += ["", f"## Observed in training (`{sweep_dir}`)", "",
                   "The measured p is the fraction of coordinates on which an honest worker's "
@@ -441,6 +454,50 @@ def _statement_lines(verdicts: list[as_printed.Verdict], one_p: list[dict[str, A
         lines.append(f"| {case} | {first['p_min']:.3f} / {first['p_median']:.3f} / "
                      f"{first['p_mean']:.3f} | {first['measured']:.4g} +- "
                      f"{first['measured_se']:.2g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _coalition_lines() -> list[str]:
+    """THEORY.md's section on step 1 (is every Byzantine against the true sign the worst
+    case?) and on which bound of the vote's failure is tightest
+    (:mod:`signvote.theory.coalition`)."""
+    lines = [
+        "", "## Step 1: the coalition's worst case, and the tightest bound", "",
+        "Exact per-coordinate outcomes of the vote under each coalition strategy (binomial "
+        "sums over the honest vote sum s, `theory.coalition`). `all-against` is step 1's "
+        "worst case (every Byzantine votes against the true sign); the others read only the "
+        "honest votes, and sometimes put a wrong honest majority right. The largest "
+        "amount by which each fails less often than all-against, over M in {5, 11, 31, 101, "
+        "6, 10, 30, 100}, every f < M/2 and p from 0.55 to 0.99:", "",
+        "| strategy | true sign | largest gap in P[fail] | at (M, f, p) | mean gap |",
+        "|---|---|---|---|---|"]
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in coalition.worst_case_gaps():
+        key = (row["strategy"], row["true_sign"])
+        if key not in best or row["max failure gap"] > best[key]["max failure gap"]:
+            best[key] = row
+    for (strategy, sign), row in best.items():
+        lines.append(f"| {strategy} | {sign:+d} | {row['max failure gap']:.3f} | "
+                     f"({row['M']}, {row['at f']}, {row['at p']:g}) | "
+                     f"{row['mean failure gap']:.3f} |")
+    lines += ["", "`mengoli-optimal` is our reading of Mengoli et al.'s optimal attack (a "
+              "coalition that knows the true sign picks the most damaging total), not their "
+              "printed definition, which we could not read; under it the attack is "
+              "all-against. `cancel-to-zero` reaches all-against's failure while reading only "
+              "the honest votes."]
+    table = coalition.tightest_bounds()
+    names = list(table[0].bounds)
+    lines += ["", "Which bound of the vote's failure (every Byzantine against) is the smallest "
+              "valid one, per M (counts of grid points; f < M/2, p from 0.55 to 0.99). "
+              "Mengoli et al. 2025's bound is not among them: its statement was not "
+              "available to us.", "",
+              "| M | points | " + " | ".join(f"tightest: {n}" for n in names)
+              + " | none below 1 |", "|---|---|" + "---|" * (len(names) + 1)]
+    for m in sorted({pt.workers for pt in table}):
+        pts = [pt for pt in table if pt.workers == m]
+        lines.append(f"| {m} | {len(pts)} | "
+                     + " | ".join(str(sum(pt.tightest == n for pt in pts)) for n in names)
+                     + f" | {sum(not pt.tightest for pt in pts)} |")
     return lines
 
 
