@@ -42,11 +42,14 @@ The codes here:
   Byzantines the vote keeps a margin of at least 1.
 
 What the paper says, and what could not be read: the stored copies reachable from this
-project's search tool hold only the paper's abstract and introduction (arXiv 1910.06093v4;
-the ar5iv and SPIQA copies). The abstract claims (i) for the Bernoulli codes "upper bounds
-on the error probability in estimating the majority opinion", (ii) "an explicit code which
-perfectly tolerates Byzantines", (iii) "tight upper/lower bounds on the minimum required
-computational redundancy". The numbered statements (their theorems' exact text, the
+project's search tool hold only the paper's abstract and introduction (arXiv 1910.06093;
+the ar5iv and SPIQA copies of v4, an abstract page of an earlier version). The earlier
+abstract claims (i) for the Bernoulli codes "upper bounds on the error probability in
+estimating the majority opinion" (v4: "an upper bound on the error probability in
+estimating the signs of the true gradients"), (ii) "an explicit code which perfectly
+tolerates Byzantines" (v4: "proven to perfectly tolerate arbitrary Byzantine attacks"),
+(iii) "tight upper/lower bounds on the minimum required computational redundancy".
+The numbered statements (their theorems' exact text, the
 general construction and its printed redundancy, the Bernoulli bound) were not available;
 the deterministic construction above is the released :math:`n = 5, b = 1` matrix, extended
 by us to every odd :math:`n`, and checked here by brute force (:func:`tolerance_check`),
