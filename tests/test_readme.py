@@ -230,6 +230,8 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     ".venv/bin/signvote theory --out runs/theory --sweep runs/breakdown":
         Run("theory", append=" --rate-repeats 2"),
     "signvote theory --sweep": Skip(FRAGMENT),
+    "signvote theory": Skip(FRAGMENT),
+    "signvote reproduce": Skip(FRAGMENT),
     # Distributed training
     ".venv/bin/signvote train --engine dist --workers 4 --byzantine 1 --epochs 10 --out "
     "runs/dist": Run("dist", (("--epochs 10", EPOCHS_1),), process=True),

@@ -14,14 +14,18 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from signvote.theory import as_printed
+from signvote import election
+from signvote.theory import as_printed, coalition
 from signvote.theory.as_printed import Verdict
 
 
 def collect(*, rate_repeats: int = 0, quick: bool = False) -> list[Verdict]:
     """The verdicts of the report's Lemma 1bis and its fixes, of each step of its proof of
-    Theorem 2bis, and (``rate_repeats`` >= 2) of its rate at one p on simulated votes.
-    ``quick`` checks the proof on a smaller grid (M in {5, 11, 31}, every fifth S)."""
+    Theorem 2bis, (``rate_repeats`` >= 2) of its rate at one p on simulated votes, and
+    (unless ``quick``) of the coalition strategies (step 1's worst case,
+    :mod:`signvote.theory.coalition`) and of Election Coding's tolerance
+    (:func:`signvote.election.election_verdicts`). ``quick`` checks the proof on a smaller
+    grid (M in {5, 11, 31}, every fifth S) and leaves the last two out (about 15 s)."""
     verdicts = as_printed.lemma_verdicts()
     if quick:
         verdicts += as_printed.proof_step_verdicts(workers=(5, 11, 31),
@@ -30,6 +34,8 @@ def collect(*, rate_repeats: int = 0, quick: bool = False) -> list[Verdict]:
         verdicts += as_printed.proof_step_verdicts()
     if rate_repeats >= 2:
         verdicts += as_printed.rate_verdicts(rate_repeats)[0]
+    if not quick:
+        verdicts += coalition.coalition_verdicts() + election.election_verdicts()
     return verdicts
 
 

@@ -324,7 +324,7 @@ def write(out: str | Path, sweep_dir: str | Path | None = None,
                 "points": c.points, "holds": c.holds, "violations": len(c.violations),
                 "first_violation": list(c.violations[0]) if c.violations else None,
                 "tightest_ratio": round(c.tightest_ratio, 4)} for c in checks]
-    verdicts = statements.collect() + coalition.coalition_verdicts()
+    verdicts = statements.collect()
     if single_p:
         verdicts += theory_training.single_p_verdicts(single_p)
     one_p, one_p_records = as_printed.rate_verdicts(rate_repeats)

@@ -114,7 +114,8 @@ class Verdict:
         failures: at how many ``lhs > rhs`` (beyond a relative tolerance).
         worst: the point where ``lhs / rhs`` is largest (its coordinates, ``lhs``, ``rhs``).
         ratio: that largest ``lhs / rhs`` over points with a finite positive ``rhs``
-            (above 1: fails by that factor; 1: reached; below 1: slack).
+            (above 1: fails by that factor; 1: reached; below 1: slack), ``inf`` where
+            ``lhs`` exceeds a bound of 0 or below (a claim that something never happens).
         excess: the largest ``lhs - rhs`` (positive where it fails).
     """
 
@@ -148,8 +149,10 @@ def verdict(statement: str, source: str, case: str,
             failures += 1
         if math.isfinite(rhs):
             excess = max(excess, lhs - rhs)
-            if rhs > 0 and lhs / rhs > ratio:
-                ratio = lhs / rhs
+            # a failure against a bound of 0 or below has no ratio: inf, the worst of all
+            point_ratio = lhs / rhs if rhs > 0 else math.inf if lhs > rhs else 0.0
+            if point_ratio > ratio:
+                ratio = point_ratio
                 worst = {**where, "lhs": lhs, "rhs": rhs}
     return Verdict(statement, source, case, assumptions_hold, count, failures, worst,
                    ratio, excess)
