@@ -160,3 +160,15 @@ def test_tensorboard_without_its_package_is_refused_in_one_line(tmp_path, capsys
     code, _, stderr = run_cli(["train", "--quiet", "--tensorboard", "--out",
                                str(tmp_path / "run")], capsys)
     assert code == 2 and "--tensorboard needs the tensorboard package" in stderr
+
+
+def test_help_never_breaks_a_name_at_its_hyphens(capsys):
+    """Every attack, aggregator and model name stands whole in `train --help` (argparse
+    would wrap `cancel-to-zero` as `cancel-` / `to-zero`)."""
+    from signvote import aggregators, attacks, models
+
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    words = set(out.replace(",", " ").replace(";", " ").replace(")", " ").split())
+    for name in [*attacks.names(), *aggregators.names(), *models.names()]:
+        assert name in words, name

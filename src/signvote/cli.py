@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -39,8 +40,22 @@ SHORT = {"blind": "-i", "byzantine": "-b", "epochs": "-e", "seed": "-s"}
 """Short flags kept from the paper's seed command line (``main.py nprocs dataset -i -b -e -s``)."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help (descriptions and epilogs as written), with option help wrapped
+    between words only: a name such as ``cancel-to-zero`` is never broken at a hyphen,
+    so a script can search the help for it."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line and exit code 2."""
+    """An argparse parser whose errors are one line and exit code 2, and whose help is
+    :class:`HelpFormatter`'s."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: error: {message} (see {self.prog} --help)")
@@ -187,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "one process (--engine sim) or one process each under torch.distributed "
                     "(--engine dist), and write OUT/config.json, OUT/metrics.csv (one row per "
                     "epoch), OUT/params.pt and OUT/summary.json.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="examples:\n"
                "  signvote train --rule signum --byzantine 4 --epochs 80 --out runs/signum-byz4\n"
                "  signvote train --engine dist --workers 4 --byzantine 1 --out runs/dist\n"
@@ -203,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "simulator, --jobs at a time, each in OUT/runs/ID. Started again, it runs "
                     "only the runs that have not finished. Writes OUT/results.csv and "
                     "OUT/results.parquet (one row per run and epoch).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="example sweep file:\n  rule = [\"signsgd\", \"signum\"]\n"
                "  byzantine = [0, 2, 4]\n  seed = [1, 2, 3]\n  epochs = 20")
     sweep.add_argument("file", metavar="FILE", help="the sweep file (TOML)")
