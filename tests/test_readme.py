@@ -224,11 +224,12 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     "tensorboard --logdir runs": Skip("starts a server that runs until it is stopped"),
     "pip install 'signvote[tensorboard]'": Skip(NETWORK),
     # The theory
-    ".venv/bin/signvote theory --out runs/theory": Run("theory", append=" --rate-repeats 2"),
+    ".venv/bin/signvote theory --out runs/theory": Run("theory",
+                                                       append=" --rate-repeats 2 --quick"),
     ".venv/bin/signvote sweep examples/theory_breakdown.toml --out runs/breakdown":
         Run("theory", append=" --set epochs=1 --set 'byzantine=[0, 5]'"),
     ".venv/bin/signvote theory --out runs/theory --sweep runs/breakdown":
-        Run("theory", append=" --rate-repeats 2"),
+        Run("theory", append=" --rate-repeats 2 --quick"),
     "signvote theory --sweep": Skip(FRAGMENT),
     "signvote theory": Skip(FRAGMENT),
     "signvote reproduce": Skip(FRAGMENT),

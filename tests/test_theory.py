@@ -106,15 +106,20 @@ def test_the_theory_command_writes_figures_and_a_report(tmp_path, capsys):
 
     from signvote.cli import main
 
-    assert main(["theory", "--out", str(tmp_path), "--rate-repeats", "2"]) == 0
+    assert main(["theory", "--out", str(tmp_path), "--rate-repeats", "2", "--quick"]) == 0
     out = capsys.readouterr().out
+    assert "statements checked, 2 fail within their assumptions: Lemma 1bis: 1/(2S^2); " \
+           "step 5: Lemma 1bis in step 4" in out
     assert "52 bounds checked, 1 fail somewhere" in out
     assert "(0 within their assumptions)" in out
-    for name in ("sign_error", "vote_failure", "tolerance", "rates"):
+    for name in ("sign_error", "lemma1bis", "vote_failure", "tolerance", "rates"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
         assert (tmp_path / f"{name}.svg").stat().st_size > 0
     report = (tmp_path / "THEORY.md").read_text()
     assert "| Lemma 1 | exponential - 1 (asymmetric) | no | NO | 31 of 251 |" in report
+    assert "| Lemma 1bis: 1/(2S^2) | Akoun & Meyer 2022 | NO: 15 of 19 cases |" in report
+    assert "### Theorem 2bis's rate with one p" in report
+    assert "## Step 1" not in report  # --quick leaves the coalition section out
     written = json.loads((tmp_path / "checks.json").read_text())
     assert sum(not c["holds"] for c in written["checks"]) == 1
     # every rate case and panel point, once per bound; only Theorem 2 on Byzantine fails
@@ -227,7 +232,7 @@ def test_the_theory_command_marks_a_sweeps_breakdown(tmp_path, capsys):
     assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "s"), "--jobs", "1",
                  "--quiet"]) == 0
     assert main(["theory", "--out", str(tmp_path / "t"), "--sweep", str(tmp_path / "s"),
-                 "--rate-repeats", "2"]) == 0
+                 "--rate-repeats", "2", "--quick"]) == 0
     report = (tmp_path / "t" / "THEORY.md").read_text()
     assert (tmp_path / "t" / "vote_wrong.png").stat().st_size > 0
     # 2 Byzantine of 4: the 2 honest votes can at best tie, so the vote is never right
@@ -265,3 +270,16 @@ def test_the_prediction_averages_the_failure_over_coordinates():
     want = statistics.fmean(theory.vote_failure_exact(5, p, 1, "byzantine")
                             for p in (0.9, 0.5, 0.75))
     assert theory.predicted_vote_wrong(agree, live, 5, 0, 1) == pytest.approx(want)
+
+
+def test_the_coalition_section_tabulates_the_gaps_and_the_tightest_bounds():
+    from signvote.experiment import theory_report
+
+    lines = theory_report._coalition_lines()
+    assert "## Step 1: the coalition's worst case, and the tightest bound" in lines
+    gaps = [line for line in lines if line.startswith("| cancel-to-zero |")]
+    assert len(gaps) == 2 and all("| 0.000 |" in line for line in gaps)
+    (header,) = [line for line in lines if line.startswith("| M | points |")]
+    assert "tightest: report step 4" in header
+    rows = [line.split(" | ") for line in lines if line.startswith("| 101 |")]
+    assert rows and rows[0][2] == "0"  # the report's step 4 is never the tightest
