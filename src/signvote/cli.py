@@ -235,13 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="summarize a sweep: final and best test metric over seeds",
         description="Print one row per group of runs that differ only in their seed: the "
                     "mean over seeds and the 95% confidence half-width of the final and of "
-                    "the best value of --metric. Rewrites OUT/results.csv and "
-                    "OUT/results.parquet from the finished runs.")
+                    "the best value of --metric (best over a run's evaluations), and with "
+                    "--last-k K of the mean of its last K evaluations. Rewrites "
+                    "OUT/results.csv and OUT/results.parquet from the finished runs.")
     results.add_argument("sweep_dir", metavar="DIR", help="the sweep's folder")
     results.add_argument("--metric", default=None,
                          choices=("test_acc", "test_loss", "train_acc", "train_loss"),
                          help="the metric (default: test_acc, or test_loss for a sweep "
                               "without accuracy, such as a regression)")
+    results.add_argument("--last-k", type=_parse_int, default=None, metavar="K",
+                         help="also the mean over seeds of each run's mean of its last K "
+                              "evaluations (column lastK_METRIC; Karimireddy et al.'s "
+                              "figure)")
+    results.add_argument("--best-of-mean", action="store_true",
+                         help="also the best evaluation of the mean over seeds (column "
+                              "bestmean_METRIC; ByzFL's figure), beside best: the mean over "
+                              "seeds of each run's best")
 
     from signvote.experiment.reproduce import FIGURES, SCALES
 
@@ -365,15 +374,18 @@ def run_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     if s["status"] == "diverged":
-        print(f"training diverged at epoch {s['diverged_at_epoch']} (non-finite loss or "
+        at = ("" if "diverged_at_step" not in s else f", step {s['diverged_at_step']}")
+        print(f"training diverged at epoch {s['diverged_at_epoch']}{at} (non-finite loss or "
               f"parameters); stopped. Run folder: {config.out}", file=sys.stderr)
         return 0
     metric = (f"test accuracy {100 * s['final_test_acc']:.2f}% (best "
               f"{100 * s['best_test_acc']:.2f}%)" if s["final_test_acc"] is not None
               else f"test loss {s['final_test_loss']:.4f}")
+    length = (f"{s['epochs_completed']} epochs" if "evaluations" not in s else
+              f"{s['steps']} steps ({s['evaluations']} evaluations)")
     print(f"{config.rule} | {config.aggregator} | {config.byzantine} byzantine "
           f"({config.attack}), {config.blind} blind of {config.workers} workers | "
-          f"{s['epochs_completed']} epochs in {s['wall_s']:.2f}s | final {metric} | "
+          f"{length} in {s['wall_s']:.2f}s | final {metric} | "
           f"{config.out}")
     return 0
 
@@ -419,6 +431,9 @@ def varying_keys(configs: Sequence[TrainConfig]) -> list[str]:
 def run_results(args: argparse.Namespace) -> int:
     from signvote.experiment import results
 
+    if args.last_k is not None and args.last_k < 1:
+        fail(f"signvote results: error: --last-k {args.last_k}: valid: a whole number of at "
+             f"least 1 (the evaluations averaged)")
     folder = find_sweep("results", args.sweep_dir)
     try:
         rows = results.tidy_rows(folder, require=True)
@@ -426,7 +441,8 @@ def run_results(args: argparse.Namespace) -> int:
         fail(f"signvote results: error: {exc}")
     results.write_tables(folder, rows)
     metric = args.metric or results.default_metric(rows)
-    print(results.format_summary(results.summarize(rows, metric)))
+    print(results.format_summary(results.summarize(rows, metric, args.last_k,
+                                                   args.best_of_mean)))
     say_sweep("results", folder, args.sweep_dir)
     return 0
 

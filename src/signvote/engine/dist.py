@@ -25,9 +25,10 @@ buffers (its row of the simulator's); rank 0 gathers them at every evaluation an
 evaluates the model with the simulator's statistics (``run.evaluated_buffers``).
 
 Faults: rank 0 writes ``OUT/checkpoint.pt`` atomically every ``--checkpoint-every`` steps
-(every epoch by default) with the parameters, every worker's rule state and model
-buffers (BatchNorm's running statistics), the random generators, the aggregator's state
-and the metrics so far: tensors and plain data only,
+(every epoch by default; after the evaluation when one falls on the same step, so that
+``--steps`` and ``--eval-every`` resume like epochs) with the parameters, every worker's
+rule state and model buffers (BatchNorm's running statistics), the random generators,
+the aggregator's state and the metrics so far: tensors and plain data only,
 read back with ``torch.load(weights_only=True)``. A run that starts (or is
 restarted by torchrun, ``--max-restarts``) with a checkpoint of the same config resumes
 from it, so a killed worker costs the steps since the last checkpoint and changes nothing
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import signal
 import sys
@@ -75,15 +77,18 @@ from signvote.engine.run import (
     RunSetup,
     attack_generator,
     augmenter,
+    by_steps,
     check_overwrite,
     coin_generators,
     epoch_row,
     evaluated_buffers,
+    evaluation_due,
     finish_summary,
     learning_rate,
     prepare,
     run_rng,
     start_run_folder,
+    total_steps,
     write_results,
 )
 from signvote.engine.step import apply_update
@@ -511,18 +516,24 @@ class _Rank:
             torch.set_rng_state(ckpt["rng_state"])
         resumed_from = step
         per_epoch_steps = len(s.starts)
+        total = total_steps(c, per_epoch_steps)
+        stepped = by_steps(c)
         every = (per_epoch_steps if c.checkpoint_every is None else c.checkpoint_every)
         t0 = time.perf_counter() - elapsed
-        display = Display(c, out if self.rank == 0 else None, progress, done=len(metrics))
+        display = Display(c, out if self.rank == 0 else None, progress,
+                          done=step if stepped else len(metrics),
+                          steps=total if stepped else None)
         scored = self.worker is not None and not self.byzantine
         diverged = False
-        for epoch in range(step // per_epoch_steps, c.epochs):
+        for epoch in range(step // per_epoch_steps, math.ceil(total / per_epoch_steps)):
             lr = learning_rate(c, epoch)
             if self.worker is not None:
                 inputs, targets = s.walk(epoch, self.workers)
             for k, start in enumerate(s.starts):
                 if epoch * per_epoch_steps + k < step:
                     continue  # done before the checkpoint this run resumed from
+                if step == total:
+                    break
                 self._maybe_fault(step)
                 xb = yb = None
                 if self.worker is not None:
@@ -537,26 +548,26 @@ class _Rank:
                 if scored:
                     epoch_stats.add(honest.losses, honest.correct, yb.numel())
                 step += 1
-                last = k == per_epoch_steps - 1
-                if every and step % every == 0 and not last:
+                if evaluation_due(c, step, per_epoch_steps, total):
+                    row, finite = self._epoch_end(epoch, step, epoch_stats, epoch_bytes, x,
+                                                  lr, t0)
+                    epoch_stats, epoch_bytes = EpochStats(), _no_bytes()
+                    if self.rank == 0:
+                        display.record(row, metrics)
+                    if not finite:
+                        diverged = True
+                        break
+                if every and step % every == 0:  # after the row of an evaluation due here
                     self._save(out, step, x, metrics, epoch_stats, epoch_bytes,
                                time.perf_counter() - t0)
-            row, finite = self._epoch_end(epoch, step, epoch_stats, epoch_bytes, x, lr, t0)
-            epoch_stats, epoch_bytes = EpochStats(), _no_bytes()
-            if self.rank == 0:
-                display.record(row, metrics)
-            if not finite:
-                diverged = True
+            if diverged:
                 break
-            if every and (c.checkpoint_every is None or step % every == 0):
-                self._save(out, step, x, metrics, epoch_stats, epoch_bytes,
-                           time.perf_counter() - t0)
         display.close()
         totals = self._traffic_totals()
         buffers = self._all_buffers()
         if self.rank != 0:
             return None
-        summary = finish_summary(s.summary, metrics, step, t0, diverged)
+        summary = finish_summary(s.summary, metrics, step, t0, diverged, stepped)
         summary.update(self._traffic_summary(totals, step))
         summary.update({"layout": c.layout, "world_size": self.world, "backend": self.backend,
                         "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),

@@ -124,8 +124,38 @@ def message_bytes(dim: int, sends_signs: bool) -> int:
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """The step-decayed learning rate of 0-based ``epoch``."""
+    """The step-decayed learning rate of 0-based ``epoch`` (under ``--steps`` too: a step's
+    epoch is the one its batch comes from, ``t // steps_per_epoch`` for 0-based step
+    ``t``)."""
     return config.lr * config.lr_decay_rate ** (epoch // config.lr_decay_step)
+
+
+def by_steps(config: TrainConfig) -> bool:
+    """Whether the run is scheduled by steps (``--steps`` or ``--eval-every`` given): its
+    metrics rows are evaluations, not epochs, and its progress bar counts steps."""
+    return config.steps is not None or config.eval_every is not None
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The steps a run takes: ``--steps``, else ``--epochs`` times the steps of an epoch."""
+    return config.steps if config.steps is not None else config.epochs * steps_per_epoch
+
+
+def evaluation_due(config: TrainConfig, step: int, steps_per_epoch: int, total: int) -> bool:
+    """Whether the run evaluates after its ``step``-th step (1-based: ``step`` steps
+    done): after the last step (``step == total``) and, before it, every ``--eval-every``
+    steps, or at the end of every epoch (``step`` a multiple of ``steps_per_epoch``)
+    without it."""
+    every = steps_per_epoch if config.eval_every is None else config.eval_every
+    return step == total or step % every == 0
+
+
+def evaluation_steps(config: TrainConfig, steps_per_epoch: int) -> list[int]:
+    """The step counts after which the run evaluates (:func:`evaluation_due`), in order:
+    ``metrics.csv``'s ``step`` column of a run that does not diverge."""
+    total = total_steps(config, steps_per_epoch)
+    return [t for t in range(1, total + 1)
+            if evaluation_due(config, t, steps_per_epoch, total)]
 
 
 @contextlib.contextmanager
@@ -586,8 +616,10 @@ def evaluated_buffers(setup: RunSetup, buffers: WorkerBuffers | None
 def epoch_row(epoch: int, step: int, stats: EpochStats, x: Tensor, setup: RunSetup,
               lr: float, t0: float, buffers: WorkerBuffers | None = None
               ) -> tuple[dict[str, Any], bool]:
-    """The metrics row of 0-based ``epoch`` (the scored workers' mean batch loss and
-    accuracy over the epoch, the test loss and accuracy of ``x`` with the running
+    """The metrics row of an evaluation after ``step`` steps, the last of them in 0-based
+    ``epoch`` (the scored workers' mean batch loss and accuracy over the steps since the
+    previous evaluation: the epoch, when the run evaluates once an epoch; the test loss
+    and accuracy of ``x`` with the running
     statistics :func:`evaluated_buffers` of every worker's ``buffers``) and whether the
     training loss and the parameters are finite (the test metrics are NaN and None when
     not). An epoch whose training loss is not finite has no training accuracy either
@@ -608,15 +640,24 @@ def epoch_row(epoch: int, step: int, stats: EpochStats, x: Tensor, setup: RunSet
 
 
 def finish_summary(summary: dict[str, Any], metrics: list[dict[str, Any]], step: int,
-                   t0: float, diverged: bool) -> dict[str, Any]:
+                   t0: float, diverged: bool, stepped: bool = False) -> dict[str, Any]:
     """``summary`` with the final and best metrics, the status and the counts filled in
-    (``diverged``: the last epoch's loss or parameters were not finite)."""
+    (``diverged``: the last evaluation's loss or parameters were not finite).
+    ``stepped``: the run is scheduled by steps (:func:`by_steps`); its rows are
+    evaluations, counted in ``evaluations``, and ``epochs_completed`` is the epoch its last
+    step fell in (1-based; that epoch possibly cut short). Otherwise a row is an epoch and
+    ``epochs_completed`` counts them."""
     summary = dict(summary)
     if diverged:
         summary["status"] = "diverged"
         summary["diverged_at_epoch"] = metrics[-1]["epoch"]
+        if stepped:
+            summary["diverged_at_step"] = metrics[-1]["step"]
     summary.update(final_metrics(metrics))
-    summary["epochs_completed"] = len(metrics)
+    summary["epochs_completed"] = (metrics[-1]["epoch"] if stepped and metrics
+                                   else len(metrics))
+    if stepped:
+        summary["evaluations"] = len(metrics)
     summary["steps"] = step
     summary["wall_s"] = round(time.perf_counter() - t0, 6)
     return summary
@@ -640,11 +681,17 @@ class Display:
     TensorBoard (``--tensorboard``) and the progress bar (when ``progress``)."""
 
     def __init__(self, config: TrainConfig, out: Path | None, progress: bool,
-                 done: int = 0) -> None:
+                 done: int = 0, steps: int | None = None) -> None:
+        """``steps``: the run's total steps when it is scheduled by steps
+        (:func:`by_steps`): the bar then counts steps, and ``done`` is the steps done (a
+        resumed run's); else it counts epochs, ``done`` of them done."""
         self.out = out
+        self.steps = steps
+        self.done = done
         self.board = (runs.TensorBoardLog(out / "tensorboard")
                       if out is not None and config.tensorboard else None)
-        self.bar = progress_bar(config.epochs, progress)
+        self.bar = (progress_bar(config.epochs, progress) if steps is None
+                    else progress_bar(steps, progress, "steps", "step"))
         if self.bar is not None and done:
             self.bar.update(done)
 
@@ -654,10 +701,12 @@ class Display:
         if self.out is not None:
             runs.write_metrics(self.out / "metrics.csv", metrics)
         if self.board is not None:
-            self.board.log(row)
+            self.board.log(row, "epoch" if self.steps is None else "step")
         if self.bar is not None:
             self.bar.set_postfix_str(postfix(row), refresh=False)
-            self.bar.update(1)
+            self.bar.update(1 if self.steps is None else row["step"] - self.done)
+        if self.steps is not None:
+            self.done = row["step"]
 
     def close(self) -> None:
         if self.bar is not None:
@@ -695,10 +744,12 @@ def final_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         best_loss = min(finite, key=lambda r: r["test_loss"])
         result["best_test_loss"], result["best_test_loss_epoch"] = (
             best_loss["test_loss"], best_loss["epoch"])
+        result["best_test_loss_step"] = best_loss["step"]
         if finite[0]["test_acc"] is not None:
             best_acc = max(finite, key=lambda r: r["test_acc"])
             result["best_test_acc"], result["best_test_acc_epoch"] = (
                 best_acc["test_acc"], best_acc["epoch"])
+            result["best_test_acc_step"] = best_acc["step"]
     for key, value in result.items():
         if isinstance(value, float) and not math.isfinite(value):
             result[key] = None  # JSON has no NaN
@@ -713,13 +764,14 @@ def postfix(row: dict[str, Any]) -> str:
     return text
 
 
-def progress_bar(total: int, enabled: bool):
-    """A tqdm bar over ``total`` epochs on stderr (None when not ``enabled``)."""
+def progress_bar(total: int, enabled: bool, desc: str = "epochs", unit: str = "ep"):
+    """A tqdm bar over ``total`` epochs (or steps: ``desc``, ``unit``) on stderr (None when
+    not ``enabled``)."""
     if not enabled:
         return None
     from tqdm import tqdm
 
     # In a log file (not a terminal) every refresh is a new line: refresh rarely there.
     interval = 0.1 if sys.stderr.isatty() else 10.0
-    return tqdm(total=total, desc="epochs", unit="ep", file=sys.stderr, leave=True,
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True,
                 dynamic_ncols=True, mininterval=interval)

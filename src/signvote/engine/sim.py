@@ -10,8 +10,9 @@ cycle (``data.partition.epoch_indices``), ``batch_size`` samples a step, the las
 an epoch being shorter when that does not divide; under ``--augment on`` each worker's batch
 is cropped and flipped by the numbers of its own stream (``data/augment.py``). The
 learning rate is ``lr * lr_decay_rate ** (epoch // lr_decay_step)`` (0-based epoch). The
-test set is evaluated after every epoch. The same config and seed give a bit-identical
-metrics.csv on the same machine.
+test set is evaluated after every epoch, or every ``--eval-every`` steps; ``--steps N``
+stops after N steps, within an epoch or beyond the first (``engine.run.evaluation_due``).
+The same config and seed give a bit-identical metrics.csv on the same machine.
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ from signvote.engine.run import (
     RunSetup,
     attack_generator,
     augmenter,
+    by_steps,
     coin_generators,
     epoch_row,
     evaluated_buffers,
+    evaluation_due,
     finish_summary,
     learning_rate,
     prepare,
     run_rng,
     start_run_folder,
+    total_steps,
     write_results,
 )
 from signvote.engine.step import DataPath
@@ -81,17 +85,27 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
     state = path.initial_state()
     step = 0
     t0 = time.perf_counter()
-    display = Display(c, out, progress)
+    per_epoch_steps = len(setup.starts)
+    total = total_steps(c, per_epoch_steps)
+    stepped = by_steps(c)
+    display = Display(c, out, progress, steps=total if stepped else None)
     finite = True
-    for epoch in range(c.epochs):
+
+    device = x.device
+
+    def fresh() -> tuple[EpochStats, list[dict[str, float]], Tensor]:
+        """The statistics of the steps since the last evaluation: none yet."""
+        return EpochStats(), [], torch.zeros(2, setup.layout.dim, dtype=torch.int64,
+                                             device=device)  # agreed, counted
+
+    stats, measured, agreement = fresh()
+    for epoch in range(math.ceil(total / per_epoch_steps)):
         lr = learning_rate(c, epoch)
         if epoch == 0 or not setup.fixed_order:
             inputs, targets = setup.walk(epoch)  # [n, per_epoch, ...]
-        stats = EpochStats()
-        measured: list[dict[str, float]] = []
-        agreement = torch.zeros(2, setup.layout.dim, dtype=torch.int64,
-                                device=x.device)  # agreed, counted
         for start in setup.starts:
+            if step == total:
+                break
             xb, yb = inputs[:, start:start + c.batch_size], targets[:, start:start + c.batch_size]
             if augment is not None:
                 xb = augment(xb)  # every worker's batch, from its own stream
@@ -104,21 +118,26 @@ def _loop(setup: RunSetup, progress: bool, write: bool) -> RunResult:
                 x, state, honest = path.step(x, state, xb, yb, lr, step)
             stats.add(honest.losses, honest.correct, yb.shape[1] * n_scored)
             step += 1
-        if not every_worker_scored:
-            stats = stats.scored(scored)
-        row, finite = epoch_row(epoch, step, stats, x, setup, lr, t0, state.buffers)
-        for key in theory.MEASURE_STEP_COLUMNS if measured else ():
-            row[key] = math.fsum(m[key] for m in measured) / len(measured)
-        if measured:
-            counts = agreement.cpu()  # once an epoch; the prediction computes on the CPU
-            row["theory_vote_wrong_predicted"] = theory.predicted_vote_wrong(
-                counts[0], counts[1], c.workers, c.blind, c.byzantine)
-            row |= theory.p_coordinate_spread(counts[0], counts[1])
-        display.record(row, metrics)
+            if not evaluation_due(c, step, per_epoch_steps, total):
+                continue
+            if not every_worker_scored:
+                stats = stats.scored(scored)
+            row, finite = epoch_row(epoch, step, stats, x, setup, lr, t0, state.buffers)
+            for key in theory.MEASURE_STEP_COLUMNS if measured else ():
+                row[key] = math.fsum(m[key] for m in measured) / len(measured)
+            if measured:
+                counts = agreement.cpu()  # once a row; the prediction computes on the CPU
+                row["theory_vote_wrong_predicted"] = theory.predicted_vote_wrong(
+                    counts[0], counts[1], c.workers, c.blind, c.byzantine)
+                row |= theory.p_coordinate_spread(counts[0], counts[1])
+            display.record(row, metrics)
+            stats, measured, agreement = fresh()
+            if not finite:
+                break
         if not finite:
             break
     display.close()
-    summary = finish_summary(setup.summary, metrics, step, t0, not finite)
+    summary = finish_summary(setup.summary, metrics, step, t0, not finite, stepped)
     if out is not None:
         write_results(out, setup, x, summary, state.buffers)
     return RunResult(c, summary, metrics, x, evaluated_buffers(setup, state.buffers))

@@ -53,6 +53,8 @@ MAX_THREADS = 1024
 """The most ``--threads`` (torch's thread pool crashes the process far above the cores)."""
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 """The longest ``--dist-timeout``: a week (a ``timedelta`` overflows at about 1e14 s)."""
+DEFAULT_EPOCHS = 80
+"""``--epochs`` when neither it nor ``--steps`` is given (the paper's logistic setting)."""
 ENGINES = ("sim", "dist")
 LAYOUTS = ("server", "peer")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -165,7 +167,20 @@ class TrainConfig:
                               "many epochs", check=at_least(1))
     lr_decay_rate: float = _opt(0.1, "learning-rate decay factor, in (0, 1]",
                                 check=within("(0, 1]"))
-    epochs: int = _opt(80, "training epochs", check=at_least(1))
+    epochs: int | None = _opt(None, f"training epochs (default: {DEFAULT_EPOCHS}; with "
+                              "--steps, none: the steps run into as many epochs as they "
+                              "need, and giving both is refused)", check=at_least(1),
+                              derive=lambda c: DEFAULT_EPOCHS if c.steps is None else None)
+    steps: int | None = _opt(None, "train exactly this many steps instead of --epochs "
+                             "epochs: the data order is the epochs', running into further "
+                             "epochs as needed; the learning rate still decays by the "
+                             "epoch a step falls in (step // steps per epoch)",
+                             check=at_least(1))
+    eval_every: int | None = _opt(None, "evaluate on the full test set every this many "
+                                  "steps and after the last one; metrics.csv has one row "
+                                  "per evaluation (default: after every epoch, and after "
+                                  "the last step of --steps)", check=at_least(1),
+                                  section=RECORDED)
     batch_size: int | None = _opt(None, "batch size per worker (default: 128 // workers)",
                                   check=at_least(1), derive=lambda c: max(1, 128 // c.workers))
     aggregator: str | None = _opt(None, "server rule (default: majority-vote for sign rules, "
@@ -411,6 +426,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if check is not None and not check.ok(value):
             raise ConfigError(check.message(name, value))
     c = dataclasses.replace(c, **values)
+    need(c.steps is None or c.epochs is None,
+          f"--steps {c.steps} and --epochs {c.epochs} both set the run's length; valid: "
+          f"--steps N alone (it runs into as many epochs as it needs) or --epochs E alone")
     check_plugin_names(c)
     need(
         c.byzantine + c.blind <= c.workers,

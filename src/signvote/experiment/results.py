@@ -11,7 +11,10 @@ Only finished runs are read: those whose files agree with each other
 naming its folder and what is wrong. :func:`summarize` groups the runs
 that differ only in their seed and reports, for the final epoch and for the best one
 separately (the best alone flatters), the mean over seeds and the half-width of its 95%
-confidence interval (Student's t).
+confidence interval (Student's t); on request also the mean of each run's last ``k``
+evaluations (:func:`mean_of_last`, the figure of Karimireddy, He & Jaggi, ICLR 2022) and
+the best evaluation of the mean over seeds (:func:`peak_of_mean`, the figure of ByzFL's
+benchmark), the order of the mean and the max swapped against ``best``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,13 +165,69 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
+def _when(row: dict[str, Any]) -> tuple[int, int]:
+    """A row's place in its run: its epoch, then its step (cells as numbers or text; a
+    row without a step counts as step 0)."""
+    step = row.get("step")
+    return int(row["epoch"]), int(step) if step not in (None, "") else 0
+
+
 def last_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each run's row of its last epoch, by run id."""
+    """Each run's row of its last evaluation (its last epoch, or its last step for a run
+    that evaluates within epochs), by run id."""
     last: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if row["run"] not in last or int(row["epoch"]) > int(last[row["run"]]["epoch"]):
+        if row["run"] not in last or _when(row) > _when(last[row["run"]]):
             last[row["run"]] = row
     return last
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def best_over_evaluations(values: Sequence[float | None], higher_is_better: bool = True
+                          ) -> float | None:
+    """The best of a run's evaluations, ``max_t v_t`` (``min_t`` for a loss), over its
+    finite values only; None when it has none. It is ``summary.json``'s ``best_test_acc``
+    (:func:`signvote.engine.run.final_metrics`) for the test accuracy."""
+    finite = [float(v) for v in values if _finite(v)]
+    if not finite:
+        return None
+    return max(finite) if higher_is_better else min(finite)
+
+
+def mean_of_last(values: Sequence[float | None], k: int) -> float:
+    """The mean of a run's last ``k`` evaluations, ``(1/k') sum_{t > T - k'} v_t`` with
+    ``k' = min(k, T)`` for ``T`` evaluations (all of them when there are fewer than
+    ``k``); NaN when one of them has no finite value. Karimireddy, He & Jaggi
+    ("Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing", ICLR 2022)
+    report the test accuracy so, averaged over the last evaluations of each run; how many
+    is theirs to say (``k``)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if not values:
+        return float("nan")
+    tail = list(values)[-k:]
+    if not all(_finite(v) for v in tail):
+        return float("nan")
+    return math.fsum(float(v) for v in tail) / len(tail)
+
+
+def peak_of_mean(series: Sequence[Mapping[int, float | None]], higher_is_better: bool = True
+                 ) -> float | None:
+    """The best evaluation of the mean over runs (seeds): ``max_t (1/S) sum_s v_{s,t}``
+    (``min_t`` for a loss) over the steps ``t`` at which every run of ``series`` (each a
+    map step -> value) has a finite value; None when there is no such step. ByzFL's
+    benchmark (LPD-EPFL/byzfl, ``benchmark/``) reports the accuracy so, before its
+    minimum over attacks; it is at most the mean over seeds of each run's best."""
+    if not series:
+        return None
+    common = set.intersection(*({t for t, v in run.items() if _finite(v)} for run in series))
+    if not common:
+        return None
+    means = [math.fsum(float(run[t]) for run in series) / len(series) for t in common]
+    return max(means) if higher_is_better else min(means)
 
 
 # --- the summary over seeds --------------------------------------------------------------
@@ -238,33 +298,45 @@ def default_metric(rows: Sequence[dict[str, Any]]) -> str:
             else "test_loss")
 
 
-def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc"
+def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc",
+              last_k: int | None = None, best_of_mean: bool = False
               ) -> list[dict[str, Any]]:
     """One row per group of runs that differ only in ``seed``: the config fields that vary
     between groups, the number of seeds, how many of them diverged (``status``
     ``diverged``), and the mean and 95% half-width over seeds of the final and of the best
-    ``metric`` (best: the highest accuracy, the lowest loss). The final value is the mean
-    over the seeds that did not diverge (None when all did): a diverged run has no final
-    value. The best counts every run's finite epochs, a diverged run's before it diverged."""
+    ``metric`` (best: the highest accuracy, the lowest loss; :func:`best_over_evaluations`).
+    The final value is the mean over the seeds that did not diverge (None when all did): a
+    diverged run has no final value. The best counts every run's finite evaluations, a
+    diverged run's before it diverged.
+
+    ``last_k``: also ``last{k}_{metric}``, the mean and half-width over the seeds that did
+    not diverge of each run's :func:`mean_of_last` ``k`` evaluations. ``best_of_mean``:
+    also ``bestmean_{metric}``, :func:`peak_of_mean` of the group's runs (no interval: it
+    is one number of the seeds together)."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_run.setdefault(row["run"], []).append(row)
     higher_is_better = not metric.endswith("loss")
     groups: dict[tuple, dict[str, Any]] = {}
     for run_rows in by_run.values():
+        run_rows = sorted(run_rows, key=_when)
         first = run_rows[0]
         key = tuple((k, first.get(k)) for k in CONFIG_COLUMNS if k != "seed")
-        values = [r[metric] for r in run_rows if r.get(metric) is not None
-                  and math.isfinite(r[metric])]
-        group = groups.setdefault(key, {"final": [], "best": [], "seeds": 0, "diverged": 0})
+        series = [r.get(metric) for r in run_rows]
+        group = groups.setdefault(key, {"final": [], "best": [], "last": [], "curves": [],
+                                        "seeds": 0, "diverged": 0})
         group["seeds"] += 1
         if first.get("status") == "diverged":
             group["diverged"] += 1
         else:
             last = run_rows[-1].get(metric)
             group["final"].append(float("nan") if last is None else last)
-        if values:
-            group["best"].append(max(values) if higher_is_better else min(values))
+            if last_k is not None:
+                group["last"].append(mean_of_last(series, last_k))
+        best = best_over_evaluations(series, higher_is_better)
+        if best is not None:
+            group["best"].append(best)
+        group["curves"].append({_when(r)[1]: v for r, v in zip(run_rows, series, strict=True)})
     varying = [k for k in CONFIG_COLUMNS if k != "seed"
                and len({dict(key)[k] for key in groups}) > 1]
     summary = []
@@ -273,11 +345,25 @@ def summarize(rows: Sequence[dict[str, Any]], metric: str = "test_acc"
                                   else (None, None))
         best_mean, best_half = (mean_ci95(group["best"]) if group["best"]
                                 else (None, None))
-        summary.append({**{k: dict(key)[k] for k in varying}, "seeds": group["seeds"],
-                        "diverged": group["diverged"],
-                        f"final_{metric}": final_mean, "final_ci95": final_half,
-                        f"best_{metric}": best_mean, "best_ci95": best_half})
+        entry = {**{k: dict(key)[k] for k in varying}, "seeds": group["seeds"],
+                 "diverged": group["diverged"],
+                 f"final_{metric}": final_mean, "final_ci95": final_half,
+                 f"best_{metric}": best_mean, "best_ci95": best_half}
+        if last_k is not None:
+            entry[f"last{last_k}_{metric}"], entry[f"last{last_k}_ci95"] = (
+                mean_ci95(group["last"]) if group["last"] else (None, None))
+        if best_of_mean:
+            entry[f"bestmean_{metric}"] = peak_of_mean(group["curves"], higher_is_better)
+            entry["bestmean_ci95"] = None
+        summary.append(entry)
     return summary
+
+
+def _is_metric_key(key: str) -> bool:
+    """Whether a summary key is a metric's column (not a config field's, not an interval):
+    ``final_``, ``best_``, ``last{k}_`` or ``bestmean_`` and the metric."""
+    return (not key.endswith("ci95")
+            and re.match(r"(final|best|last[0-9]+|bestmean)_", key) is not None)
 
 
 def _value_cell(value: float | None, half: float | None, diverged: int, seeds: int) -> str:
@@ -296,8 +382,7 @@ def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     group whose runs diverged says so in its final cell (:func:`_value_cell`)."""
     if not summary:
         return "(no finished runs)"
-    metric_keys = [k for k in summary[0] if k.startswith(("final_", "best_"))
-                   and not k.endswith("ci95")]
+    metric_keys = [k for k in summary[0] if _is_metric_key(k)]
     config_keys = [k for k in summary[0] if k not in metric_keys and k != "diverged"
                    and not k.endswith("ci95")]
     lines = ["| " + " | ".join(config_keys + metric_keys) + " |",
@@ -306,7 +391,7 @@ def format_summary(summary: Sequence[dict[str, Any]]) -> str:
         cells = [str(row[k]) for k in config_keys]
         diverged = row.get("diverged", 0)
         for k in metric_keys:  # the best of a group keeps its diverged runs' epochs
-            said = diverged if k.startswith("final_") or row[k] is None else 0
+            said = diverged if k.startswith(("final_", "last")) or row[k] is None else 0
             cells.append(_value_cell(row[k], row[k.split("_")[0] + "_ci95"], said,
                                      row["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")

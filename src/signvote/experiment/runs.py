@@ -186,14 +186,16 @@ def _read_object(folder: Path, name: str) -> dict[str, Any]:
     return value
 
 
-def parse_metrics(text: str) -> list[dict[str, Any]]:
+def parse_metrics(text: str, stepped: bool = False) -> list[dict[str, Any]]:
     """The rows of a complete ``metrics.csv`` text, cells parsed (:class:`FinishedRun`).
 
     Raises ValueError saying what is wrong unless: the text ends with a newline (the
     writer ends every row with one, so a file cut anywhere in its last row is caught), the
     header names every column of :data:`METRIC_COLUMNS`, every row has exactly the
     header's cells, ``epoch`` and ``step`` are whole numbers and every other cell is empty
-    or a number, and the epochs are 1, 2, ... in order."""
+    or a number, and the epochs are 1, 2, ... in order; for a run scheduled by steps
+    (``stepped``: ``--steps`` or ``--eval-every``, one row per evaluation) instead the
+    steps rise and the epochs, from 1, never fall."""
     if not text:
         raise ValueError("it is empty")
     if not text.endswith("\n"):
@@ -220,7 +222,13 @@ def parse_metrics(text: str) -> list[dict[str, Any]]:
                 raise ValueError(f"line {line}, column {name}: {cell!r} is not a "
                                  f"{'whole number' if name in INTEGER_COLUMNS else 'number'}"
                                  ) from None
-        if row["epoch"] != len(rows) + 1:
+        if stepped:
+            before = rows[-1] if rows else {"epoch": 1, "step": 0}
+            if row["step"] <= before["step"] or row["epoch"] < before["epoch"]:
+                raise ValueError(f"line {line} is epoch {row['epoch']}, step {row['step']}; "
+                                 f"expected a step after {before['step']} in epoch "
+                                 f"{before['epoch']} or later")
+        elif row["epoch"] != len(rows) + 1:
             raise ValueError(f"line {line} is epoch {row['epoch']}; expected "
                              f"{len(rows) + 1}")
         rows.append(row)
@@ -260,13 +268,27 @@ def read_run(folder: str | Path) -> FinishedRun:
         raise UnfinishedRunError(folder, f"summary.json has epochs_completed {completed!r}; "
                                      f"valid: a whole number of at least 1")
     config = _read_object(folder, "config.json")
+    stepped = config.get("steps") is not None or config.get("eval_every") is not None
     try:
-        metrics = parse_metrics(_read_text(folder, "metrics.csv"))
+        metrics = parse_metrics(_read_text(folder, "metrics.csv"), stepped)
     except ValueError as exc:
         if isinstance(exc, UnfinishedRunError):
             raise
         raise UnfinishedRunError(folder, f"metrics.csv is damaged: {exc}") from None
-    if len(metrics) != completed:
+    if stepped:
+        evaluations = summary.get("evaluations")
+        if (not isinstance(evaluations, int) or isinstance(evaluations, bool)
+                or evaluations < 1 or len(metrics) != evaluations):
+            raise UnfinishedRunError(folder, f"metrics.csv has {len(metrics)} "
+                                         f"evaluation(s); summary.json says {evaluations!r}")
+        steps = config.get("steps")
+        if summary["status"] == "completed" and steps is not None and (
+                summary["steps"] != steps or metrics[-1]["step"] != steps):
+            raise UnfinishedRunError(folder, f"summary.json says completed after "
+                                         f"{summary['steps']!r} step(s), its last row after "
+                                         f"{metrics[-1]['step']}; config.json asks for "
+                                         f"{steps!r}")
+    elif len(metrics) != completed:
         raise UnfinishedRunError(folder, f"metrics.csv has {len(metrics)} epoch(s); "
                                      f"summary.json says {completed} were completed")
     epochs = config.get("epochs")
@@ -305,10 +327,12 @@ class TensorBoardLog:
 
         self.writer = SummaryWriter(log_dir=str(folder))
 
-    def log(self, row: Mapping[str, Any]) -> None:
+    def log(self, row: Mapping[str, Any], x: str = "epoch") -> None:
+        """One row's scalars at ``row[x]``: the epoch, or the step for a run scheduled by
+        steps (``--steps``, ``--eval-every``)."""
         for key, value in row.items():
             if key not in ("epoch", "step") and isinstance(value, int | float):
-                self.writer.add_scalar(key, value, row["epoch"])
+                self.writer.add_scalar(key, value, row[x])
         self.writer.flush()
 
     def close(self) -> None:
