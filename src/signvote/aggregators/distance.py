@@ -20,17 +20,19 @@ from signvote.aggregators.base import (
     subset_mean,
 )
 from signvote.aggregators.coordinatewise import mean_around_median
-from signvote.registry import to_int
+from signvote.registry import to_int, to_positive
 
 
-def krum_scores(dist: Tensor, neighbours: int) -> Tensor:
-    r"""Krum scores ``[n]``: :math:`s(i) = \sum_{j \in N_i} \|x_i - x_j\|^2` over the
-    ``neighbours`` nearest other rows (``dist`` the squared distances; 0 neighbours: 0)."""
+def krum_scores(dist: Tensor, neighbours: int, power: float = 2.0) -> Tensor:
+    r"""Krum scores ``[n]``: :math:`s(i) = \sum_{j \in N_i} \|x_i - x_j\|^p` over the
+    ``neighbours`` nearest other rows (``dist`` the squared distances; 0 neighbours: 0;
+    :math:`p` = ``power``, 2 in Blanchard et al.)."""
     n = dist.shape[0]
     if neighbours <= 0:
         return dist.new_zeros(n)
     others = dist + torch.diag(dist.new_full((n,), torch.inf))
-    return others.topk(neighbours, dim=1, largest=False).values.sum(dim=1)
+    nearest = others.topk(neighbours, dim=1, largest=False).values
+    return (nearest if power == 2 else nearest.clamp(min=0) ** (power / 2)).sum(dim=1)
 
 
 def _neighbours(n: int, f: int, neighbours: int | None) -> int:
@@ -56,9 +58,10 @@ class _KrumFamily(RobustAggregator):
 
     uses_gram = True
 
-    def __init__(self, f: int = 0, neighbours: int | None = None) -> None:
+    def __init__(self, f: int = 0, neighbours: int | None = None, power: float = 2.0) -> None:
         super().__init__(f)
         self.neighbours = _check_neighbours(neighbours, self.name)
+        self.power = to_positive(power, "power", self.name)
 
     def min_workers(self, f: int) -> int:
         return 2 * f + 3
@@ -66,7 +69,7 @@ class _KrumFamily(RobustAggregator):
     def ranked(self, g: Tensor, f: int, count: int) -> Tensor:
         """The ``count`` rows of lowest Krum score (ties as in :func:`lowest`)."""
         dist = squared_distances(g)
-        scores = krum_scores(dist, _neighbours(g.shape[0], f, self.neighbours))
+        scores = krum_scores(dist, _neighbours(g.shape[0], f, self.neighbours), self.power)
         return lowest(scores, count, dist)
 
 
@@ -77,7 +80,10 @@ class Krum(_KrumFamily):
     .. math:: v = x_{i^*}, \quad i^* = \arg\min_i \sum_{j \in N_i} \|x_i - x_j\|^2,
 
     :math:`N_i` the :math:`n - f - 2` nearest other messages (``neighbours``; a tie in the
-    argmin goes to the smaller sum of distances to all, then to the lower index).
+    argmin goes to the smaller sum of distances to all, then to the lower index). With
+    ``power`` :math:`p` the score is :math:`\sum_{j \in N_i} \|x_i - x_j\|^p`:
+    Karimireddy, He & Jaggi's bucketing code (``codes/aggregator/krum.py``) squares the
+    squared distances again, so ``krum(power=4)`` is their Krum (:math:`m = 1`).
     Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine Learning with Adversaries: Byzantine
     Tolerant Gradient Descent", NeurIPS 2017. Needs
     :math:`n \ge 2f + 3`. (ByzFL's Krum uses ``neighbours = n - f - 1``.)
@@ -110,8 +116,9 @@ class MultiKrum(_KrumFamily):
 
     name = "multi-krum"
 
-    def __init__(self, f: int = 0, m: int | None = None, neighbours: int | None = None) -> None:
-        super().__init__(f, neighbours)
+    def __init__(self, f: int = 0, m: int | None = None, neighbours: int | None = None,
+                 power: float = 2.0) -> None:
+        super().__init__(f, neighbours, power)
         self.m = None if m is None else to_int(m, "m", "multi-krum", minimum=1)
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:

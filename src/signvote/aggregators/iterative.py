@@ -13,16 +13,22 @@ from torch import Tensor
 from signvote.aggregators import REGISTRY
 from signvote.aggregators.base import RobustAggregator, combine, gram
 from signvote.contracts import AggregatorCapabilities
-from signvote.registry import to_int, to_positive
+from signvote.registry import to_finite, to_int, to_positive
+
+WEISZFELD_STARTS = ("mean", "zero")
+"""Where the Weiszfeld iteration of ``geometric-median`` starts (its ``start``)."""
 
 
-def weiszfeld_weights(g: Tensor, nu: float, tol: float, iterations: int) -> Tensor:
+def weiszfeld_weights(g: Tensor, nu: float, tol: float, iterations: int,
+                      start: str = "mean") -> Tensor:
     r"""The weights ``w[n]`` (summing to 1) of the smoothed Weiszfeld iterate ``z = X^T w``
-    from the Gram matrix ``g``, starting at the mean; stops when a step moves ``z`` by at
-    most ``tol * max(||z||, nu)`` or after ``iterations`` steps."""
+    from the Gram matrix ``g``, starting at the mean (``start="mean"``, ``w = 1/n``) or at
+    the origin (``start="zero"``, ``w = 0``); stops when a step moves ``z`` by at most
+    ``tol * max(||z||, nu)`` or after ``iterations`` steps (``tol = 0``: all of them, but
+    for a step that moves nothing, after which every step would be the same)."""
     n = g.shape[0]
     sq = g.diagonal()
-    w = g.new_full((n,), 1.0 / n)
+    w = g.new_full((n,), 1.0 / n) if start == "mean" else g.new_zeros(n)
     for _ in range(iterations):
         gw = g @ w
         dist = (sq - 2 * gw + w @ gw).clamp(min=0).sqrt()
@@ -45,8 +51,15 @@ class GeometricMedian(RobustAggregator):
               z_{t+1} = \frac{\sum_i \beta_i x_i}{\sum_i \beta_i}, \quad
               \beta_i = \frac{1}{\max(\nu, \|z_t - x_i\|)},
 
-    from :math:`z_0` = the mean, until :math:`\|z_{t+1} - z_t\| \le` ``tol`` :math:`\cdot
-    \max(\|z_{t+1}\|, \nu)` or ``iterations`` steps. Weiszfeld, "Sur le point pour lequel
+    from :math:`z_0` = the mean (``start="mean"``) or :math:`z_0 = 0` (``start="zero"``),
+    until :math:`\|z_{t+1} - z_t\| \le` ``tol`` :math:`\cdot \max(\|z_{t+1}\|, \nu)` or
+    ``iterations`` steps (``tol=0``: exactly ``iterations`` steps, as a fixed :math:`T`).
+
+    ``geometric-median(iterations=8, nu=0.1, tol=0, start=zero)`` is the RFA of Karimireddy,
+    He & Jaggi's bucketing code (``codes/aggregator/rfa.py``: ``smoothed_weiszfeld`` with
+    :math:`T = 8`, :math:`\nu = 0.1`, :math:`z_0 = 0`, equal weights), and with
+    ``iterations=3`` ByzFL's ``GeometricMedian`` of its benchmark (:math:`T = 3`,
+    :math:`\nu = 0.1`, :math:`z_0 = 0`). Weiszfeld, "Sur le point pour lequel
     la somme des distances de n points donnés est minimum", Tôhoku Math. J. 1937; Pillutla,
     Kakade & Harchaoui, "Robust Aggregation for Federated Learning", IEEE TSP 2022 (RFA).
     Breakdown point 1/2: needs :math:`n > 2f` (``f`` only sets that check).
@@ -60,14 +73,18 @@ class GeometricMedian(RobustAggregator):
     uses_gram = True
 
     def __init__(self, f: int = 0, nu: float = 1e-6, tol: float = 1e-7,
-                 iterations: int = 200) -> None:
+                 iterations: int = 200, start: str = "mean") -> None:
         super().__init__(f)
         self.nu = to_positive(nu, "nu", self.name)
-        self.tol = to_positive(tol, "tol", self.name)
+        self.tol = to_finite(tol, "tol", self.name, minimum=0)
         self.iterations = to_int(iterations, "iterations", self.name, minimum=1)
+        if start not in WEISZFELD_STARTS:
+            raise ValueError(f"{self.name}: unknown start {start!r}; valid: "
+                             f"{', '.join(WEISZFELD_STARTS)}")
+        self.start = start
 
     def aggregate(self, messages: Tensor, f: int, g: Tensor | None = None) -> Tensor:
-        w = weiszfeld_weights(g, self.nu, self.tol, self.iterations)
+        w = weiszfeld_weights(g, self.nu, self.tol, self.iterations, self.start)
         return combine(w, messages)
 
 

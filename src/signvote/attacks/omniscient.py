@@ -44,12 +44,31 @@ class SignFlip(AttackBase):
                             -honest_rows(messages, byzantine_mask).mean(dim=0))
 
 
-def alie_z(n: int, f: int) -> float:
+ALIE_QUANTILES = ("workers", "honest")
+"""Over whom ALIE's :math:`z` quantile is taken (:func:`alie_z`'s ``quantile``)."""
+
+
+def alie_z(n: int, f: int, quantile: str = "workers") -> float:
     r"""ALIE's :math:`z_{\max}`: with :math:`s = \lfloor n/2 + 1 \rfloor - f` the honest
-    workers the attackers need on their side, :math:`z = \Phi^{-1}((n - s) / n)`
-    (:math:`s` at least 1; Baruch, Baruch & Goldberg 2019, Algorithm 3)."""
+    workers the attackers need on their side (at least 1),
+
+    * ``quantile="workers"``: :math:`z = \Phi^{-1}((n - s) / n)`, Baruch, Baruch & Goldberg,
+      "A Little Is Enough", NeurIPS 2019, Algorithm 3;
+    * ``quantile="honest"``: :math:`z = \Phi^{-1}((n - f - s) / (n - f))`, the fraction
+      over the :math:`n - f` honest workers, as Karimireddy, He & Jaggi's bucketing code
+      computes it (``codes/attacks/alittle.py``; for :math:`n = 25, f = 5`:
+      :math:`\Phi^{-1}(0.6) = 0.2533` where Algorithm 3 gives :math:`\Phi^{-1}(0.68) =
+      0.4677`).
+    """
+    if quantile not in ALIE_QUANTILES:
+        raise ValueError(f"alie: unknown quantile {quantile!r}; valid: "
+                         f"{', '.join(ALIE_QUANTILES)}")
     s = max(n // 2 + 1 - f, 1)
-    return NormalDist().inv_cdf((n - s) / n)
+    p = (n - f - s) / (n - f) if quantile == "honest" and n > f else (n - s) / n
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"alie: no z for n={n} workers, f={f} ({quantile}: the quantile "
+                         f"{p:g} is outside (0, 1)); give z, e.g. alie(z=1)")
+    return NormalDist().inv_cdf(p)
 
 
 def alie_row(honest: Tensor, z: float) -> Tensor:
@@ -64,21 +83,30 @@ def alie_row(honest: Tensor, z: float) -> Tensor:
 class ALIE(AttackBase):
     r"""A little is enough: every Byzantine worker sends :math:`m_b = \mu - z\,\sigma`,
     a shift small enough per coordinate to pass for honest yet consistent across all of
-    them. ``z`` defaults to :func:`alie_z` (``n`` workers, ``f`` Byzantine). Baruch, Baruch
+    them. ``z`` defaults to :func:`alie_z` (``n`` workers, ``f`` Byzantine) with its
+    ``quantile``: ``workers`` (Baruch et al.'s Algorithm 3) or ``honest`` (Karimireddy, He &
+    Jaggi's code: ``alie(quantile=honest)`` is their ALIE). Baruch, Baruch
     & Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed Learning",
     NeurIPS 2019. knowledge: omniscient.
     """
 
     capabilities = AttackCapabilities(knowledge="omniscient")
 
-    def __init__(self, z: float | None = None) -> None:
+    def __init__(self, z: float | None = None, quantile: str = "workers") -> None:
         self.z = None if z is None else to_finite(z, "z", "alie")
+        alie_z(3, 1, quantile)  # refuses an unknown quantile
+        self.quantile = quantile
+
+    def check(self, workers: int, byzantine: int) -> None:
+        """Raise ValueError when ``z`` is not given and :func:`alie_z` has none."""
+        if self.z is None and byzantine > 0:
+            alie_z(workers, byzantine, self.quantile)
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         f = int(byzantine_mask.sum())
         if f == 0:
             return messages
-        z = alie_z(messages.shape[0], f) if self.z is None else self.z
+        z = alie_z(messages.shape[0], f, self.quantile) if self.z is None else self.z
         return replace_rows(messages, byzantine_mask,
                             alie_row(honest_rows(messages, byzantine_mask), z))
 
@@ -89,7 +117,8 @@ class IPM(AttackBase):
     The mean of all messages is then :math:`\frac{(n - f) - f\epsilon}{n}\mu`, whose inner
     product with :math:`\mu` is negative when :math:`f\epsilon > n - f` (with the default
     :math:`\epsilon = 2`, from 4 Byzantine workers of 10); robust aggregators that keep
-    vectors near the honest ones are the target of small :math:`\epsilon`. Xie, Koyejo &
+    vectors near the honest ones are the target of small :math:`\epsilon` (Karimireddy, He &
+    Jaggi's benchmark: ``ipm(epsilon=0.1)``). Xie, Koyejo &
     Gupta, "Fall of Empires: Breaking Byzantine-tolerant SGD by Inner Product
     Manipulation", UAI 2019. knowledge: omniscient.
     """
@@ -109,15 +138,48 @@ class IPM(AttackBase):
 @REGISTRY.register("mimic")
 class Mimic(AttackBase):
     r"""Mimic: every Byzantine worker copies one honest worker's message, :math:`m_b =
-    h_t` (``target``: its position among the honest rows), over-representing that worker's
-    data (harmful under heterogeneity). Karimireddy, He & Jaggi, "Byzantine-Robust Learning
-    on Heterogeneous Datasets via Bucketing", ICLR 2022. knowledge: omniscient.
+    h_t`, over-representing that worker's data (harmful under heterogeneity). Karimireddy,
+    He & Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing", ICLR
+    2022 (Section 4 and their code's ``MimicVariantAttacker``). knowledge: omniscient.
+
+    With ``warmup = 0`` the target is fixed: ``target``, a position among the honest rows.
+    With ``warmup`` :math:`= T_0 \ge 1` the target is chosen as their code chooses it. At
+    step 0, with :math:`\bar h` the honest mean and :math:`\zeta` a standard normal vector
+    drawn from a generator seeded with ``seed`` (on the CPU, as their ``torch.Generator``
+    seeded 0), :math:`\mu_0 = \bar h` and
+
+    .. math:: z_0 = \frac{c}{\|c\|}, \quad c = \sum_i \langle h_i - \mu_0, \zeta \rangle
+              (h_i - \mu_0);
+
+    at steps :math:`0 < t < T_0`, :math:`\mu_t = \frac{t}{t+1} \mu_{t-1} + \frac{1}{t+1}
+    \bar h`, :math:`c` as above with :math:`\mu_t, z_{t-1}` in place of :math:`\mu_0,
+    \zeta`, and :math:`z_t \propto \frac{t}{t+1} z_{t-1} + \frac{1}{t+1} c / \|c\|`
+    (unit norm). At every step :math:`t < T_0` the target is :math:`\arg\max_i \langle
+    h_i, z_t \rangle` (the first on a tie); from :math:`T_0` on it stays the last one
+    chosen. Their experiments use :math:`T_0 = 1` (``--mimic-warmup`` default): one power
+    step at step 0 picks the target for the whole run, ``mimic(warmup=1)``.
+
+    The warm-up's :math:`(\mu, z)` and the target are kept on the attack object between
+    steps (a step-0 call starts afresh); a run resumed from a checkpoint after the warm-up
+    has lost them and re-runs the warm-up from the step it resumes at.
     """
 
     capabilities = AttackCapabilities(knowledge="omniscient")
 
-    def __init__(self, target: int = 0) -> None:
+    def __init__(self, target: int = 0, warmup: int = 0, seed: int = 0) -> None:
         self.target = to_int(target, "target", "mimic", minimum=0)
+        self.warmup = to_int(warmup, "warmup", "mimic", minimum=0)
+        self.seed = to_int(seed, "seed", "mimic", minimum=0)
+        if self.seed >= 2**63:
+            raise ValueError(f"mimic: seed must be a whole number >= 0 and < 2**63, got {seed}")
+        if self.warmup and self.target:
+            raise ValueError(f"mimic: target={self.target} and warmup={self.warmup} "
+                             f"exclude each other (warmup chooses the target); valid: "
+                             f"mimic(target=i) or mimic(warmup=k)")
+        self._mu: Tensor | None = None
+        self._z: Tensor | None = None
+        self._chosen: int | None = None
+        self._t = 0
 
     def check(self, workers: int, byzantine: int) -> None:
         """Raise ValueError unless ``target`` names one of the ``workers - byzantine``."""
@@ -126,12 +188,44 @@ class Mimic(AttackBase):
             raise ValueError(f"mimic: target {self.target} but only {honest} honest workers; "
                              f"valid: 0 to {honest - 1}")
 
+    def choose(self, honest: Tensor, step: int) -> int:
+        """The target (a position among the honest rows ``honest[n - f, d]``) at ``step``."""
+        if not self.warmup:
+            return self.target
+        if step == 0 or self._chosen is None:  # a fresh run (or a resumed one): start over
+            self._t = 0
+        if self._t >= self.warmup:
+            return self._chosen
+        mean = honest.mean(dim=0)
+        if self._t == 0:
+            self._mu = mean
+            generator = torch.Generator().manual_seed(self.seed)
+            direction = torch.randn(honest.shape[1], generator=generator)  # fp32, as theirs
+            self._z = _power_step(honest, self._mu, direction.to(honest))
+        else:
+            t = self._t
+            self._mu = t / (1 + t) * self._mu + mean / (1 + t)
+            z = t / (1 + t) * self._z + _power_step(honest, self._mu, self._z) / (1 + t)
+            self._z = z / torch.linalg.vector_norm(z)
+        self._chosen = int(torch.argmax(honest @ self._z))
+        self._t += 1
+        return self._chosen
+
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         if not bool(byzantine_mask.any()):
             return messages
         self.check(messages.shape[0], int(byzantine_mask.sum()))
         honest = honest_rows(messages, byzantine_mask)
-        return replace_rows(messages, byzantine_mask, honest[self.target])
+        return replace_rows(messages, byzantine_mask, honest[self.choose(honest, ctx.step)])
+
+
+def _power_step(honest: Tensor, mu: Tensor, z: Tensor) -> Tensor:
+    r""":math:`c / \|c\|` with :math:`c = \sum_i \langle h_i - \mu, z \rangle (h_i - \mu)`:
+    one power-iteration step of the honest rows' scatter matrix on ``z``."""
+    centred = honest - mu
+    c = (centred @ z) @ centred
+    size = torch.linalg.vector_norm(c)
+    return c / size if bool(size > 0) else z  # all honest rows alike: keep the direction
 
 
 DIRECTIONS = ("std", "unit", "sign")
@@ -214,13 +308,22 @@ class MinSum(_MinDistance):
     objective = "min-sum"
 
 
+SEARCHES = ("two-sided", "forward")
+"""The contraction phases of :func:`line_search` (the optimal attacks' ``search``)."""
+
+
 def line_search(objective: Callable[[float], float], start: float, delta: float, evals: int,
-                ratio: float) -> float:
+                ratio: float, search: str = "two-sided") -> float:
     """The expansion-contraction search of ByzFL's optimal attacks for the ``x`` that
     maximises ``objective``: from ``start``, step by ``delta`` and double it while the
     objective grows; then shrink the step by ``ratio`` for the rest of the ``evals``
-    evaluations, keeping any better point. Unlike ByzFL, which only steps forward, the
-    contraction tries both ``best + delta`` and ``best - delta``, so an overshoot is undone."""
+    evaluations, keeping any better point. ``search="forward"`` is ByzFL's contraction
+    (``attacks.py``, ``_contraction_phase``): one evaluation a round, at ``best + delta``.
+    ``"two-sided"`` (the default) tries ``best + delta`` and ``best - delta``, so an
+    overshoot is undone. Both spend exactly ``evals`` evaluations."""
+    if search not in SEARCHES:
+        raise ValueError(f"line search: unknown search {search!r}; valid: {', '.join(SEARCHES)}")
+    sides = (1.0,) if search == "forward" else (1.0, -1.0)
     best_x, best_y = start, objective(start)
     remaining = evals - 1
     while remaining > 0:
@@ -235,7 +338,7 @@ def line_search(objective: Callable[[float], float], start: float, delta: float,
             break
     while remaining > 0:
         centre = best_x
-        for x in (centre + delta, centre - delta)[:remaining]:
+        for x in tuple(centre + side * delta for side in sides)[:remaining]:
             y = objective(x)
             remaining -= 1
             if y > best_y:
@@ -249,12 +352,15 @@ class _Optimal(AttackBase):
     label = ""
 
     def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0,
-                 ratio: float = 0.8) -> None:
+                 ratio: float = 0.8, search: str = "two-sided") -> None:
         evals = to_int(evals, "evals", self.label, minimum=1)
         ratio = to_float(ratio, "ratio", self.label)
         if not 0.5 < ratio < 1.0:
             raise ValueError(f"{self.label}: ratio must be in (0.5, 1), got {ratio!r}")
-        self.evals, self.ratio = evals, ratio
+        if search not in SEARCHES:
+            raise ValueError(f"{self.label}: unknown search {search!r}; valid: "
+                             f"{', '.join(SEARCHES)}")
+        self.evals, self.ratio, self.search = evals, ratio, search
         self.start = to_finite(start, "start", self.label)
         self.delta = to_finite(delta, "delta", self.label)
 
@@ -273,7 +379,7 @@ class _Optimal(AttackBase):
             out = aggregator(attacked)
             return float(torch.linalg.vector_norm((out - target).double()))
 
-        return line_search(damage, self.start, self.delta, self.evals, self.ratio)
+        return line_search(damage, self.start, self.delta, self.evals, self.ratio, self.search)
 
     def __call__(self, messages: Tensor, byzantine_mask: Tensor, ctx: AttackContext) -> Tensor:
         if not bool(byzantine_mask.any()):
@@ -289,12 +395,25 @@ class OptimalALIE(_Optimal):
     :math:`\|\mathrm{agg}(M') - \mu\|` against the aggregator in use (``ctx.aggregator``,
     evaluated without changing its state; the mean when there is none), as ByzFL's
     ``Optimal_ALittleIsEnough``. knowledge: omniscient, and the server's rule.
+
+    The row is :math:`\mu + s\,z\,\sigma` with ``sign`` :math:`s`: -1 (the default,
+    :class:`ALIE`'s :math:`\mu - z\sigma`) or +1 (ByzFL's ``ALittleIsEnough``,
+    :math:`\mu + \tau\sigma`). ByzFL's benchmark attack is
+    ``optimal-alie(search=forward, sign=1)``: its search starts at 0 and only steps up, so
+    the side of the shift is part of its definition.
     """
 
     label = "optimal-alie"
 
+    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0,
+                 ratio: float = 0.8, search: str = "two-sided", sign: int = -1) -> None:
+        super().__init__(evals, start, delta, ratio, search)
+        if sign not in (1, -1) or isinstance(sign, bool):
+            raise ValueError(f"{self.label}: sign must be +1 or -1, got {sign!r}")
+        self.sign = int(sign)
+
     def row(self, honest: Tensor, scale: float) -> Tensor:
-        return alie_row(honest, scale)
+        return alie_row(honest, -self.sign * scale)
 
 
 @REGISTRY.register("optimal-ipm")

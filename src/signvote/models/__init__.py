@@ -10,7 +10,8 @@ Use a spec, as for aggregators::
 A spec is one name with optional ``(key=value, ...)`` (``registry.parse_spec``); the
 parameters go to the factory after the two that the data gives (``input_shape``: one
 sample's shape, ``n_classes``). The built-in models are the paper's five
-(:mod:`signvote.models.paper`) and the ResNets (:mod:`signvote.models.resnet`: ``resnet20``,
+(:mod:`signvote.models.paper`), the benchmarks' ``karimireddy-cnn`` and ``byzfl-cnn``
+(:mod:`signvote.models.benchmarks`) and the ResNets (:mod:`signvote.models.resnet`: ``resnet20``,
 ``resnet18``, ``resnet18-imagenet``, ``resnet50-imagenet``, each with ``norm=batch|group|
 none``).
 
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from signvote.models import paper, resnet
+from signvote.models import benchmarks, paper, resnet
 from signvote.registry import Declarations, Registry, check_params, parse_spec
 
 REGISTRY = Registry("model")
@@ -211,6 +212,8 @@ for _name, _factory, _fits, _min_side in (
     ("torchnet", paper.torchnet, IMAGE_DATASETS, 6),
     ("mnistnet", paper.mnistnet, ("mnist", "fashion-mnist", "idx"), 20),
     ("smallcnn", paper.smallcnn, IMAGE_DATASETS, 4),
+    ("karimireddy-cnn", benchmarks.karimireddy_cnn, IMAGE_DATASETS, 6),
+    ("byzfl-cnn", benchmarks.byzfl_cnn, IMAGE_DATASETS, 16),
     ("resnet20", resnet.resnet20, IMAGE_DATASETS, 1),
     ("resnet18", resnet.resnet18, IMAGE_DATASETS, 1),
     ("resnet18-imagenet", resnet.resnet18_imagenet, IMAGE_DATASETS, 1),
