@@ -271,14 +271,37 @@ def build_partition(c: TrainConfig, data: Dataset) -> partition.Partition:
     if c.partition in partition.NEEDS_LABELS and data.task != "classification":
         raise ConfigError(f"--partition {c.partition} needs class labels; --dataset "
                           f"{c.dataset} is a regression; valid: --partition iid")
+    byzantine = tuple(torch.nonzero(
+        choose_adversaries(c.workers, c.blind, c.byzantine, c.seed)[1]).flatten().tolist())
     try:
         return partition.get(
             c.partition, data.train_y, c.workers,
             torch.Generator().manual_seed(c.seed + PARTITION_STREAM),
             alpha=c.partition_alpha, shards_per_worker=c.partition_shards,
-            gamma=c.partition_gamma)
+            gamma=c.partition_gamma, byzantine=byzantine)
     except ValueError as exc:
         raise ConfigError(f"--partition {c.partition}: {exc}") from None
+
+
+def apply_imbalance(c: TrainConfig, data: Dataset) -> Dataset:
+    """``data`` with its training set (and with ``--imbalance-split both`` its test set)
+    thinned by ``--imbalance`` (:func:`signvote.data.partition.imbalance`), before the
+    partition is cut; the standardisation statistics stay those of the full set; ``data``
+    itself under ``--imbalance none``."""
+    if c.imbalance == "none":
+        return data
+    if data.task != "classification":
+        raise ConfigError(f"--imbalance {c.imbalance} thins classes; --dataset {c.dataset} "
+                          f"is a regression; valid: --imbalance none")
+    try:
+        keep = partition.imbalance(c.imbalance, data.train_y, c.imbalance_ratio)
+        keep_test = (partition.imbalance(c.imbalance, data.test_y, c.imbalance_ratio)
+                     if c.imbalance_split == "both" else torch.arange(data.test_y.numel()))
+    except ValueError as exc:
+        raise ConfigError(f"--imbalance {c.imbalance}: {exc}") from None
+    keep, keep_test = keep.to(data.train_y.device), keep_test.to(data.test_y.device)
+    return dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep],
+                               test_x=data.test_x[keep_test], test_y=data.test_y[keep_test])
 
 
 def samples_per_epoch(c: TrainConfig, data: Dataset) -> int:
@@ -366,6 +389,7 @@ def check_buildable(c: TrainConfig, data: Dataset) -> None:
     ``c`` on ``data`` (the model does not fit, the partition cannot be made, the batch is
     too large, or too small for a BatchNorm: :func:`check_batch_norm`), without building
     anything else; torch's global generator is left as it was."""
+    data = apply_imbalance(c, data)
     with torch.random.fork_rng(devices=[]):
         module = build_model(c, data)
     build_partition(c, data)
@@ -390,7 +414,7 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
     ``RunSetup.rng_state``)."""
     parts = Parts() if parts is None else parts
     c = resolve_parts(config, parts)
-    data = parts.data if parts.data is not None else load_data(c)
+    data = apply_imbalance(c, parts.data if parts.data is not None else load_data(c))
     check_augment(c, data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed)
@@ -441,6 +465,10 @@ def prepare(config: TrainConfig, engine: str = "sim", parts: Parts | None = None
         summary["objects"] = parts.descriptions()
     workers_table = partition_table(part, data, plan.blind_mask, plan.byzantine_mask)
     summary["partition"] = c.partition
+    if c.imbalance != "none":
+        summary["imbalance"], summary["imbalance_split"] = c.imbalance, c.imbalance_split
+        summary["train_samples"] = data.train_y.numel()
+        summary["test_samples"] = data.test_y.numel()
     if data.classes is not None:  # label k is classes[k] (the folder dataset's subfolders)
         summary["classes"] = list(data.classes)
     if data.task == "classification":

@@ -43,7 +43,7 @@ import torch
 from signvote import aggregators, attacks, election, models, plugins, rules
 from signvote.data import AUGMENTED, DATASETS, REGRESSION, TABULAR
 from signvote.data.folder import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE
-from signvote.data.partition import NEEDS_LABELS, PARTITIONS
+from signvote.data.partition import IMBALANCES, NEEDS_LABELS, PARTITIONS
 from signvote.registry import unknown_name
 
 SEED_MAX = 2**32 - 1
@@ -219,8 +219,16 @@ class TrainConfig:
                                   "(smaller: more label skew)", check=finite(">", 0))
     partition_shards: int = _opt(2, "label-sorted shards per worker of --partition shards",
                                  check=at_least(1))
-    partition_gamma: float = _opt(0.5, "iid fraction of --partition gamma (1: iid, 0: sorted "
-                                  "by label)", check=within("[0, 1]"))
+    partition_gamma: float = _opt(0.5, "iid fraction of --partition gamma and gamma-byzfl "
+                                  "(1: iid, 0: sorted by label)", check=within("[0, 1]"))
+    imbalance: str = _opt("none", "thinning of the training set before the partition: "
+                          "long-tail keeps the first floor(n_c * ratio^c) samples of class c "
+                          "(Karimireddy et al. 2022, experiment 1)", IMBALANCES)
+    imbalance_ratio: float = _opt(0.5, "the ratio of --imbalance long-tail",
+                                  check=within("(0, 1]"))
+    imbalance_split: str = _opt("train", "what --imbalance thins: the training set, or both "
+                                "it and the test set (as Karimireddy et al.'s code does)",
+                                ("train", "both"))
     augment: str | None = _opt(None, "random crop (4-pixel black padding) and horizontal "
                                "flip of every worker's batch each step, each worker drawing "
                                "from its own stream of the seed (default: on for "
@@ -441,6 +449,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     need(c.partition not in NEEDS_LABELS or c.dataset not in REGRESSION,
           f"--partition {c.partition} needs class labels; --dataset {c.dataset} is a "
           f"regression; valid: --partition iid")
+    need(c.imbalance == "none" or c.dataset not in REGRESSION,
+          f"--imbalance {c.imbalance} thins classes; --dataset {c.dataset} is a regression; "
+          f"valid: --imbalance none")
     need(c.image_size is None or c.dataset == "folder",
           f"--image-size {c.image_size} is the side the folder dataset's images are resized "
           f"to; --dataset {c.dataset} has a size of its own; valid: --dataset folder, or "

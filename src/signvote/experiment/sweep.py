@@ -224,7 +224,8 @@ def adopt_renamed(placed: list[TrainConfig], sweep_dir: str | Path) -> int:
 
 BUILD_FIELDS = ("dataset", "data_dir", "image_size", "model", "workers", "partition",
                 "partition_alpha", "partition_shards", "partition_gamma", "batch_size",
-                "augment")
+                "augment", "imbalance", "imbalance_ratio", "imbalance_split", "byzantine",
+                "blind")
 """The fields on which whether a run can be built on its data depends."""
 
 
