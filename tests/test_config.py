@@ -22,7 +22,7 @@ def test_every_field_is_declared_in_a_section():
                                          "dist_timeout"]
     assert by_section[cfg.OUTPUT] == ["data_dir", "tensorboard", "threads", "device", "compile",
                                        "overwrite", "out"]
-    assert by_section[cfg.RECORDED] == ["measure_theory"]
+    assert by_section[cfg.RECORDED] == ["eval_every", "measure_theory"]
     assert {"engine", "layout", "seed", "lr", "aggregator"} <= set(by_section[cfg.TRAJECTORY])
     assert sum(map(len, by_section.values())) == len(FIELDS)
 
