@@ -515,13 +515,13 @@ def _rate_lines(checks: list[theory.RateCheck], repeats: int) -> list[str]:
         "). Blind adversaries send their own sign negated; Byzantine ones send -sign(g) on "
         "every coordinate.", "",
         "- Theorem 2: Bernstein et al., ICLR 2019, Theorem 2 as printed in the version "
-        "submitted for review: the result Akoun & Meyer restate as their Theorem 2, whose "
-        "printing was not available to compare. For blind adversaries and noise that is "
-        "unimodal and symmetric.",
+        "submitted for review, which Akoun & Meyer restate as their Theorem 2 in the same "
+        "form. For blind adversaries and noise that is unimodal and symmetric.",
         "- derived: `signvote.theory.vote_rate_bound`, our derivation of a rate for Theorem "
-        "2bis (the report's own rate was not available), for blind or Byzantine "
-        "adversaries, with a worker's sign error bounded by Lemma 1 (symmetric unimodal "
-        "noise) or Lemma 1bis (any noise of that variance).", "",
+        "2bis written before the report's text was at hand (its own rate is checked in "
+        "\"Theorem 2bis's rate with one p\" above), for blind or Byzantine adversaries, "
+        "with a worker's sign error bounded by Lemma 1 (symmetric unimodal noise) or the "
+        "Cantelli form (any noise of that variance).", "",
         "Each cell: the bound, and measured / bound in brackets. NO: the measurement exceeds "
         "the bound by more than 3 standard errors. (a): the bound's assumptions do not hold "
         "in that case. The points of `rates.png` are checked the same way; they are in "

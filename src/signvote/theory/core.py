@@ -36,8 +36,9 @@ failure, since a zero does not move the parameter the right way.
   Azizzadenesheli & Anandkumar, "signSGD with Majority Vote is Communication Efficient and
   Byzantine Fault Tolerant" (ICLR 2019), for blind adversaries. :func:`vote_rate_bound`
   is our derivation of a rate for Byzantine (or blind) adversaries through Theorem 2bis's
-  vote bound; the report's own rate was not available to us. Both are checked on
-  simulated votes (:func:`simulate_vote_descent`, :func:`rate_check`).
+  vote bound, written before the report's text was at hand; the report's own rate is
+  :func:`signvote.theory.as_printed.theorem2bis_rate`. Both are checked on simulated
+  votes (:func:`simulate_vote_descent`, :func:`rate_check`).
 """
 
 from __future__ import annotations
@@ -304,9 +305,8 @@ def theorem2_rate(*, l1_smoothness: float, sigma_l1: float, f_gap: float, worker
 
     Bernstein, Zhao, Azizzadenesheli & Anandkumar, "signSGD with Majority Vote is
     Communication Efficient and Byzantine Fault Tolerant" (ICLR 2019), Theorem 2, as
-    printed in the version submitted for review, the one text of it we could read. Akoun
-    & Meyer's Theorem 2 is the rate with blind adversaries; we could not read their text
-    to compare its printed form with this one. Under
+    printed in the version submitted for review. Akoun & Meyer restate it as their
+    Theorem 2 (``shared/paper/THEORY.md``) in exactly this form. Under
     Assumptions 1-4 (lower bound, smoothness, variance bound, unimodal noise symmetric
     about its mean), with momentum and weight decay off, the schedule of
     :func:`theorem2_schedule`, and a fraction :math:`\alpha < 1/2` of the M workers
@@ -337,7 +337,8 @@ def vote_rate_bound(*, l1_smoothness: float, sigma_l1: float, f_gap: float, work
     with ``adversaries`` blind or Byzantine workers among M, on Theorem 2's schedule: our
     derivation of Theorem 2bis's rate, with every constant explicit.
 
-    The report's own statement of Theorem 2bis's rate was not available to us, so this is
+    Written before the report's statement of Theorem 2bis's rate was at hand (that is
+    :func:`signvote.theory.as_printed.theorem2bis_rate`), this is
     the rate that Bernstein et al.'s argument for Theorem 2 gives when its vote-failure
     bound is Cantelli's on the binomial count of right votes (:func:`vote_failure_bound`),
     for either kind of adversary. Derivation, for one step, conditioned on the iterate:
