@@ -220,6 +220,13 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     'pandas.read_parquet("runs/zoo/results.parquet")': Run("sweep"),
     "signvote results": Skip(FRAGMENT),
     "signvote reproduce FIGURE": Skip(FRAGMENT),
+    "signvote reproduce TARGET": Skip(FRAGMENT),
+    "signvote reproduce karimireddy-exp2 --out runs/bench": Elsewhere(
+        "tests/test_benchmarks_targets.py::"
+        "test_a_tiny_target_runs_end_to_end_and_writes_its_report",
+        "the same target cut to 4 runs of 2 steps on digits"),
+    "signvote reproduce byzfl --scale full --device cuda --out runs/bench": Skip(
+        "a GPU job: 576 runs of 800 steps"),
     "tensorboard = true": Skip("a sweep file's key, not a command"),
     "tensorboard --logdir runs": Skip("starts a server that runs until it is stopped"),
     "pip install 'signvote[tensorboard]'": Skip(NETWORK),

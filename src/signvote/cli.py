@@ -252,26 +252,39 @@ def build_parser() -> argparse.ArgumentParser:
                               "bestmean_METRIC; ByzFL's figure), beside best: the mean over "
                               "seeds of each run's best")
 
+    from signvote.experiment.benchmarks import TARGETS
     from signvote.experiment.reproduce import FIGURES, SCALES
 
     reproduce = commands.add_parser(
-        "reproduce", help="one of the paper's figures: runs, figure and REPORT.md",
+        "reproduce", help="one of the paper's figures, or a benchmark of the field: runs, "
+                          "figure and report",
         description="Run the paper's grid for FIGURE with its settings (DistSGD, SignSGD, "
                     "Signum x 0-4 adversaries of 10 workers), draw it in the paper's layout "
                     "(OUT/FIGURE.png and .svg) and write OUT/REPORT.md, our numbers beside "
-                    "the paper's. The runs are a resumable sweep in OUT/FIGURE.")
-    reproduce.add_argument("figure", metavar="FIGURE", choices=(*FIGURES, "all"),
-                           help="one of: " + ", ".join(FIGURES) + ", all")
+                    "the paper's. The runs are a resumable sweep in OUT/FIGURE. A benchmark "
+                    "target (" + ", ".join(TARGETS) + ": Karimireddy, He & Jaggi, ICLR 2022, "
+                    "experiments 1-3; ByzFL's benchmark) runs that benchmark's grid, with "
+                    "Signum and the votes beside its SGD aggregators, draws its tables as "
+                    "heatmaps (OUT/TARGET.png) and writes OUT/BENCHMARKS.md.")
+    reproduce.add_argument("figure", metavar="FIGURE", choices=(*FIGURES, "all", *TARGETS),
+                           help="one of: " + ", ".join(FIGURES) + ", all (the paper's "
+                                "figures); or a benchmark: " + ", ".join(TARGETS))
     reproduce.add_argument("--out", metavar="DIR", default="runs/reproduce",
                            help="folder of the sweeps, figures and REPORT.md (default: "
                                 "runs/reproduce)")
     reproduce.add_argument("--scale", choices=SCALES, default=None,
                            help="full: the paper's settings; reduced: fewer epochs (logreg "
                                 "20) or smallcnn for 3 epochs (MNIST), said on the figure "
-                                "(default: full for logreg, reduced for MNIST)")
-    reproduce.add_argument("--seeds", type=_parse_int, nargs="+", default=[8005],
+                                "(default: full for logreg, reduced for MNIST); a benchmark: "
+                                "full as published (a GPU job, see --device), reduced fewer "
+                                "steps, seeds or cells for a CPU (default: reduced)")
+    reproduce.add_argument("--seeds", type=_parse_int, nargs="+", default=None,
                            metavar="S", help="seeds; the curves show their mean and range "
-                                             "(default: 8005, the paper's)")
+                                             "(default: 8005, the paper's; a benchmark: its "
+                                             "own, 0 1 2 at full scale, 0 reduced)")
+    reproduce.add_argument("--device", default="auto", metavar="DEVICE",
+                           help="a benchmark target: where its runs compute (auto, cpu, cuda, "
+                                "cuda:N; as train --device; default: auto)")
     reproduce.add_argument("--dataset", default=None, metavar="NAME",
                            help="train on another dataset (e.g. fashion-mnist where MNIST "
                                 "is not on disk); said on the figure")
@@ -448,12 +461,14 @@ def run_results(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from signvote.experiment import reproduce
+    from signvote.experiment import benchmarks, reproduce
 
+    if args.figure in benchmarks.TARGETS:
+        return run_benchmark(args)
     names = list(reproduce.FIGURES) if args.figure == "all" else [args.figure]
     try:
         _check_jobs(args.jobs)
-        check_seeds(args.seeds)
+        check_seeds(args.seeds or [])
         check_out("reproduce", args.out)
         reproduce.check_inputs(names, args.scale, args.dataset, args.data_dir)
         for name in names:
@@ -471,6 +486,33 @@ def run_reproduce(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"report: {args.out}/REPORT.md")
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """``signvote reproduce TARGET`` for a benchmark target
+    (:mod:`signvote.experiment.benchmarks`)."""
+    from signvote.experiment import benchmarks
+
+    scale = args.scale or "reduced"
+    try:
+        _check_jobs(args.jobs)
+        check_seeds(args.seeds or [])
+        check_out("reproduce", args.out)
+        section = benchmarks.reproduce(args.figure, args.out, scale, args.seeds,
+                                       args.dataset, args.data_dir, args.jobs,
+                                       progress=not args.quiet, device=args.device)
+        print(f"{args.figure}: {args.out}/{args.figure}.png, .svg "
+              f"({section['scale']} scale, {section['runs']} runs, {section['wall_s']} s)")
+    except (ConfigError, DatasetError) as exc:
+        hint = (" (or run it on another dataset: --dataset fashion-mnist)"
+                if isinstance(exc, DatasetError) else "")
+        fail(f"signvote reproduce: error: {exc}{hint}")
+    except KeyboardInterrupt:
+        print("\nsignvote reproduce: interrupted; run the same command again to finish",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"report: {args.out}/BENCHMARKS.md")
     return 0
 
 

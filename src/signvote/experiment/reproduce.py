@@ -130,7 +130,10 @@ def check_inputs(figures: list[str], scale: str | None, dataset: str | None,
 
     for name in figures:
         if name not in FIGURES:
-            raise ConfigError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}, all")
+            from signvote.experiment.benchmarks import TARGETS
+
+            raise ConfigError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}, all; "
+                              f"or a benchmark target: {', '.join(TARGETS)}")
         if scale is not None and scale not in SCALES:
             raise ConfigError(f"--scale {scale!r}; valid: {', '.join(SCALES)}")
         if dataset in data.REGRESSION:
