@@ -249,11 +249,21 @@ def test_bad_targets_and_scales_are_refused_naming_the_valid_ones():
         bm.choose_inputs("byzfl", "full", dataset="digits")
 
 
-def test_the_reduced_byzfl_on_digits_uses_smallcnn_and_says_so():
+def test_the_reduced_scale_runs_smallcnn_and_says_so(monkeypatch):
+    for name, target in bm.TARGETS.items():
+        assert target.plans["reduced"].model == "smallcnn", name
+        assert "smallcnn" in target.plans["reduced"].note
+        assert target.plans["full"].model is None
     dataset, model, note, folder = bm.choose_inputs("byzfl", "reduced", dataset="digits")
-    assert (dataset, model, folder) == ("digits", "smallcnn", None)
-    assert "smallcnn" in note and "digits" in note
-    assert bm.choose_inputs("karimireddy-exp2", "reduced", dataset="digits")[1] is None
+    assert (dataset, model, folder, note) == ("digits", "smallcnn", None,
+                                              "dataset digits (the benchmark: mnist)")
+    # a reduced plan of the benchmark's model on images it cannot take: smallcnn, said
+    target = bm.TARGETS["byzfl"]
+    plans = {**target.plans, "reduced": bm.Plan(2, 1, 1, (0,), model=None)}
+    monkeypatch.setitem(bm.TARGETS, "byzfl", bm.Target(
+        target.name, target.title, target.source, target.model, plans, target.number))
+    dataset, model, note, _ = bm.choose_inputs("byzfl", "reduced", dataset="digits")
+    assert model == "smallcnn" and "byzfl-cnn does not take 1x8x8 inputs" in note
 
 
 def test_without_mnist_the_reduced_scale_falls_back_and_the_full_one_refuses(monkeypatch):
@@ -271,7 +281,7 @@ def test_without_mnist_the_reduced_scale_falls_back_and_the_full_one_refuses(mon
 
     monkeypatch.setattr(data, "load", load)
     chosen = bm.choose_inputs("karimireddy-exp1", "reduced", data_dir="/my/mnist")
-    assert chosen == ("fashion-mnist", None,
+    assert chosen == ("fashion-mnist", "smallcnn",
                       "dataset fashion-mnist (the benchmark: mnist, not found here)", None)
     assert [n for n, _ in asked] == ["mnist", "fashion-mnist"]
     assert str(asked[0][1]) == "/my/mnist" and asked[1][1] is None

@@ -118,6 +118,7 @@ class Plan:
     gammas: tuple[float, ...] = (1.0, 0.66, 0.33, 0.0)
     fs: tuple[int, ...] = (1, 2, 3, 4)
     note: str = ""
+    model: str | None = None  # None: the benchmark's
 
 
 @dataclass(frozen=True)
@@ -137,17 +138,19 @@ TARGETS = {
         "karimireddy-exp1", "Karimireddy et al., experiment 1: no attack, long-tailed MNIST, "
         "24 workers", KHJ, "karimireddy-cnn",
         {"full": Plan(4500, 30, KHJ_LAST_K, (0, 1, 2)),
-         "reduced": Plan(300, 30, 3, (0,), note="reduced: 300 iterations (paper: 4,500), "
-                         "mean of the last 3 evaluations (paper: 5), seed 0 (paper: 0, 1, "
-                         "2)")},
+         "reduced": Plan(210, 30, 3, (0,), model="smallcnn",
+                         note="reduced: smallcnn (paper: their CNN), 210 iterations (paper: "
+                         "4,500), mean of the last 3 evaluations (paper: 5), seed 0 (paper: "
+                         "0, 1, 2)")},
         "mean of each run's last K evaluations (every 30 iterations), then over seeds"),
     "karimireddy-exp2": Target(
         "karimireddy-exp2", "Karimireddy et al., experiment 2: mimic attack, 5 of 25 "
         "workers, momentum 0", KHJ, "karimireddy-cnn",
         {"full": Plan(600, 30, KHJ_LAST_K, (0, 1, 2), attacks=("mimic",)),
-         "reduced": Plan(150, 30, 2, (0,), attacks=("mimic",),
-                         note="reduced: 150 iterations (paper: 600), mean of the last 2 "
-                         "evaluations (paper: 5), seed 0 (paper: 0, 1, 2)")},
+         "reduced": Plan(150, 30, 2, (0,), attacks=("mimic",), model="smallcnn",
+                         note="reduced: smallcnn (paper: their CNN), 150 iterations (paper: "
+                         "600), mean of the last 2 evaluations (paper: 5), seed 0 (paper: 0, "
+                         "1, 2)")},
         "mean of each run's last K evaluations (every 30 iterations), then over seeds"),
     "karimireddy-exp3": Target(
         "karimireddy-exp3", "Karimireddy et al., experiment 3: every attack, 5 of 25 "
@@ -155,19 +158,22 @@ TARGETS = {
         {"full": Plan(600, 30, KHJ_LAST_K, (0, 1, 2), momenta=(0.0, 0.9),
                       aggregators=("Krum", "median", "RFA", "CClip")),
          "reduced": Plan(90, 30, 1, (0,), momenta=(0.9,),
-                         aggregators=("Krum", "median", "RFA", "CClip"),
-                         note="reduced: momentum 0.9 only (paper: 0 and 0.9), 90 "
-                         "iterations (paper: 600), the last evaluation (paper: mean of "
-                         "the last 5), seed 0 (paper: 0, 1, 2)")},
+                         aggregators=("Krum", "median", "RFA", "CClip"), model="smallcnn",
+                         note="reduced: smallcnn (paper: their CNN), momentum 0.9 only "
+                         "(paper: 0 and 0.9), 90 iterations (paper: 600), the last "
+                         "evaluation (paper: mean of the last 5), seed 0 (paper: 0, 1, "
+                         "2)")},
         "mean of each run's last K evaluations (every 30 iterations), then over seeds"),
     "byzfl": Target(
         "byzfl", "ByzFL's benchmark: gamma-similarity x f Byzantine of 10 + f workers",
         BYZFL, "byzfl-cnn",
         {"full": Plan(800, 50, 1, (0, 1, 2), momenta=(0.9,)),
-         "reduced": Plan(100, 50, 1, (0,), momenta=(0.9,), gammas=(1.0, 0.0), fs=(1, 4),
-                         note="reduced: gamma in {1, 0} (paper: 1, 0.66, 0.33, 0), f in "
-                         "{1, 4} (paper: 1-4), 100 steps (paper: 800), seed 0 (paper: 0, "
-                         "1, 2)")},
+         "reduced": Plan(50, 25, 1, (0,), momenta=(0.9,), gammas=(1.0, 0.0), fs=(1, 4),
+                         model="smallcnn",
+                         note="reduced: smallcnn (paper: byzfl-cnn), gamma in {1, 0} "
+                         "(paper: 1, 0.66, 0.33, 0), f in {1, 4} (paper: 1-4), 50 steps "
+                         "evaluated every 25 (paper: 800, every 50), seed 0 (paper: 0, 1, "
+                         "2)")},
         "min over attacks of the max over evaluations (every 50 steps) of the "
         "seed-averaged accuracy"),
 }
@@ -404,17 +410,18 @@ def choose_inputs(name: str, scale: str, dataset: str | None = None,
         assert error is not None
         raise error
     target = TARGETS[name]
+    default = target.plans[scale].model or target.model
     notes = [] if chosen == "mnist" else [f"dataset {chosen} (the benchmark: mnist"
                                           + (", not found here)" if not dataset else ")")]
-    use = model or target.model
+    use = model or default
     if not _fits(use, found):
-        if scale == "full" or model:
+        if scale == "full" or model or use == "smallcnn":
             raise ConfigError(f"--model {use} does not take {chosen}'s "
                               f"{'x'.join(map(str, found.input_shape))} inputs; valid: a "
                               f"28x28 dataset such as mnist or fashion-mnist")
-        use = "smallcnn"
-        notes.append(f"model smallcnn ({target.model} does not take "
+        notes.append(f"model smallcnn ({use} does not take "
                      f"{'x'.join(map(str, found.input_shape))} inputs)")
+        use = "smallcnn"
     if use != target.model and model:
         notes.append(f"model {use} (the benchmark: {target.model})")
     folder_used = data_dir if chosen == (dataset or "mnist") else None
