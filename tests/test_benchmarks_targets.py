@@ -359,6 +359,8 @@ def test_a_tiny_target_runs_end_to_end_and_writes_its_report(tmp_path, monkeypat
                                                       "Signum + WMV|non-iid"}
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "(`karimireddy-exp2`)" in report and "tiny: 2 steps" in report
+    assert ("Each number: mean of each run's last 1 evaluations (every 1 iterations), then "
+            "over seeds.") in report
     assert "(37.33)" in report  # Krum's published non-iid number beside ours
     assert "dataset digits (the benchmark: mnist)" in report
     assert (tmp_path / "karimireddy-exp2.png").stat().st_size > 0

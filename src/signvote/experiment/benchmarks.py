@@ -130,7 +130,7 @@ class Target:
     source: str
     model: str
     plans: Mapping[str, Plan]
-    number: str  # how a cell's number is made, in words
+    number: str  # how a cell's number is made, in words (K: last_k, E: eval_every)
 
 
 TARGETS = {
@@ -142,7 +142,7 @@ TARGETS = {
                          note="reduced: smallcnn (paper: their CNN), 210 iterations (paper: "
                          "4,500), mean of the last 3 evaluations (paper: 5), seed 0 (paper: "
                          "0, 1, 2)")},
-        "mean of each run's last K evaluations (every 30 iterations), then over seeds"),
+        "mean of each run's last K evaluations (every E iterations), then over seeds"),
     "karimireddy-exp2": Target(
         "karimireddy-exp2", "Karimireddy et al., experiment 2: mimic attack, 5 of 25 "
         "workers, momentum 0", KHJ, "karimireddy-cnn",
@@ -151,7 +151,7 @@ TARGETS = {
                          note="reduced: smallcnn (paper: their CNN), 150 iterations (paper: "
                          "600), mean of the last 2 evaluations (paper: 5), seed 0 (paper: 0, "
                          "1, 2)")},
-        "mean of each run's last K evaluations (every 30 iterations), then over seeds"),
+        "mean of each run's last K evaluations (every E iterations), then over seeds"),
     "karimireddy-exp3": Target(
         "karimireddy-exp3", "Karimireddy et al., experiment 3: every attack, 5 of 25 "
         "workers, non-iid", KHJ, "karimireddy-cnn",
@@ -163,7 +163,7 @@ TARGETS = {
                          "(paper: 0 and 0.9), 90 iterations (paper: 600), the last "
                          "evaluation (paper: mean of the last 5), seed 0 (paper: 0, 1, "
                          "2)")},
-        "mean of each run's last K evaluations (every 30 iterations), then over seeds"),
+        "mean of each run's last K evaluations (every E iterations), then over seeds"),
     "byzfl": Target(
         "byzfl", "ByzFL's benchmark: gamma-similarity x f Byzantine of 10 + f workers",
         BYZFL, "byzfl-cnn",
@@ -174,7 +174,7 @@ TARGETS = {
                          "(paper: 1, 0.66, 0.33, 0), f in {1, 4} (paper: 1-4), 50 steps "
                          "evaluated every 25 (paper: 800, every 50), seed 0 (paper: 0, 1, "
                          "2)")},
-        "min over attacks of the max over evaluations (every 50 steps) of the "
+        "min over attacks of the max over evaluations (every E steps) of the "
         "seed-averaged accuracy"),
 }
 """The benchmark targets of ``signvote reproduce``."""
@@ -683,6 +683,7 @@ def reproduce(name: str, out: str | Path, scale: str = "reduced",
     section = {"name": name, "scale": scale, "note": notes, "seeds": seeds,
                "dataset": chosen, "model": model or target.model, "runs": len(placed),
                "wall_s": round(runs_time(placed), 1), "last_k": plan.last_k,
+               "eval_every": plan.eval_every,
                "tables": tables(name, cells, run_series(rows), plan.last_k)}
     runs.write_json(out / name / "report.json", section)
     plots.save(figure(name, section), out / name)
@@ -741,18 +742,28 @@ GAPS = {
         "another initialisation, batch order and partition walk.",
     ],
     "byzfl": [
-        "ByzFL evaluates at step 0 too; we evaluate every 50 steps and after the last one "
-        "(the untrained model at step 0 scores about 10%, below every later evaluation of a "
-        "run that learns, so the maximum over evaluations is the same unless a run never "
-        "learns).",
+        "ByzFL evaluates at step 0 too; we evaluate every --eval-every steps and after the "
+        "last one, not at step 0 (the untrained model scores about 10%, below every later "
+        "evaluation of a run that learns, so the maximum over evaluations is the same "
+        "unless a run never learns).",
         "ByzFL trains on a random 80% of the training set (the rest is its validation set); "
         "we train on all of it.",
-        "ByzFL's Byzantine clients hold no data; ours compute on iid shares (gamma-byzfl "
-        "gives them), which only the sign-flip and optimal attacks' reads of the honest "
-        "rows use.",
+        "ByzFL's Byzantine clients hold no data; ours compute gradients on iid shares "
+        "(gamma-byzfl gives them), which none of the three attacks uses: each builds its "
+        "rows from the honest ones.",
         "ByzFL publishes no table of these numbers in its code; ours stand alone.",
     ],
 }
+
+
+def _number_text(target: Target, section: Mapping[str, Any]) -> str:
+    """The target's number in words, with its K and E (a report.json without
+    ``eval_every`` is read at the full scale's)."""
+    every = section.get("eval_every")
+    if every is None:
+        every = target.plans["full"].eval_every
+    return (target.number.replace("last K", f"last {section['last_k']}")
+            .replace("every E", f"every {every}"))
 
 
 def write_report(out: str | Path) -> Path:
@@ -775,7 +786,7 @@ def write_report(out: str | Path) -> Path:
                   + ", ".join(map(str, section["seeds"])) + f"; {section['runs']} runs, "
                   f"{section['wall_s']} s of training (the runs' own time). Figure: "
                   f"`{name}.png`.", "",
-                  f"Each number: {target.number.replace('K', str(section['last_k']))}."
+                  f"Each number: {_number_text(target, section)}."
                   + (" Brackets: the published number." if name != "byzfl" else
                      " Beside it: the attack that gave the minimum."), ""]
         for table_name, table in section["tables"].items():
