@@ -721,7 +721,8 @@ def figure(name: str, section: Mapping[str, Any]):
         ax.set_title(plots.plain(table_name), fontsize=9)
     title = TARGETS[name].title
     note = section.get("note") or "the benchmark's settings"
-    fig.suptitle(plots.plain(f"{title}\n{section['scale']} scale: {note}"
+    prefix = "" if note.startswith(section["scale"]) else f"{section['scale']} scale: "
+    fig.suptitle(plots.plain(f"{title}\n{prefix}{note}"
                              + "\nours (published); test accuracy %"), fontsize=9)
     fig.tight_layout()
     return fig
