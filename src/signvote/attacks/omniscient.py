@@ -431,9 +431,13 @@ class OptimalIPM(_Optimal):
 
 @REGISTRY.register("optimal-vote")
 class OptimalVote(AttackBase):
-    r"""The best response of a colluding coalition to the majority vote: with the honest
-    vote sums :math:`S_j = \sum_{i \notin B} \mathrm{sign}(m_{ij})`, every Byzantine worker
-    votes :math:`-\mathrm{sign}(S_j)` (and abstains where :math:`S_j = 0`).
+    r"""A colluding coalition voting against the honest majority: with the honest vote sums
+    :math:`S_j = \sum_{i \notin B} \mathrm{sign}(m_{ij})`, every Byzantine worker votes
+    :math:`-\mathrm{sign}(S_j)` (and abstains where :math:`S_j = 0`). Of the coalitions
+    that read only the honest votes it does the most harm to the expected progress
+    :math:`E[\mathrm{sign}(V)\,\mathrm{sign}(g)]`, but not to the probability that the
+    vote fails (wrong or zero): ``cancel-to-zero`` fails it more often
+    (:mod:`signvote.theory.coalition`, brute force).
 
     Per coordinate the coalition's :math:`f` votes then flip the outcome wherever
     :math:`0 < |S_j| < f`, zero it where :math:`|S_j| = f`, and shrink the margin
