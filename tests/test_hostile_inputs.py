@@ -1102,6 +1102,8 @@ def apply_damage(path: Path, how: str, arg: Any) -> bool:
         obj = json.loads(data)
     except ValueError:
         return False
+    if not isinstance(obj, dict):  # an earlier damage made it another JSON value
+        return False
     if how == "key":
         key, value = arg
         obj[key] = value
