@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -466,10 +466,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.figure in benchmarks.TARGETS:
         return run_benchmark(args)
     names = list(reproduce.FIGURES) if args.figure == "all" else [args.figure]
-    try:
-        _check_jobs(args.jobs)
-        check_seeds(args.seeds or [])
-        check_out("reproduce", args.out)
+
+    def work() -> None:
         reproduce.check_inputs(names, args.scale, args.dataset, args.data_dir)
         for name in names:
             section = reproduce.reproduce(name, args.out, args.scale, args.seeds,
@@ -477,16 +475,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
                                           progress=not args.quiet)
             print(f"{name}: {args.out}/{name}.png, .svg ({section['scale']} scale, "
                   f"{section['wall_s']} s)")
-    except (ConfigError, DatasetError) as exc:
-        hint = (" (or reproduce on another dataset: --dataset fashion-mnist)"
-                if isinstance(exc, DatasetError) else "")
-        fail(f"signvote reproduce: error: {exc}{hint}")
-    except KeyboardInterrupt:
-        print("\nsignvote reproduce: interrupted; run the same command again to finish",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(f"report: {args.out}/REPORT.md")
-    return 0
+
+    return _reproducing(args, work, "REPORT.md", "reproduce on another dataset")
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
@@ -495,24 +485,36 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from signvote.experiment import benchmarks
 
     scale = args.scale or "reduced"
-    try:
-        _check_jobs(args.jobs)
-        check_seeds(args.seeds or [])
-        check_out("reproduce", args.out)
+
+    def work() -> None:
         section = benchmarks.reproduce(args.figure, args.out, scale, args.seeds,
                                        args.dataset, args.data_dir, args.jobs,
                                        progress=not args.quiet, device=args.device)
         print(f"{args.figure}: {args.out}/{args.figure}.png, .svg "
               f"({section['scale']} scale, {section['runs']} runs, {section['wall_s']} s)")
+
+    return _reproducing(args, work, "BENCHMARKS.md", "run it on another dataset")
+
+
+def _reproducing(args: argparse.Namespace, work: Callable[[], None], report: str,
+                 elsewhere: str) -> int:
+    """The checks every ``signvote reproduce`` makes (jobs, seeds, OUT), then ``work``;
+    a bad input is one line and exit 2 (a missing dataset with the hint "or ELSEWHERE:
+    --dataset fashion-mnist"), an interrupt says how to finish; else names OUT/REPORT."""
+    try:
+        _check_jobs(args.jobs)
+        check_seeds(args.seeds or [])
+        check_out("reproduce", args.out)
+        work()
     except (ConfigError, DatasetError) as exc:
-        hint = (" (or run it on another dataset: --dataset fashion-mnist)"
+        hint = (f" (or {elsewhere}: --dataset fashion-mnist)"
                 if isinstance(exc, DatasetError) else "")
         fail(f"signvote reproduce: error: {exc}{hint}")
     except KeyboardInterrupt:
         print("\nsignvote reproduce: interrupted; run the same command again to finish",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"report: {args.out}/BENCHMARKS.md")
+    print(f"report: {args.out}/{report}")
     return 0
 
 
