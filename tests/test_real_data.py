@@ -33,9 +33,11 @@ def test_fashion_mnist_is_read_whole_and_balanced():
 
 
 @needs_fashion
-def test_signum_smallcnn_learns_fashion_mnist_in_one_epoch(tmp_path):
+def test_signum_smallcnn_learns_fashion_mnist_in_200_steps(tmp_path):
+    """200 steps of 10 x 12 images, two fifths of an epoch: 85% test accuracy (one epoch
+    reaches 88%, chance is 10%)."""
     result = run(tmp_path, dataset="fashion-mnist", model="smallcnn", rule="signum",
-                 workers=10, epochs=1, lr=1e-3)
+                 workers=10, steps=200, lr=1e-3)
     assert result.summary["final_test_acc"] > 0.75
     with open(tmp_path / "run" / "partition.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
