@@ -1,20 +1,18 @@
 """Per-worker augmentation: the vectorised crop and flip against a loop over images, its
 distribution, each worker's own stream, black padding as torchvision's, and runs with it
-in the simulator (bit-identical run to run) and the distributed engine (equal to the
-simulator, also after a resume)."""
+in the simulator (bit-identical run to run). In the distributed engine (equal to the
+simulator, also after a resume with every worker's generator where it was): test_dist.py's
+bit-for-bit and killed-worker tests, whose ResNet-20 cases augment."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
-from test_dist import LIMIT_S, assert_same_params, sim_params, to_argv
 
 from signvote.data import Dataset
 from signvote.data.augment import PAD, Augmenter, augment, black, crop_flip, draw
 from signvote.data.images import standardise_channels
-from signvote.engine import dist as dist_engine
 from signvote.engine.run import augment_generators, augmenter
 from signvote.engine.sim import train
 from signvote.experiment.config import ConfigError, TrainConfig, resolve, trajectory_key
@@ -196,26 +194,3 @@ def test_the_cli_refuses_augmenting_feature_vectors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("signvote train: error: --augment on crops and flips images")
     assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
-
-
-DIST = dict(RUN, augment="on", workers=3, epochs=3, batch_size=40)
-"""digits: 1,437 training images, 479 a worker, 40 a batch: 12 steps an epoch, 36 in all."""
-
-
-@pytest.mark.slow
-@pytest.mark.dist
-def test_a_resumed_distributed_run_with_augmentation_equals_the_simulator(tmp_path,
-                                                                         run_bounded):
-    """Worker 2 is killed at the start of step 35; the restart resumes from the checkpoint
-    of step 30 with every worker's augmentation generator where it was then, and redoes
-    steps 30 to 34 with the same crops and flips (a generator started afresh would not)."""
-    argv = [sys.executable, "-m", "signvote", "train", "--engine", "dist", "--quiet", "--out",
-            str(tmp_path / "dist"), *to_argv(DIST), "--layout", "peer", "--checkpoint-every",
-            "10", "--max-restarts", "1"]
-    result = run_bounded(argv, {dist_engine.FAULT_ENV: "kill:2:35"}, LIMIT_S)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "dist" / "summary.json").read_text())
-    assert summary["restarts"] == 1 and summary["resumed_from_step"] == 30
-    assert summary["steps"] == 36
-    assert_same_params(torch.load(tmp_path / "dist" / "params.pt"),
-                       sim_params(DIST, tmp_path / "sim"), exact=True)

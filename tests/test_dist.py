@@ -51,17 +51,16 @@ def assert_same_params(a: dict, b: dict, exact: bool) -> None:
 
 CASES = {
     # 3 workers and the server: 4 processes; the vote straight from the packed bits, an
-    # omniscient coalition fed by every worker.
-    "server-signum-vote-cancel": dict(workers=3, byzantine=1, attack="vote-cancel",
-                                      layout="server"),
+    # omniscient coalition fed by every worker, and each worker's own coins, the same in
+    # both engines (one run for both; Signum on the server: the ResNet-20 case below)
+    "server-stochastic-sign-vote-cancel": dict(workers=3, byzantine=1, attack="vote-cancel",
+                                               rule="stochastic-sign", layout="server"),
     # 4 peers: blind inversion on its own rank, a random attack drawn by the coalition.
     "peer-signsgd-blind-random-sign": dict(workers=4, blind=1, byzantine=1, rule="signsgd",
                                            attack="random-sign", layout="peer"),
     # fp32 rows gathered at the server, a robust aggregator, an omniscient attack.
     "server-sgd-median-ipm": dict(workers=3, byzantine=1, rule="sgd", aggregator="median",
                                   aggregator_f=1, attack="ipm", layout="server"),
-    # each worker's own coins, the same in both engines
-    "server-stochastic-sign": dict(workers=3, rule="stochastic-sign", layout="server"),
     # a stateful ternary aggregator and a data-level attack.
     "peer-signum-weighted-vote-label-flip": dict(workers=4, byzantine=1,
                                                  aggregator="weighted-majority-vote",
@@ -128,14 +127,17 @@ def test_bytes_per_step_are_the_protocol_sizes(tmp_path, run_dist):
 @pytest.mark.slow
 @pytest.mark.dist
 @pytest.mark.parametrize("case", [
-    # a generator's state and the last aggregate
-    dict(aggregator="bucketing(s=2)+centered-clipping(f=0)"),
+    # (a generator's state and the last aggregate, bucketing+centered-clipping's: the
+    # killed run of tests/test_steps.py, the same kill at step 25 and resume from step 20)
     # every worker's BatchNorm running statistics come back from the checkpoint, and so do
-    # a stateful aggregator's counts (one run for both: each restart costs two launches,
-    # and losing either breaks the bit-for-bit equality with the uninterrupted run)
+    # a stateful aggregator's counts and every worker's augmentation generator, where it
+    # was at step 20 (a generator started afresh would crop and flip steps 20 to 24
+    # otherwise), on the peer layout (the server's: test_steps.py). One run for all: each
+    # restart costs two launches, and losing any breaks the bit-for-bit equality with the
+    # uninterrupted run.
     dict(aggregator="weighted-majority-vote", dataset="digits", model="resnet20",
-         batch_size=16),
-], ids=["bucketing+centered-clipping", "weighted-majority-vote+batchnorm-resnet20"])
+         batch_size=16, augment="on", layout="peer"),
+], ids=["weighted-majority-vote+batchnorm-resnet20+augment-peer"])
 def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
         tmp_path, run_dist, case):
     import json

@@ -227,8 +227,11 @@ def test_steps_per_epoch_of_the_test_settings():
 def test_a_killed_steps_run_resumes_and_equals_the_simulator(tmp_path, run_bounded):
     """The distributed engine by steps: 40 steps (an epoch is 64 here), evaluated every
     15, a checkpoint every 10, a worker killed at step 25: it resumes from step 20 and
-    ends with the simulator's parameters and rows."""
-    args = dict(workers=3, byzantine=1, attack="vote-cancel", steps=40, eval_every=15)
+    ends with the simulator's parameters and rows. The aggregator keeps state across
+    steps (bucketing's generator, centered clipping's last aggregate), which must come back
+    from the checkpoint too: test_dist's killed-worker test leaves this case to this run."""
+    args = dict(workers=3, byzantine=1, attack="vote-cancel", steps=40, eval_every=15,
+                aggregator="bucketing(s=2)+centered-clipping(f=0)")
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
     out = tmp_path / "dist"
     result = run_bounded([sys.executable, "-m", "signvote", "train", "--engine", "dist",
