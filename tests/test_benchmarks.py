@@ -58,7 +58,7 @@ def table_rows(stdout, first_cell):
 
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {"bench_aggregators.py", "bench_cnn.py", "bench_compile.py", "bench_dist.py",
-              "bench_sim.py", "bench_threads.py", "gpu.py", "paper_logreg_grid.py",
+              "bench_ray.py", "bench_sim.py", "bench_threads.py", "gpu.py", "paper_logreg_grid.py",
               "weighted_vote_coalition.py", "zoo_logreg_grid.py"}
     assert set(SCRIPTS) == tested, "a script in benchmarks/ without a smoke test here"
 
@@ -152,6 +152,20 @@ def test_bench_threads_smoke(run_bounded, tmp_path, results_untouched):
     assert len(written["median_s"]) == 2 and all(t > 0 for t in written["median_s"].values())
     assert re.search(r"^ratio \(before / default\): [\d.]+x; metrics identical: yes$", stdout,
                      re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_bench_ray_smoke_runs_the_pool_and_a_local_ray_instance_to_the_same_rows(
+        run_bounded, tmp_path, results_untouched):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'signvote[ray]'")
+    out = tmp_path / "ray.json"
+    stdout = smoke(run_bounded, tmp_path, "bench_ray.py", "--smoke", "--out", str(out))
+    written = json.loads(out.read_text())
+    assert written["rows_identical"] is True and written["runs"] == 4
+    assert len(written["times_s"]["pool"]) == len(written["times_s"]["ray"]) == 1
+    assert re.search(r"^4 runs, 1 epochs, \d+ CPUs: pool [\d.]+ s, ray [\d.]+ s .*rows "
+                     r"identical$", stdout, re.M)
 
 
 @pytest.mark.slow

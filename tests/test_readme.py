@@ -217,6 +217,20 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     ".venv/bin/signvote sweep zoo.toml --out runs/zoo --dry-run": Run("sweep"),
     ".venv/bin/signvote results runs/zoo": Run("sweep"),
     ".venv/bin/signvote plot runs/zoo --kind heatmap": Run("sweep"),
+    # Sweeps on Ray: the tests start their own local instance and a one-node cluster
+    "pip install 'signvote[ray]'": Skip(NETWORK),
+    ".venv/bin/signvote sweep zoo.toml --out runs/zoo --backend ray": Elsewhere(
+        "tests/test_benchmarks.py::"
+        "test_bench_ray_smoke_runs_the_pool_and_a_local_ray_instance_to_the_same_rows",
+        "a sweep on a local Ray instance it starts and stops, row for row the pool's"),
+    "ray start --head --port 6379 --num-cpus 16": Skip(
+        "starts a cluster that runs until ray stop; the Ray tests start one of 2 CPUs"),
+    "ray start --address HEAD:6379": Skip("joins another machine's cluster"),
+    ".venv/bin/signvote sweep zoo.toml --out /shared/zoo --backend ray --address auto "
+    "--cpus-per-run 4 --gpus-per-run 1": Elsewhere(
+        "tests/test_sweep_ray.py::test_a_worker_killed_mid_run_is_retried_and_the_sweep_completes",
+        "a sweep joining a running one-node cluster by its address (no GPU here)"),
+    "ray stop": Skip("stops every Ray process of the machine"),
     'pandas.read_parquet("runs/zoo/results.parquet")': Run("sweep"),
     "signvote results": Skip(FRAGMENT),
     "signvote reproduce FIGURE": Skip(FRAGMENT),

@@ -149,7 +149,7 @@ def test_a_sweep_runs_a_damaged_run_again_and_not_an_intact_one(damage, sweep_co
     path, out, placed = sweep_copy
     started = []
     monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", InlinePool)
-    monkeypatch.setattr(sweep, "_train", lambda c: started.append(c.out) or "completed")
+    monkeypatch.setattr(sweep, "train_run", lambda c: started.append(c.out) or "completed")
     outcome = sweep.run_sweep(grid.load_grid(path), out, jobs=1, progress=False)
     assert started == [] and outcome["ran"] == 0 and outcome["rows"] == EPOCHS
     DAMAGE[damage][0](Path(placed.out))

@@ -61,9 +61,9 @@ def test_a_bad_override_is_refused():
         grid.parse_override("lr")
 
 
-def test_a_sweep_refuses_the_distributed_engine(tmp_path):
+def test_a_pool_sweep_refuses_the_distributed_engine(tmp_path):
     runs = grid.load_grid(write(tmp_path, 'engine = "dist"\n'))
-    with pytest.raises(ConfigError, match="a sweep runs the simulator"):
+    with pytest.raises(ConfigError, match="pool backend runs sim runs"):
         sweep.place(runs, tmp_path / "out")
 
 

@@ -27,6 +27,7 @@ from signvote.experiment.config import (
     TrainConfig,
     base_type,
     choices_of,
+    flag,
     load_toml,
     resolve,
 )
@@ -166,7 +167,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                              "overrides it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, spec in FIELDS.items():
-        flags = [f"--{name.replace('_', '-')}"] + ([SHORT[name]] if name in SHORT else [])
+        flags = [flag(name)] + ([SHORT[name]] if name in SHORT else [])
         kind = base_type(name)
         if kind is bool:
             parser.add_argument(*flags, dest=name, action="store_true",
@@ -230,6 +231,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pool_options(sweep)
     sweep.add_argument("--dry-run", action="store_true",
                        help="list the runs and whether each is done; run nothing")
+    where = sweep.add_argument_group(
+        "where the runs execute",
+        "pool: processes of this machine. ray: one Ray task per run, on a local Ray "
+        "instance started and stopped by the sweep, or on a running cluster (--address); "
+        "every node must have signvote installed and see --out at the same path. Needs "
+        "the extra: pip install 'signvote[ray]'.")
+    where.add_argument("--backend", dest="executor", choices=sweep_backends(),
+                       default="pool",
+                       help="pool (default) or ray; not the distributed engine's "
+                            "communication backend, which is a sweep-file key (backend)")
+    where.add_argument("--address", default=None, metavar="ADDR",
+                       help="with --backend ray: the cluster to join, auto (the cluster "
+                            "started on this machine by ray start) or HOST:PORT (default: a "
+                            "local instance with this machine's CPUs, or --jobs x "
+                            "--cpus-per-run)")
+    where.add_argument("--cpus-per-run", type=_parse_float, default=1.0, metavar="X",
+                       help="with --backend ray: the CPUs each run's task declares, also its "
+                            "torch threads (default: 1)")
+    where.add_argument("--gpus-per-run", type=_parse_float, default=0.0, metavar="X",
+                       help="with --backend ray: the GPUs each run's task declares, so that "
+                            "Ray places it on a GPU node; a fraction shares one (default: 0)")
+    where.add_argument("--retries", type=_parse_int, default=3, metavar="N",
+                       help="with --backend ray: how many times a run whose worker process "
+                            "died is run again before it is recorded as failed (default: 3)")
 
     results = commands.add_parser(
         "results", help="summarize a sweep: final and best test metric over seeds",
@@ -409,28 +434,58 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         configs = grid.load_grid(args.file, args.overrides)
         _check_jobs(args.jobs)
+        ray = _ray_options(args)
         check_out("sweep", args.out)
         if args.dry_run:
-            placed = sweep.place(configs, args.out)
+            placed = sweep.place(configs, args.out, args.executor)
             renamed = sweep.find_renamed(placed, args.out)
             shown = varying_keys(placed)
             print("\t".join(["folder", "state", *shown]))
             for c in placed:
+                error = sweep.failure(c.out)
                 state = ("done" if sweep.is_done(c) else
                          f"done in {renamed[c.out]}, renamed by the next sweep"
-                         if c.out in renamed else "to run")
+                         if c.out in renamed else
+                         "to run" if error is None else f"to run again (failed: {error})")
                 print("\t".join([c.out, state, *(f"{k}={getattr(c, k)}" for k in shown)]))
             return 0
-        outcome = sweep.run_sweep(configs, args.out, args.jobs, progress=not args.quiet)
+        outcome = sweep.run_sweep(configs, args.out, args.jobs, progress=not args.quiet,
+                                  backend=args.executor, ray=ray)
     except (ConfigError, DatasetError) as exc:
         fail(f"signvote sweep: error: {exc}")
     except KeyboardInterrupt:
         print("\nsignvote sweep: interrupted; run the same command again to finish",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"{outcome['runs']} runs: {outcome['ran']} run now, {outcome['skipped']} already "
-          f"done; {outcome['rows']} rows in {args.out}/results.csv and results.parquet")
-    return 0
+    failed = outcome["failed"]
+    print(f"{outcome['runs']} runs: {outcome['ran'] - len(failed)} run now, "
+          f"{outcome['skipped']} already done" + (f", {len(failed)} failed" if failed else "")
+          + f"; {outcome['rows']} rows in {args.out}/results.csv and results.parquet")
+    for folder, error in failed:
+        print(f"signvote sweep: failed: {folder}: {error or 'no error recorded'} "
+              f"(details in its failed.json; run the same command again to retry)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def sweep_backends() -> tuple[str, ...]:
+    from signvote.experiment.sweep import BACKENDS
+
+    return BACKENDS
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    """The sweep's :class:`~signvote.experiment.sweep.RayOptions`; the Ray options given
+    without ``--backend ray`` are refused (they would do nothing)."""
+    from signvote.experiment.sweep import RayOptions
+
+    given = [name for name, default in (("address", None), ("cpus_per_run", 1.0),
+                                        ("gpus_per_run", 0.0), ("retries", 3))
+             if getattr(args, name) != default]
+    if args.executor != "ray" and given:
+        raise ConfigError(f"{', '.join(flag(n) for n in given)}: only with --backend ray "
+                          f"(this sweep runs on --backend {args.executor})")
+    return RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.retries)
 
 
 def varying_keys(configs: Sequence[TrainConfig]) -> list[str]:

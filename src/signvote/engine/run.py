@@ -576,11 +576,12 @@ def start_run_folder(setup: RunSetup) -> Path:
     """Create the run folder (refused by :func:`check_overwrite` when it holds a finished
     run and the config does not say ``overwrite``), drop a previous run's summary, metrics
     and parameters (``summary.json`` first, so that from here on the folder is not a
-    finished run), write the config and the partition table; returns the folder."""
+    finished run) and a sweep's record of its failure, write the config and the partition
+    table; returns the folder."""
     check_overwrite(setup.config)
     out = Path(setup.config.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "metrics.csv", "params.pt"):
+    for stale in ("summary.json", "metrics.csv", "params.pt", runs.FAILED_FILE):
         (out / stale).unlink(missing_ok=True)
     runs.write_json(out / "config.json", setup.config.to_dict())
     runs.write_csv(out / "partition.csv", setup.workers_table[0].keys(), setup.workers_table)

@@ -643,3 +643,21 @@ def trajectory_id(config: TrainConfig) -> str:
     """12 hex digits of the SHA-1 of :func:`trajectory_key` as sorted JSON."""
     text = json.dumps(trajectory_key(config), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def command_line(config: TrainConfig) -> list[str]:
+    """The options of ``signvote train`` that give ``config``: ``--name=value`` for each field
+    set to a value other than its default (a bool field: its flag when true), in field
+    order. Raises :class:`ConfigError` for a field that no option can set back to its
+    default (None, or false, where the default is another value)."""
+    argv = []
+    for name, spec in FIELDS.items():
+        value = getattr(config, name)
+        if value == spec.default and type(value) is type(spec.default):
+            continue
+        if value is None or (base_type(name) is bool and not value):
+            raise ConfigError(f"{flag(name)}: {value!r} cannot be given on a command line "
+                              f"(its default is {spec.default!r})")
+        argv.append(flag(name) if base_type(name) is bool else f"{flag(name)}={value!r}"
+                    if isinstance(value, float) else f"{flag(name)}={value}")
+    return argv

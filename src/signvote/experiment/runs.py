@@ -138,6 +138,10 @@ SUMMARY_KEYS = ("status", "epochs_completed", "steps")
 STATUSES = ("completed", "diverged")
 """The statuses of a finished run."""
 
+FAILED_FILE = "failed.json"
+"""A sweep's record of a run that raised (:func:`signvote.experiment.sweep.record_failure`);
+never part of a finished run."""
+
 INTEGER_COLUMNS = ("epoch", "step")
 """The metric columns that hold whole numbers; every other cell is a float or empty."""
 

@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from signvote.experiment.config import (
     ConfigError,
     TrainConfig,
     coerce,
+    command_line,
     from_dict,
     resolve,
     trajectory_id,
@@ -129,17 +131,31 @@ def run_id(config: TrainConfig) -> str:
     return trajectory_id(config)
 
 
-def place(configs: list[TrainConfig], sweep_dir: str | Path) -> list[TrainConfig]:
+BACKENDS = ("pool", "ray")
+"""Where a sweep's runs execute: ``pool``, processes of this machine (:func:`run_pool`);
+``ray``, tasks of a Ray cluster (:mod:`signvote.experiment.ray_backend`)."""
+
+ENGINES = {"pool": ("sim",), "ray": ("sim", "dist")}
+"""The engines each backend runs: a pool process cannot start the ranks of a distributed
+run (it is a daemon of its pool); a Ray task can, on its node."""
+
+
+def place(configs: list[TrainConfig], sweep_dir: str | Path,
+          backend: str = "pool") -> list[TrainConfig]:
     """The configs with ``out`` set to their folder in the sweep and ``overwrite`` on (the
     sweep runs only the runs that are not done, so what it replaces is a damaged run or one
     of another identity; ``overwrite`` is not part of a run's identity); duplicates
-    dropped."""
+    dropped. A run of an engine that ``backend`` does not run (:data:`ENGINES`) is refused
+    (:class:`ConfigError`)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend}: valid: {', '.join(BACKENDS)}")
     seen, placed = set(), []
     for c in configs:
-        if c.engine != "sim":
-            raise ConfigError(f"--engine {c.engine}: a sweep runs the simulator, several runs "
-                              f"at a time; valid: sim (run the distributed engine with "
-                              f"signvote train)")
+        if c.engine not in ENGINES[backend]:
+            raise ConfigError(f"--engine {c.engine}: the sweep's {backend} backend runs "
+                              f"{' and '.join(ENGINES[backend])} runs (a pool process cannot "
+                              f"start a distributed run's ranks); valid: --engine sim, or "
+                              f"--backend ray, whose task starts them on its node")
         rid = run_id(c)
         if rid not in seen:
             seen.add(rid)
@@ -296,10 +312,49 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)  # the sweep is gone: nobody would read what this process writes
 
 
-def _train(config: TrainConfig) -> str:
-    from signvote.engine.sim import train
+FAILED = "failed"
+"""The status :func:`train_run` returns for a run that raised (beside ``runs.STATUSES``)."""
 
-    return train(config, progress=False).status
+
+def train_run(config: TrainConfig) -> str:
+    """Train one run of a sweep in this process and return its status: the run's own
+    (``completed``, ``diverged``), or :data:`FAILED` when it raised an ``Exception``, which
+    is then recorded in its folder (:func:`record_failure`) instead of stopping the sweep.
+    A run of ``--engine dist`` starts its ranks as local processes
+    (:func:`signvote.engine.dist.launch`, under torch's elastic agent)."""
+    try:
+        if config.engine == "dist":
+            from signvote.engine import dist
+
+            return dist.launch(config, ["train", "--quiet", *command_line(config)])["status"]
+        from signvote.engine.sim import train
+
+        return train(config, progress=False).status
+    except Exception as exc:  # any failure of one run is that run's, recorded in it
+        return record_failure(config, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def record_failure(config: TrainConfig, error: str, detail: str = "") -> str:
+    """Write ``OUT/failed.json`` (``error``: one line; ``detail``: the traceback or the
+    executor's account; ``when``) for a run that failed, atomically, and return
+    :data:`FAILED`. The run is not done: the next sweep runs it again, and its start
+    removes the file (:func:`signvote.engine.run.start_run_folder`)."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / runs.FAILED_FILE, {
+        "error": error, "detail": detail,
+        "when": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+    return FAILED
+
+
+def failure(folder: str | Path) -> str | None:
+    """The one-line error of the failed run recorded in ``folder`` (:func:`record_failure`),
+    or None when none is recorded (or its file cannot be read as one)."""
+    try:
+        error = json.loads((Path(folder) / runs.FAILED_FILE).read_text())["error"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return error if isinstance(error, str) else None
 
 
 STOP_WAIT_S = 5.0
@@ -323,7 +378,7 @@ def run_pool(todo: list[TrainConfig], jobs: int, threads: int,
     try:
         with _sigterm_as_interrupt():
             with _sigint_blocked():  # the processes start here, and inherit the mask
-                submitted.extend(pool.submit(_train, c) for c in todo)
+                submitted.extend(pool.submit(train_run, c) for c in todo)
             for future in futures.as_completed(submitted):
                 finished_one(future.result())
     except (KeyboardInterrupt, SystemExit):
@@ -396,20 +451,64 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_sweep(configs: list[TrainConfig], sweep_dir: str | Path, jobs: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Run every config of the grid that is not done, ``jobs`` at a time (default: one per
-    core), then write the tidy tables; returns counts of what happened. The sweep holds the
-    folder's lock throughout (:func:`locked`): a second sweep of the same folder raises
-    :class:`SweepLockedError`."""
+              progress: bool = True, backend: str = "pool",
+              ray: RayOptions | None = None) -> dict[str, Any]:
+    """Run every config of the grid that is not done, then write the tidy tables; returns
+    counts of what happened, and ``failed``: the folder and error of each run that failed
+    (:func:`train_run`; the others went on). ``backend`` ``pool`` runs ``jobs`` at a time
+    (default: one per core) on this machine; ``ray`` runs each as a Ray task
+    (:func:`signvote.experiment.ray_backend.run_ray`, with ``ray``'s options, ``jobs`` at
+    most at a time). The sweep holds the folder's lock throughout (:func:`locked`): a second
+    sweep of the same folder raises :class:`SweepLockedError`."""
     sweep_dir = Path(sweep_dir)
-    placed = place(configs, sweep_dir)
-    check_datasets([c for c in placed if not is_done(c)])  # before anything is written
-    with locked(sweep_dir):
-        return _run_locked(placed, sweep_dir, jobs, progress)
+    placed = place(configs, sweep_dir, backend)
+    ray = ray or RayOptions()
+    pending = [c for c in placed if not is_done(c)]
+    if backend == "ray":
+        from signvote.experiment.ray_backend import import_ray
+
+        import_ray()  # Ray missing: said before anything is written
+    check_datasets(pending)  # before anything is written
+    with contextlib.ExitStack() as stack:
+        if backend == "ray" and pending:  # an unreachable cluster: said before writing
+            from signvote.experiment.ray_backend import connected
+
+            stack.enter_context(connected(ray, jobs))
+        with locked(sweep_dir):
+            return _run_locked(placed, sweep_dir, jobs, progress, backend, ray)
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    """How a sweep runs on Ray (``--address``, ``--cpus-per-run``, ``--gpus-per-run``,
+    ``--retries``): the cluster to join (None: start a local instance, and stop it at the
+    end; ``auto``: the running cluster of this machine), the resources each run's task
+    declares (Ray places it on a node that has them), and how many times a task whose
+    worker process died is run again."""
+
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        import math
+
+        bad = []
+        if not (math.isfinite(self.cpus_per_run) and self.cpus_per_run > 0):
+            bad.append(f"--cpus-per-run {self.cpus_per_run} (valid: more than 0)")
+        if not (math.isfinite(self.gpus_per_run) and self.gpus_per_run >= 0):
+            bad.append(f"--gpus-per-run {self.gpus_per_run} (valid: at least 0)")
+        if self.retries < 0:
+            bad.append(f"--retries {self.retries} (valid: at least 0)")
+        if self.address is not None and not self.address.strip():
+            bad.append("--address '' (valid: auto, or HOST:PORT)")
+        if bad:
+            raise ConfigError("; ".join(bad))
 
 
 def _run_locked(placed: list[TrainConfig], sweep_dir: Path, jobs: int | None,
-                progress: bool) -> dict[str, Any]:
+                progress: bool, backend: str, ray: RayOptions) -> dict[str, Any]:
     """:func:`run_sweep`'s work, under the sweep folder's lock."""
     from signvote.experiment import results
 
@@ -417,7 +516,6 @@ def _run_locked(placed: list[TrainConfig], sweep_dir: Path, jobs: int | None,
     runs.write_json(sweep_dir / "sweep.json", {
         "runs": [{"id": Path(c.out).name, "config": c.to_dict()} for c in placed]})
     todo = [c for c in placed if not is_done(c)]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -433,11 +531,17 @@ def _run_locked(placed: list[TrainConfig], sweep_dir: Path, jobs: int | None,
             bar.update(1)
 
     try:
-        if todo:
+        if todo and backend == "ray":
+            from signvote.experiment.ray_backend import run_ray
+
+            run_ray(todo, finished_one, ray, jobs)
+        elif todo:
+            jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
             run_pool(todo, jobs, max(1, (os.cpu_count() or 1) // jobs), finished_one)
     finally:
         if bar is not None:
             bar.close()
     table = results.write_tables(sweep_dir)
+    failed = [(c.out, failure(c.out) or "") for c in todo if not is_done(c)]
     return {"runs": len(placed), "ran": len(todo), "skipped": len(placed) - len(todo),
-            "renamed": renamed, "statuses": statuses, "rows": table}
+            "renamed": renamed, "statuses": statuses, "rows": table, "failed": failed}
