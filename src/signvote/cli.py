@@ -233,10 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list the runs and whether each is done; run nothing")
     where = sweep.add_argument_group(
         "where the runs execute",
-        "pool: processes of this machine. ray: one Ray task per run, on a local Ray "
-        "instance started and stopped by the sweep, or on a running cluster (--address); "
-        "every node must have signvote installed and see --out at the same path. Needs "
-        "the extra: pip install 'signvote[ray]'.")
+        textwrap.fill(
+            "pool: processes of this machine. ray: one Ray task per run, on a local Ray "
+            "instance started and stopped by the sweep, or on a running cluster "
+            "(--address); every node must have signvote installed and see --out at the "
+            "same path. Needs the extra: pip install 'signvote[ray]'.", 78,
+            break_on_hyphens=False))
     where.add_argument("--backend", dest="executor", choices=sweep_backends(),
                        default="pool",
                        help="pool (default) or ray; not the distributed engine's "
