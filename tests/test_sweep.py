@@ -67,7 +67,7 @@ def test_a_pool_sweep_refuses_the_distributed_engine(tmp_path):
         sweep.place(runs, tmp_path / "out")
 
 
-SWEEP = 'rule = ["signsgd", "signum"]\nbyzantine = [0, 1, 2]\nseed = [1, 2]\nepochs = 25\n'
+SWEEP = 'rule = ["signsgd", "signum"]\nbyzantine = [0, 1, 2]\nseed = [1, 2]\nepochs = 10\n'
 
 
 def sweep_command(path: Path, out: Path) -> list[str]:
@@ -109,7 +109,7 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_rows_of_an_uninterrupted_one
     rows = rows_without_time(out)
     assert rows == rows_without_time(tmp_path / "whole")
     keys = [(r["run"], r["epoch"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 12 * 25
+    assert len(keys) == len(set(keys)) == 12 * 10
     import pyarrow.parquet as pq
 
     parquet = pq.read_table(out / "results.parquet").to_pylist()

@@ -105,3 +105,34 @@ def test_a_cluster_address_where_nothing_answers_is_refused_at_once(tmp_path, ca
     err = capsys.readouterr().err
     assert f"could not join the Ray cluster at 127.0.0.1:{port}: nothing answers" in err
     assert not (tmp_path / "out").exists()
+
+
+BOOM = '''def boom(messages, byzantine_mask, ctx):
+    raise RuntimeError("boom: this attack always fails")
+'''
+
+
+def test_a_failing_run_of_the_pool_is_recorded_and_the_others_go_on(tmp_path, monkeypatch,
+                                                                     capsys):
+    from test_run_folders import InlinePool
+
+    from signvote.experiment import results
+
+    write(tmp_path, "boom_attack_pool.py", BOOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sweep.futures, "ProcessPoolExecutor", InlinePool)
+    path = write(tmp_path, "s.toml", 'dataset = "logreg"\nworkers = 5\nbyzantine = 1\n'
+                 'epochs = 2\nattack = ["vote-cancel", "boom_attack_pool:boom", "random-sign"]\n')
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(path), "--out", str(out), "--jobs", "1", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "3 runs: 2 run now, 0 already done, 1 failed" in captured.out
+    (failed,) = [p.parent for p in out.glob("runs/*/failed.json")]
+    error = sweep.failure(failed)
+    assert error.endswith("it failed: RuntimeError: boom: this attack always fails")
+    assert f"signvote sweep: failed: {failed}: {error}" in captured.err
+    assert not (failed / "summary.json").exists()
+    assert {r["attack"] for r in results.read_table(out / "results.csv")} == {
+        "vote-cancel", "random-sign"}
+    assert cli.main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    assert f"to run again (failed: {error})" in capsys.readouterr().out

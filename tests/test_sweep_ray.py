@@ -1,6 +1,7 @@
 """``signvote sweep --backend ray`` on a running cluster: a worker killed mid-task is
 retried and the rows are the pool's, a killed driver resumes keeping its finished runs, a
-failing run is recorded and the others go on, a distributed run is placed on one node.
+failing run is recorded and the others go on (the pool's: tests/test_sweep_backends.py),
+a distributed run is placed on one node.
 The cluster is local (one node of 2 CPUs on this machine's own address), started by the
 module and stopped at its end, bounded in time. A sweep on a local Ray instance that the
 sweep starts and stops, row for row the pool's, is tests/test_benchmarks.py's smoke run of
@@ -142,34 +143,11 @@ def task_processes() -> list[int]:
     return found
 
 
-def test_a_worker_killed_mid_run_is_retried_and_the_sweep_completes(
-        tmp_path, cluster, plugin_dir, long_rows):
-    path = write(tmp_path, "sweep.toml", LONG)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(command(path, out, "--address", cluster), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=environment(plugin_dir))
-    try:
-        deadline = time.monotonic() + LIMIT_S
-        while not (running := task_processes()) or not list(out.glob("runs/*/config.json")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no run started"
-            time.sleep(0.05)
-        victim = running[0]
-        os.kill(victim, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=LIMIT_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 0, stderr
-    assert "3 runs: 3 run now, 0 already done" in stdout
-    assert not Path(f"/proc/{victim}").exists()
-    assert rows_without_time(out) == long_rows
-
-
-def test_a_killed_driver_resumes_keeping_its_finished_runs(tmp_path, cluster, plugin_dir,
-                                                          run_bounded, long_rows):
+def test_a_killed_worker_is_retried_and_a_killed_driver_resumes_to_the_pools_rows(
+        tmp_path, cluster, plugin_dir, run_bounded, long_rows):
+    """One run at a time: the worker process of the first is killed mid-run (Ray runs it
+    again, from the start), then the driver is killed once a run has finished; the same
+    command resumes, keeping the finished runs, and the rows are the pool's."""
     path = write(tmp_path, "sweep.toml", LONG)
     out = tmp_path / "out"
     proc = subprocess.Popen(command(path, out, "--address", cluster, "--jobs", "1"),
@@ -177,12 +155,20 @@ def test_a_killed_driver_resumes_keeping_its_finished_runs(tmp_path, cluster, pl
                             start_new_session=True, env=environment(plugin_dir))
     try:
         deadline = time.monotonic() + LIMIT_S
+        while not (running := task_processes()) or not list(out.glob("runs/*/config.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no run started"
+            time.sleep(0.05)
+        (victim,) = running
+        (first,) = [p.parent for p in out.glob("runs/*/config.json")]
+        os.kill(victim, signal.SIGKILL)
         while len(list(out.glob("runs/*/summary.json"))) < 1:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert not Path(f"/proc/{victim}").exists()
+    assert (first / "summary.json").exists() and not (first / "failed.json").exists()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert 1 <= len(finished) < 3, "the kill came too late to test anything"
     deadline = time.monotonic() + 60  # the dead driver's tasks end with it
@@ -198,13 +184,11 @@ def test_a_killed_driver_resumes_keeping_its_finished_runs(tmp_path, cluster, pl
     assert rows_without_time(out) == long_rows
 
 
-@pytest.mark.parametrize("backend", ["pool", "ray"])
 def test_a_failing_run_is_recorded_with_its_error_and_the_others_go_on(
-        backend, tmp_path, cluster, plugin_dir, run_bounded):
+        tmp_path, cluster, plugin_dir, run_bounded):
     path = write(tmp_path, "sweep.toml", FAILING)
     out = tmp_path / "out"
-    options = ["--address", cluster] if backend == "ray" else ["--jobs", "2"]
-    argv = [*command(path, out)[:-2], "--backend", backend, *options]
+    argv = command(path, out, "--address", cluster)
     done = run_bounded(argv, env=environment(plugin_dir), limit_s=LIMIT_S)
     assert done.returncode == 1, done.stderr
     assert "3 runs: 2 run now, 0 already done, 1 failed" in done.stdout
