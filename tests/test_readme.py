@@ -228,7 +228,8 @@ COMMANDS: dict[str, Run | Make | Elsewhere | Skip] = {
     "ray start --address HEAD:6379": Skip("joins another machine's cluster"),
     ".venv/bin/signvote sweep zoo.toml --out /shared/zoo --backend ray --address auto "
     "--cpus-per-run 4 --gpus-per-run 1": Elsewhere(
-        "tests/test_sweep_ray.py::test_a_worker_killed_mid_run_is_retried_and_the_sweep_completes",
+        "tests/test_sweep_ray.py::"
+        "test_a_killed_worker_is_retried_and_a_killed_driver_resumes_to_the_pools_rows",
         "a sweep joining a running one-node cluster by its address (no GPU here)"),
     "ray stop": Skip("stops every Ray process of the machine"),
     'pandas.read_parquet("runs/zoo/results.parquet")': Run("sweep"),

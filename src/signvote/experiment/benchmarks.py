@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -722,9 +723,13 @@ def figure(name: str, section: Mapping[str, Any]):
     title = TARGETS[name].title
     note = section.get("note") or "the benchmark's settings"
     prefix = "" if note.startswith(section["scale"]) else f"{section['scale']} scale: "
-    fig.suptitle(plots.plain(f"{title}\n{prefix}{note}"
-                             + "\nours (published); test accuracy %"), fontsize=9)
-    fig.tight_layout()
+    width = int(4.2 * count * 13)  # characters of a 9-point line across the figure
+    text = "\n".join([title, *textwrap.wrap(f"{prefix}{note}", width, break_on_hyphens=False),
+                      "ours (published); test accuracy %"])
+    fig.suptitle(plots.plain(text), fontsize=9)
+    title_in = 0.17 * (text.count("\n") + 1)  # the title's height, inches, added on top
+    fig.set_figheight(fig.get_figheight() + title_in)
+    fig.tight_layout()  # it leaves the suptitle its room
     return fig
 
 
