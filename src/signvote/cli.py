@@ -10,6 +10,7 @@ on the command line override it. Bad input gets one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import textwrap
@@ -481,9 +482,8 @@ def _ray_options(args: argparse.Namespace) -> Any:
     without ``--backend ray`` are refused (they would do nothing)."""
     from signvote.experiment.sweep import RayOptions
 
-    given = [name for name, default in (("address", None), ("cpus_per_run", 1.0),
-                                        ("gpus_per_run", 0.0), ("retries", 3))
-             if getattr(args, name) != default]
+    given = [f.name for f in dataclasses.fields(RayOptions)
+             if getattr(args, f.name) != f.default]
     if args.executor != "ray" and given:
         raise ConfigError(f"{', '.join(flag(n) for n in given)}: only with --backend ray "
                           f"(this sweep runs on --backend {args.executor})")

@@ -42,7 +42,6 @@ uses ``smallcnn``, and says so.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -779,11 +778,10 @@ def write_report(out: str | Path) -> Path:
              "Our numbers beside the published ones, written by `signvote reproduce "
              "TARGET` (signvote's docs/reproduction.md says how the published ones were "
              "read). Test accuracy, %.", ""]
-    for name, target in TARGETS.items():
-        path = out / name / "report.json"
-        if not path.exists():
-            continue
-        section = json.loads(path.read_text(encoding="utf-8"))
+    from signvote.experiment.reproduce import reproduced
+
+    for name, section in reproduced(out, TARGETS):
+        target = TARGETS[name]
         lines += [f"## {target.title} (`{name}`)", "", f"Source: {target.source}.", "",
                   f"Scale: {section['scale']}"
                   + (f" ({section['note']})" if section["note"] else " (the benchmark's "

@@ -93,7 +93,7 @@ def _start(ray: Any, address: str | None, cpus: int | None) -> bool:
                          configure_logging=False, log_to_driver=False,
                          object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc) or type(exc).__name__
         valid = ("valid: --address auto for the cluster ray start began on this machine, or "
                  "HOST:PORT of its head node" if address is not None else
                  "valid: --backend pool")
@@ -130,10 +130,16 @@ def check_reachable(address: str) -> None:
                               f"running?") from None
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message ('' for none): Ray's run over many lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def describe(exc: BaseException) -> str:
     """One line for a task Ray could not finish (its worker died past the retries, its node
     was lost, it was cancelled)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = first_line(exc)
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,16 @@ def checks(name: str, ours: dict[str, list[dict[str, float | None]]]) -> list[st
     return lines
 
 
+
+def reproduced(out: str | Path, names: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(name, section)`` for each of ``names`` reproduced in ``out``: the
+    ``OUT/NAME/report.json`` that :func:`reproduce` (or a benchmark target) wrote, in the
+    order of ``names``; a name not reproduced there is left out."""
+    for name in names:
+        path = Path(out) / name / "report.json"
+        if path.exists():
+            yield name, json.loads(path.read_text(encoding="utf-8"))
+
 def write_report(out: str | Path) -> Path:
     """``OUT/REPORT.md`` from every figure reproduced in ``OUT``."""
     out = Path(out)
@@ -251,11 +262,8 @@ def write_report(out: str | Path) -> Path:
              f"the paper's figures by eye (about +-0.5 point): {PAPER}. The values are "
              "`signvote.experiment.reproduce.FIGURES`, listed in signvote's "
              "docs/reproduction.md. Written by `signvote reproduce`.", ""]
-    for name, figure in FIGURES.items():
-        path = out / name / "report.json"
-        if not path.exists():
-            continue
-        section = json.loads(path.read_text(encoding="utf-8"))
+    for name, section in reproduced(out, FIGURES):
+        figure = FIGURES[name]
         lines += [f"## {figure.title} (`{name}`)", "",
                   f"Scale: {section['scale']}" + (f" ({section['note']})" if section["note"]
                                                   else " (the paper's settings)")
